@@ -1,0 +1,125 @@
+"""MLflow tracking: store, experiment, the tags every run carries, params, and run reuse.
+
+- Store: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<cwd>/mlflow.db` (MLflow 3 dropped the file
+  store); artifacts then go to `./mlruns/`.
+- Experiment: `--experiment` / `MLFLOW_EXPERIMENT_NAME`, else "skindualgen".
+- Tags on every run: `skindualgen.stage`, `skindualgen.dataset_digest`, `skindualgen.code_version`
+  (git commit, "+dirty" when the work tree has uncommitted changes to tracked files),
+  `skindualgen.lib.<name>` for the libraries that shape results.
+- Params: the stage's whole config dataclass, as strings.
+Inside `mlflow run`, MLFLOW_RUN_ID is set and `stage_run` resumes that run instead of making one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.metadata
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+from mlflow.entities import RunStatus
+
+DEFAULT_EXPERIMENT = "skindualgen"
+TAG_STAGE = "skindualgen.stage"
+TAG_DIGEST = "skindualgen.dataset_digest"
+TAG_CODE = "skindualgen.code_version"
+TAG_LIB_PREFIX = "skindualgen.lib."
+TRACKED_LIBRARIES = (
+    "torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "mlflow", "timm",
+    "segmentation-models-pytorch", "torch-fidelity", "lpips", "pytorch-msssim", "MedPy",
+    "optuna", "albumentations", "numpy", "scikit-learn",
+)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def setup(experiment: str | None = None) -> str:
+    """Point MLflow at the store and experiment; return the experiment name."""
+    mlflow.set_tracking_uri(tracking_uri())
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(name)
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Git commit of the harness source, with "+dirty" if tracked files have uncommitted changes."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from harness import __version__
+        return f"v{__version__}-nogit"
+    return sha + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def config_params(config: Any) -> dict[str, str]:
+    """A config dataclass (or dict) as MLflow params: flat, every value a string."""
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {k: str(v) for k, v in items.items()}
+
+
+def run_tags(stage: str, dataset_digest: str | None = None) -> dict[str, str]:
+    tags = {TAG_STAGE: stage, TAG_CODE: code_version()}
+    if dataset_digest:
+        tags[TAG_DIGEST] = dataset_digest
+    tags.update({TAG_LIB_PREFIX + k: v for k, v in library_versions().items()})
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experiment: str | None = None,
+              run_name: str | None = None, nested: bool = False,
+              extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under `mlflow run`, resume) the run of one stage, with tags and whole config as params.
+
+    An exception inside the block ends the run FAILED (mlflow's context manager does this) and
+    re-raises, so a crash never leaves a FINISHED run behind.
+    """
+    setup(experiment)
+    with mlflow.start_run(run_name=run_name or stage, nested=nested) as run:
+        mlflow.set_tags({**run_tags(stage, dataset_digest), **(extra_tags or {})})
+        mlflow.log_params(config_params(config))
+        yield run
+
+
+def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None = None,
+                      code: str | None = None) -> mlflow.entities.Run | None:
+    """Newest FINISHED run of `stage` whose params equal `params` (compared as strings) and whose
+    code version equals `code` (default: this checkout's). None when there is none."""
+    setup(experiment)
+    exp = mlflow.get_experiment_by_name(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                                        or DEFAULT_EXPERIMENT)
+    if exp is None:
+        return None
+    code = code or code_version()
+    runs = mlflow.search_runs(
+        experiment_ids=[exp.experiment_id],
+        filter_string=(f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{TAG_CODE}` = '{code}' "
+                       f"and attributes.status = '{RunStatus.to_string(RunStatus.FINISHED)}'"),
+        order_by=["attributes.start_time DESC"], output_format="list")
+    wanted = {k: str(v) for k, v in params.items()}
+    for run in runs:
+        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+            return run
+    return None

@@ -1,0 +1,323 @@
+"""The embedded demo dataset: small synthetic dermoscopy-like images, masks and descriptions.
+
+Written in the ISIC-GPT layout so that every later stage can run on it offline, in minutes:
+
+    <output_dir>/images/<class name>/<id>.png     RGB
+    <output_dir>/masks/<class name>/<id>.png      mode "L", 0 = skin, 255 = lesion
+    <output_dir>/descriptions.json                {"<id>": "a dermoscopic lesion photo of ...", ...}
+    <output_dir>/demo.json                        generator parameters + content digest
+
+How one image is drawn (all numpy, on a square grid of side `s`):
+  1. skin: a random skin tone, a smooth low-frequency tone variation and fine grain;
+  2. lesion shape: a polar contour r(theta) = r0 * (1 + radial noise); the mask is exactly
+     the pixels with distance-to-centre <= r(theta). Class sets the size and how irregular it is;
+  3. lesion colour: a class-specific painter fills a colour field (uniform brown, blue-black
+     patches, waxy ridges, vessels, scales, lobules, light centre) that is blended into the skin
+     inside the mask, a little faded near the border;
+  4. hairs: a few thin dark curves drawn over everything (not part of the mask);
+  5. vignetting: the dark circular corners of a dermoscope.
+
+Deterministic: image i is drawn from numpy.random.default_rng([seed, i]) and PNGs carry no
+metadata, so the same arguments give the same bytes. The folder is built next to `output_dir`
+and renamed into place; an existing identical build is reused, anything else is left alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from harness.config import PROMPT_TEMPLATE
+
+GENERATOR_VERSION = 1   # bump when the drawing changes, so old builds are not taken for new ones
+
+# Readable class name -> default image count (HAM10000's dx codes nv, mel, bkl, bcc, akiec, vasc,
+# df; the majority class stays the majority, every class has >= 11 for a split plus 5-fold CV).
+DEMO_CLASSES: dict[str, int] = {
+    "melanocytic nevus": 50,
+    "melanoma": 20,
+    "benign keratosis": 20,
+    "basal cell carcinoma": 15,
+    "actinic keratosis": 12,
+    "vascular lesion": 12,
+    "dermatofibroma": 11,
+}
+
+
+class DemoDataError(RuntimeError):
+    """The output folder cannot be used for the demo dataset (the message names it)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing helpers
+# --------------------------------------------------------------------------------------------
+
+def _smooth_noise(rng: np.random.Generator, s: int, cells: int) -> np.ndarray:
+    """Smooth random field in about [-1, 1]: a cells x cells grid upsampled bicubically to s x s."""
+    grid = rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid).resize((s, s), Image.BICUBIC))
+
+
+def _mix(a, b, t: np.ndarray) -> np.ndarray:
+    """Per-pixel blend of colours a -> b with weight t (H x W), giving H x W x 3."""
+    a, b, t = np.asarray(a, np.float32), np.asarray(b, np.float32), t[..., None]
+    return a * (1.0 - t) + b * t
+
+
+def _jitter(rng: np.random.Generator, colour, amount: float = 0.12) -> np.ndarray:
+    """The colour a bit lighter or darker (by up to `amount`), with a slight random tint."""
+    return np.asarray(colour, np.float32) * rng.uniform(1 - amount, 1 + amount) + rng.normal(0.0, 3.0, 3)
+
+
+@dataclass
+class _Lesion:
+    """Geometry shared by the painters; rho and r are in pixels, depth = 1 - rho/r (1 at centre)."""
+    s: int
+    rho: np.ndarray      # distance of every pixel from the lesion centre
+    r: np.ndarray        # contour radius in the direction of every pixel
+    mask: np.ndarray     # bool, rho <= r
+    depth: np.ndarray    # 0 on the contour, 1 at the centre, < 0 outside
+
+
+def _paint_nevus(rng, les):
+    brown = _jitter(rng, (150, 95, 60))
+    darker = brown * 0.75
+    return _mix(brown, darker, np.clip(les.depth, 0, 1) * 0.6), "uniform brown pigmentation"
+
+
+def _paint_melanoma(rng, les):
+    field = _smooth_noise(rng, les.s, 5)
+    colour = _mix(_jitter(rng, (90, 55, 35)), _jitter(rng, (30, 22, 22)), np.clip(field + 0.5, 0, 1))
+    blue = np.clip((_smooth_noise(rng, les.s, 4) - 0.3) * 3.0, 0, 1)       # blue-white veil patches
+    colour = _mix(colour, _jitter(rng, (85, 95, 130)), blue * 0.8)
+    return colour, "asymmetric blue-black and dark brown pigmentation"
+
+
+def _paint_keratosis(rng, les):
+    ridges = np.sin(_smooth_noise(rng, les.s, 9) * 12.0)                   # cerebriform, waxy
+    colour = _mix(_jitter(rng, (190, 145, 105)), _jitter(rng, (150, 110, 75)), (ridges + 1) / 2)
+    return colour, "light brown waxy surface with fissures"
+
+
+def _paint_bcc(rng, les):
+    sheen = np.clip(_smooth_noise(rng, les.s, 4), 0, 1) * 0.7                # pearly white patches
+    colour = _mix(_jitter(rng, (215, 135, 145)), (245, 225, 225), sheen)
+    vessels = Image.new("L", (les.s, les.s), 0)
+    draw = ImageDraw.Draw(vessels)
+    r0 = float(np.median(les.r))
+    cy = cx = les.s / 2
+    for _ in range(rng.integers(3, 6)):                                     # arborizing vessels
+        angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.6) * r0
+        x, y = cx + radius * np.cos(angle), cy + radius * np.sin(angle)
+        points = [(x, y)]
+        for _ in range(4):
+            angle += rng.normal(0, 0.6)
+            x, y = x + 0.2 * r0 * np.cos(angle), y + 0.2 * r0 * np.sin(angle)
+            points.append((x, y))
+        draw.line(points, fill=255, width=1)
+    colour[np.asarray(vessels) > 0] = (170, 30, 45)
+    return colour, "pink pearly translucent surface with arborizing vessels"
+
+
+def _paint_akiec(rng, les):
+    blotches = np.clip(_smooth_noise(rng, les.s, 6) + 0.5, 0, 1)
+    colour = _mix(_jitter(rng, (205, 110, 100)), _jitter(rng, (175, 80, 75)), blotches)
+    scale = rng.random((les.s, les.s)) < 0.12                                # white keratin scales
+    colour[scale] = colour[scale] * 0.2 + np.array([235, 225, 215]) * 0.8
+    return colour, "reddish scaly surface with white keratin"
+
+
+def _paint_vascular(rng, les):
+    colour = np.empty((les.s, les.s, 3), np.float32)
+    colour[:] = _jitter(rng, (110, 30, 70))                              # purple septa
+    yy, xx = np.mgrid[0:les.s, 0:les.s]
+    r0 = float(np.median(les.r))
+    for _ in range(rng.integers(4, 8)):                                      # red lacunae
+        angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.6) * r0
+        x, y = les.s / 2 + radius * np.cos(angle), les.s / 2 + radius * np.sin(angle)
+        lobule = (xx - x) ** 2 + (yy - y) ** 2 <= (rng.uniform(0.25, 0.45) * r0) ** 2
+        colour[lobule] = _jitter(rng, (190, 35, 55))
+    return colour, "red-purple lacunae separated by septa"
+
+
+def _paint_df(rng, les):
+    rim = np.clip(1.5 - les.depth * 2.0, 0, 1)                              # 0 at the centre, 1 at the rim
+    colour = _mix(_jitter(rng, (225, 205, 190), 0.05), _jitter(rng, (150, 100, 70)), rim)
+    return colour, "brown peripheral network with a central white patch"
+
+
+@dataclass(frozen=True)
+class _Style:
+    painter: object                   # (rng, lesion) -> (H x W x 3 colour field, colour words)
+    radius: tuple[float, float]       # lesion radius as a fraction of the image side
+    irregularity: tuple[float, float]  # amplitude of the radial noise on the contour
+    grain: float                      # fine texture inside the lesion (colour units)
+
+
+_STYLES: dict[str, _Style] = {
+    "melanocytic nevus": _Style(_paint_nevus, (0.18, 0.26), (0.02, 0.06), 4.0),
+    "melanoma": _Style(_paint_melanoma, (0.25, 0.31), (0.12, 0.22), 10.0),
+    "benign keratosis": _Style(_paint_keratosis, (0.20, 0.28), (0.05, 0.12), 12.0),
+    "basal cell carcinoma": _Style(_paint_bcc, (0.15, 0.24), (0.04, 0.10), 5.0),
+    "actinic keratosis": _Style(_paint_akiec, (0.17, 0.26), (0.08, 0.15), 8.0),
+    "vascular lesion": _Style(_paint_vascular, (0.13, 0.21), (0.03, 0.08), 4.0),
+    "dermatofibroma": _Style(_paint_df, (0.10, 0.15), (0.02, 0.06), 4.0),
+}
+
+
+def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One image (s x s x 3 uint8), its mask (s x s uint8, 0/255) and a description."""
+    style = _STYLES[label]
+
+    # 1. skin
+    light, dark = np.array([238, 203, 178], np.float32), np.array([196, 145, 112], np.float32)
+    tone = light + (dark - light) * rng.uniform()
+    image = tone + _smooth_noise(rng, s, 4)[..., None] * 10.0 + rng.normal(0.0, 3.0, (s, s, 1))
+
+    # 2. lesion contour: r(theta) = r0 * (1 + sum of a few random harmonics)
+    cy, cx = s / 2 + rng.uniform(-0.06, 0.06, 2) * s
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
+    rho, theta = np.hypot(yy - cy, xx - cx), np.arctan2(yy - cy, xx - cx)
+    r0 = rng.uniform(*style.radius) * s
+    irregularity = rng.uniform(*style.irregularity)
+    wobble = sum(rng.normal(0, 1) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 9))
+    r = r0 * (1.0 + irregularity * wobble)
+    r = np.clip(r, 0.4 * r0, 0.35 * s)            # stays inside the dermoscope's visible circle
+    mask = rho <= r
+    les = _Lesion(s, rho, r, mask, 1.0 - rho / r)
+
+    # 3. lesion colour, blended in (70% opacity at the border, full from a quarter of the way in)
+    colour, colour_words = style.painter(rng, les)
+    colour = colour + rng.normal(0.0, style.grain, (s, s, 1))
+    alpha = np.where(mask, 0.7 + 0.3 * np.clip(les.depth * 4.0, 0, 1), 0.0)[..., None]
+    image = image * (1.0 - alpha) + colour * alpha
+
+    # 4. hairs: quadratic Bezier curves across the image, not part of the mask
+    n_hairs = int(rng.integers(0, 4))
+    hairs = Image.new("L", (s, s), 0)
+    draw = ImageDraw.Draw(hairs)
+    t = np.linspace(0, 1, 24)[:, None]
+    for _ in range(n_hairs):
+        p0, p1, p2 = rng.uniform(0, s, (3, 2))
+        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+        draw.line([tuple(p) for p in curve], fill=255, width=1)
+    hair = np.asarray(hairs) > 0
+    image[hair] = image[hair] * 0.25 + np.array([40, 30, 25]) * 0.75
+
+    # 5. vignetting: dark corners outside a circle of radius 0.5-0.7 s around the image centre
+    vignette_r = rng.uniform(0.5, 0.7) * s
+    falloff = np.clip((vignette_r - np.hypot(yy - s / 2, xx - s / 2)) / (0.06 * s), 0, 1)
+    image = image * falloff[..., None]
+
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    mask_u8 = np.where(mask, 255, 0).astype(np.uint8)
+
+    # description from what was actually drawn
+    area = mask.mean()
+    size_word = "small" if area < 0.06 else "medium-sized" if area < 0.15 else "large"
+    border = ("a regular well-defined border" if irregularity < 0.07 else
+              "a slightly irregular border" if irregularity < 0.13 else "an irregular poorly defined border")
+    text = f"{PROMPT_TEMPLATE.format(class_name=label)}, {size_word} lesion with {colour_words} and {border}"
+    if n_hairs:
+        text += ", a few overlying hairs"
+    return image, mask_u8, text
+
+
+# --------------------------------------------------------------------------------------------
+# Building the folder
+# --------------------------------------------------------------------------------------------
+
+def _digest(root: Path) -> str:
+    """sha256 over the relative paths and bytes of every file except demo.json."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "demo.json"):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _is_same_build(root: Path, params: dict) -> bool:
+    try:
+        info = json.loads((root / "demo.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("params") == params and info.get("digest") == _digest(root)
+
+
+def _check_existing(root: Path, params: dict) -> bool:
+    """True: reuse `root`. False: `root` is free. Raises if it holds anything else."""
+    if not root.exists():
+        return False
+    if root.is_dir() and not any(root.iterdir()):
+        return False
+    if root.is_dir() and _is_same_build(root, params):
+        return True
+    raise DemoDataError(
+        f"{root} already exists and is not a demo dataset built with {params}; "
+        "refusing to overwrite it (choose another folder or remove it)")
+
+
+def make_demo_dataset(output_dir, seed: int = 0, per_class: int = 0, min_size: int = 64,
+                      max_size: int = 128, progress: bool = False) -> Path:
+    """Build (or reuse) the demo dataset in `output_dir` and return its path.
+
+    per_class=0 gives DEMO_CLASSES' counts, N > 0 gives N images of every class. Image sides are
+    drawn per image from [min_size, max_size]. Same arguments -> byte-identical files.
+    """
+    if min_size < 16 or max_size < min_size:
+        raise ValueError(f"need 16 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
+    if per_class < 0 or seed < 0:
+        raise ValueError(f"seed and per_class must be >= 0, got seed={seed}, per_class={per_class}")
+    root = Path(output_dir).expanduser().absolute()
+    params = {"version": GENERATOR_VERSION, "seed": int(seed), "per_class": int(per_class),
+              "min_size": int(min_size), "max_size": int(max_size)}
+    if _check_existing(root, params):
+        return root
+
+    counts = {name: per_class or n for name, n in DEMO_CLASSES.items()}
+    labels = [name for name, n in counts.items() for _ in range(n)]
+    labels = [labels[i] for i in np.random.default_rng(seed).permutation(len(labels))]
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        for folder in ("images", "masks"):
+            for name in counts:
+                (tmp / folder / name).mkdir(parents=True)
+        items = enumerate(labels)
+        if progress:
+            from tqdm import tqdm
+            items = tqdm(items, total=len(labels), desc="demo dataset", unit="img")
+        descriptions = {}
+        for i, label in items:
+            rng = np.random.default_rng([seed, i])
+            side = int(rng.integers(min_size, max_size + 1))
+            image, mask, text = _draw_example(rng, label, side)
+            sample_id = f"DEMO_{i:07d}"
+            Image.fromarray(image).save(tmp / "images" / label / f"{sample_id}.png", format="PNG")
+            Image.fromarray(mask).save(tmp / "masks" / label / f"{sample_id}.png", format="PNG")
+            descriptions[sample_id] = text
+        (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1, sort_keys=True) + "\n")
+        info = {"generator": "harness.data.demo", "params": params, "counts": counts,
+                "digest": _digest(tmp)}
+        (tmp / "demo.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)                       # mkdtemp makes it 0700
+        try:
+            if root.is_dir():
+                root.rmdir()                       # empty (checked above); fails if filled since
+            os.rename(tmp, root)
+        except OSError:
+            if _check_existing(root, params):      # someone else built the same thing meanwhile
+                return root
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

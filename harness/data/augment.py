@@ -43,6 +43,15 @@ def paired_augmentation(strength: str = "paper") -> A.Compose:
     ])
 
 
+def seed_augmentation(augment: A.Compose, seed: int) -> None:
+    """Seed a Compose and each of its transforms differently: `Compose.set_random_seed` alone gives
+    every child the same seed, so all of them fire together or not at all (measured: ~30 % of
+    samples changed instead of ~94 %)."""
+    augment.set_random_seed(seed % 2**32)
+    for k, t in enumerate(augment.transforms):
+        t.set_random_seed((seed * 7919 + k + 1) % 2**32)
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Samples -> (image tensor, mask tensor, class index, caption) with in-memory decode cache.
 
@@ -81,7 +90,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         rgb, mask = self.pair(i)
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 100_003 + i) % 2**32)
+            seed_augmentation(self.augment, self.seed * 1_000_003 + self.epoch * 100_003 + i)
             out = self.augment(image=rgb, mask=mask)
             rgb, mask = out["image"], out["mask"]
         image, m = self.to_tensors(rgb, mask)

@@ -1,7 +1,11 @@
 """`skindualgen <command>`: the MLproject entry points as one console script."""
 import click
 
+from entrypoints.build_tiny_base import build_tiny_base
 from entrypoints.demo_data import demo_data
+from entrypoints.finetune import finetune
+from entrypoints.generate import generate
+from entrypoints.main import main
 from entrypoints.prepare import prepare
 
 
@@ -10,7 +14,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (prepare, demo_data):
+for command in (main, prepare, demo_data, build_tiny_base, finetune, generate):
     cli.add_command(command)
 
 if __name__ == "__main__":

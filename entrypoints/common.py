@@ -1,6 +1,7 @@
 """Shared bits of the click wrappers: user errors become a clean message and exit code 2."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import click
@@ -25,3 +26,33 @@ def user_errors(fn):
 
 experiment_option = click.option("--experiment", default=None,
                                  help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or skindualgen)")
+
+
+def _converter(kind):
+    def convert(ctx, param, value):
+        if value is None or value == "":      # "" from an MLproject parameter = not given
+            return None
+        if kind is bool:
+            low = value.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise click.BadParameter(f"{value!r} is not true/false")
+            return low in ("true", "1", "yes")
+        try:
+            return kind(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a valid {kind.__name__}") from None
+    return convert
+
+
+def config_options(cfg_cls, exclude: tuple[str, ...] = ()):
+    """One `--field-name` option per dataclass field, defaulting to None (= profile / paper default;
+    "" from an MLproject parameter counts as not given). Booleans take true/false values."""
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(cfg_cls)):
+            if f.name in exclude:
+                continue
+            kind = {int: int, float: float, bool: bool}.get(type(f.default), str)
+            fn = click.option("--" + f.name.replace("_", "-"), f.name, type=str, default=None,
+                              callback=_converter(kind), help=f"default: {f.default!r}")(fn)
+        return fn
+    return decorate

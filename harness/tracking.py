@@ -99,8 +99,34 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
     setup(experiment)
     with mlflow.start_run(run_name=run_name or stage, nested=nested) as run:
         mlflow.set_tags({**run_tags(stage, dataset_digest), **(extra_tags or {})})
-        mlflow.log_params(config_params(config))
+        log_config(run.info.run_id, config_params(config))
         yield run
+
+
+RESOLVED_PREFIX = "resolved."
+
+
+def log_config(run_id: str, params: dict[str, str]) -> None:
+    """Log the config as params. Under `mlflow run` the run already holds the entry point's raw -P
+    values (e.g. resolution='' meaning "the profile's value"); MLflow forbids changing a param, so a
+    key whose resolved value differs is logged as `resolved.<key>` beside the raw one."""
+    existing = mlflow.get_run(run_id).data.params
+    out = {}
+    for key, value in params.items():
+        if key in existing and existing[key] != value:
+            out[RESOLVED_PREFIX + key] = value
+        elif key not in existing:
+            out[key] = value
+    for i in range(0, len(out), 100):
+        mlflow.log_params(dict(list(out.items())[i:i + 100]))
+
+
+def effective_params(run: mlflow.entities.Run) -> dict[str, str]:
+    """A run's config as the stage resolved it (`resolved.<key>` wins over the raw key)."""
+    params = dict(run.data.params)
+    for key in [k for k in params if k.startswith(RESOLVED_PREFIX)]:
+        params[key[len(RESOLVED_PREFIX):]] = params.pop(key)
+    return params
 
 
 def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None = None,
@@ -120,6 +146,7 @@ def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None
         order_by=["attributes.start_time DESC"], output_format="list")
     wanted = {k: str(v) for k, v in params.items()}
     for run in runs:
-        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+        params = effective_params(run)
+        if all(params.get(k) == v for k, v in wanted.items()):
             return run
     return None

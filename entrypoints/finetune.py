@@ -1,0 +1,21 @@
+"""`finetune` entry point: LoRA fine-tune of the 4-channel SD2 model, tracked in MLflow."""
+import click
+
+from entrypoints.common import config_options, experiment_option, user_errors
+from harness.config import FinetuneConfig, with_profile
+
+
+@click.command("finetune")
+@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@config_options(FinetuneConfig)
+@experiment_option
+@user_errors
+def finetune(profile, experiment, **given):
+    from harness.dualgen.train import finetune as run_finetune
+    cfg = with_profile(FinetuneConfig, "finetune", profile, given)
+    run_id = run_finetune(cfg, experiment=experiment)
+    click.echo(f"finetune run {run_id}: model at runs:/{run_id}/model and {cfg.output_dir}/model")
+
+
+if __name__ == "__main__":
+    finetune()

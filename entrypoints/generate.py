@@ -1,0 +1,24 @@
+"""`generate` entry point: image+mask pairs per class from a run, a registry version/alias or a folder."""
+import click
+
+from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from harness.config import GenerateConfig, with_profile
+
+
+@click.command("generate")
+@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@config_options(GenerateConfig)
+@experiment_option
+@user_errors
+def generate(profile, experiment, **given):
+    from harness.dualgen.generate import ModelURIError, generate as run_generate
+    cfg = with_profile(GenerateConfig, "generate", profile, given)
+    try:
+        run_id, out = run_generate(cfg, experiment=experiment)
+    except (ModelURIError, ValueError) as e:
+        raise UserError(str(e)) from e
+    click.echo(f"generate run {run_id}: pairs in {out}")
+
+
+if __name__ == "__main__":
+    generate()

@@ -1,0 +1,26 @@
+"""`main` entry point: the paper pipeline as child runs of one parent run, reusing finished steps."""
+import click
+
+from entrypoints.common import experiment_option, user_errors
+from harness.pipeline import PipelineConfig
+
+D = PipelineConfig()
+
+
+@click.command("main")
+@click.option("--profile", type=click.Choice(["demo", "paper"]), default=D.profile, show_default=True)
+@click.option("--data-dir", default=D.data_dir, help="dataset folder or manifest ('' = embedded demo)")
+@click.option("--base-model", default=D.base_model, help="'' = the profile's base model")
+@click.option("--env-manager", default=D.env_manager, show_default=True,
+              help="env manager for the child `mlflow run`s (local, virtualenv, conda, uv)")
+@click.option("--seed", type=int, default=D.seed, show_default=True)
+@experiment_option
+@user_errors
+def main(profile, data_dir, base_model, env_manager, seed, experiment):
+    from harness.pipeline import run_pipeline
+    cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager, seed=seed)
+    run_pipeline(cfg, experiment=experiment, log=click.echo)
+
+
+if __name__ == "__main__":
+    main()

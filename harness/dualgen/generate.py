@@ -1,0 +1,160 @@
+"""The `generate` stage: prompts -> (image, mask) pairs written as a dataset the data layer reads.
+
+Model URIs: `runs:/<finetune run>/model`, `models:/<name>/<version>`, `models:/<name>@<alias>`, or a
+local DualGen model folder. A registry URI is resolved to its version first (tag
+`skindualgen.model_version`), so the run records exactly which version generated the set.
+
+Output (ISIC-GPT layout + manifest):
+    <output_dir>/images/<class>/<id>.png, masks/<class>/<id>.png, descriptions.json (the prompt),
+    manifest.csv (id,image,mask,label,description,split,group,prompt,seed,model_uri,model_version)
+Sample k of class c gets seed = seed + global index, recorded in the manifest, so any single sample
+can be regenerated alone.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from harness import tracking
+from harness.config import GenerateConfig
+from harness.dualgen.mlflow_model import model_folder
+from harness.dualgen.pipeline import DualGenPipeline
+from harness.dualgen.train import TRAINING_JSON, pair_grid
+
+TAG_MODEL_URI = "skindualgen.model_uri"
+TAG_MODEL_VERSION = "skindualgen.model_version"
+TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
+_MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+MANIFEST_FIELDS = ["id", "image", "mask", "label", "description", "split", "group", "prompt", "seed",
+                   "model_uri", "model_version"]
+
+
+class ModelURIError(ValueError):
+    pass
+
+
+def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
+    """-> (a URI that names one fixed model, lineage tags). Registry URIs become their version;
+    a missing name, version or alias is an error listing what exists."""
+    if not uri:
+        raise ModelURIError("--model-uri is required (runs:/<id>/model, models:/<name>/<version>, "
+                            "models:/<name>@<alias>, or a model folder)")
+    m = _MODELS_RE.match(uri)
+    if not m:
+        tags = {TAG_MODEL_URI: uri}
+        if uri.startswith("runs:/"):
+            tags[TAG_FINETUNE_RUN] = uri.split("/")[1]
+        return uri, tags
+    client = MlflowClient()
+    name = m["name"]
+    try:
+        registered = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        names = [r.name for r in client.search_registered_models()]
+        raise ModelURIError(f"{uri}: no registered model {name!r}; registered: {', '.join(names) or 'none'}")
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    if m["version"]:
+        if int(m["version"]) not in versions:
+            raise ModelURIError(f"{uri}: {name} has no version {m['version']}; versions: {versions}")
+        version = client.get_model_version(name, m["version"])
+    else:
+        aliases = dict(registered.aliases or {})
+        if m["alias"] not in aliases:
+            raise ModelURIError(f"{uri}: {name} has no alias {m['alias']!r}; aliases: "
+                                f"{', '.join(f'{a}->v{v}' for a, v in aliases.items()) or 'none'}")
+        version = client.get_model_version_by_alias(name, m["alias"])
+    tags = {TAG_MODEL_URI: uri, TAG_MODEL_VERSION: f"{name}/{version.version}",
+            TAG_FINETUNE_RUN: version.run_id or ""}
+    return f"models:/{name}/{version.version}", tags
+
+
+def plan(training: dict, cfg: GenerateConfig) -> list[tuple[str, int]]:
+    """[(class, count)]: --per-class N for every class, or --balance: top each class up to the
+    largest class's training count (the paper's use against class imbalance)."""
+    classes = [c.strip() for c in cfg.classes.split(",") if c.strip()] or training["classes"]
+    unknown = [c for c in classes if c not in training["classes"]]
+    if unknown:
+        raise ValueError(f"class(es) {unknown} unknown to this model; it knows {training['classes']}")
+    if cfg.balance == bool(cfg.per_class):
+        raise ValueError("give exactly one of --per-class N or --balance")
+    if cfg.per_class:
+        return [(c, cfg.per_class) for c in classes]
+    counts = training["class_counts"]
+    top = max(counts.values())
+    return [(c, top - counts.get(c, 0)) for c in classes]
+
+
+def load_settings_from_run(cfg: GenerateConfig) -> GenerateConfig:
+    if not cfg.settings_from_run:
+        return cfg
+    run = mlflow.get_run(cfg.settings_from_run)
+    params = run.data.params
+    try:
+        cfg.num_inference_steps = int(params["best_num_inference_steps"])
+        cfg.guidance_scale = float(params["best_guidance_scale"])
+    except KeyError as e:
+        raise ValueError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?")
+    return cfg
+
+
+def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool = True) -> tuple[str, Path]:
+    """Generate, write the dataset atomically, log the run. Returns (run id, output folder)."""
+    tracking.setup(experiment)
+    cfg = load_settings_from_run(cfg)
+    fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
+    folder = model_folder(fixed_uri)
+    training = json.loads((folder / TRAINING_JSON).read_text())
+    todo = plan(training, cfg)
+    with tracking.stage_run("generate", cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
+        pipe = DualGenPipeline.from_folder(folder)
+        template = training["prompt_template"]
+        jobs = [(c, k) for c, n in todo for k in range(n)]
+        prompts = [template.format(class_name=c) for c, _ in jobs]
+        seeds = [cfg.seed + i for i in range(len(jobs))]
+        pairs = pipe(prompts, seeds, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                     height=cfg.resolution, width=cfg.resolution, batch_size=cfg.batch_size,
+                     mask_threshold=cfg.mask_threshold, progress=progress)
+        out = Path(cfg.output_dir).resolve()
+        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        rows, descriptions = [], {}
+        for i, ((label, _), prompt, seed, (image, mask)) in enumerate(zip(jobs, prompts, seeds, pairs)):
+            sid = f"SYN_{run.info.run_id[:8]}_{i:06d}"
+            for kind, im in (("images", image), ("masks", mask)):
+                (tmp / kind / label).mkdir(parents=True, exist_ok=True)
+                im.save(tmp / kind / label / f"{sid}.png")
+            descriptions[sid] = prompt
+            rows.append({"id": sid, "image": f"images/{label}/{sid}.png", "mask": f"masks/{label}/{sid}.png",
+                         "label": label, "description": prompt, "split": "train", "group": "",
+                         "prompt": prompt, "seed": seed, "model_uri": cfg.model_uri,
+                         "model_version": lineage.get(TAG_MODEL_VERSION, fixed_uri)})
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1))
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        if out.exists():
+            if any(out.iterdir()) and not (out / "manifest.csv").is_file():
+                shutil.rmtree(tmp)
+                raise ValueError(f"{out} exists and is not a generated set (no manifest.csv): not overwriting it")
+            shutil.rmtree(out)
+        tmp.rename(out)
+        mlflow.log_metrics({"n_generated": len(rows)} | {f"generated_count/{c}": n for c, n in todo})
+        mlflow.log_artifact(str(out / "manifest.csv"))
+        if pairs:
+            per_class = {}
+            for (label, _), pair in zip(jobs, pairs):
+                per_class.setdefault(label, pair)
+            mlflow.log_image(pair_grid(list(per_class.values())), "samples.png")
+        mlflow.set_tag("skindualgen.output_dir", str(out))
+        return run.info.run_id, out

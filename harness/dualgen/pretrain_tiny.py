@@ -1,0 +1,194 @@
+"""Pre-train the tiny SD2-shaped base model on the demo dataset (`skindualgen build-tiny-base`).
+
+A LoRA fine-tune adapts a model that already generates images; a randomly initialised base gives LoRA
+nothing to adapt. The real SD2 was pre-trained on LAION; our tiny stand-in is pre-trained here, on CPU,
+in a few minutes, by the same latent-diffusion recipe at toy scale:
+
+  1. VAE (3 channels, like SD2's): full-weight training on RGB images, L1 reconstruction + a small KL
+     term; then scaling_factor = 1 / std(latents), as the LDM paper chose SD's 0.18215.
+  2. UNet: full-weight epsilon-prediction MSE on those latents, conditioned on the class prompt
+     "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis" (10% empty prompts, so that
+     classifier-free guidance works as in SD), DDPM noise schedule = the SD2-base DDIM settings.
+  The text encoder stays at its seeded random weights (frozen, like SD2's OpenCLIP during SD training):
+  different class names still give different embeddings, which is all the UNet needs to condition on.
+
+Masks are not used: the base knows RGB only, like SD2. The mask comes in with the 4-channel VAE and the
+LoRA fine-tune (finetune stage). Same seed, same data, same thread settings -> same weights on CPU.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from PIL import Image
+
+from harness.config import PROMPT_TEMPLATE
+from harness.dualgen.base import PromptCache
+from harness.dualgen.tiny import RESOLUTION, build_tiny_components, count_params, save_components
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+# ----------------------------------------------------------------------------------------------
+# data: <root>/images/<class name>/<id>.png, all held in memory (the demo set is ~140 small images)
+# ----------------------------------------------------------------------------------------------
+def load_class_images(images_dir, resolution: int = RESOLUTION) -> tuple[torch.Tensor, list[str]]:
+    """All images under images_dir/<class>/ (or images_dir/images/<class>/): (N,3,R,R) in [-1,1], labels."""
+    root = Path(images_dir)
+    if (root / "images").is_dir():
+        root = root / "images"
+    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images found as {root}/<class name>/<file>.png")
+    arrays, labels = [], []
+    for path in files:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((resolution, resolution), Image.LANCZOS)
+        arrays.append(np.asarray(im))
+        labels.append(path.parent.name)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images, labels
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image flipped horizontally and/or vertically with probability 1/2 each."""
+    flip_h, flip_v = (torch.rand(2, x.shape[0], generator=generator) < 0.5).view(2, -1, 1, 1, 1)
+    x = torch.where(flip_h, x.flip(-1), x)
+    return torch.where(flip_v, x.flip(-2), x)
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, unit="step")
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 1: VAE
+# ----------------------------------------------------------------------------------------------
+def train_vae(vae, images: torch.Tensor, steps: int, generator: torch.Generator, batch_size: int = 8,
+              lr: float = 1e-3, kl_weight: float = 1e-4, progress: bool = True) -> list[float]:
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=20, num_training_steps=steps)
+    losses = []
+    for _ in _progress(range(steps), "tiny VAE", progress):
+        x = random_flips(images[torch.randint(len(images), (batch_size,), generator=generator)], generator)
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        loss_rec = F.l1_loss(reconstruction, x)
+        loss_kl = posterior.kl().mean() / posterior.mean[0].numel()     # per latent element
+        loss = loss_rec + kl_weight * loss_kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        losses.append(loss_rec.item())
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image in its 4 flip variants: two (4N,4,h,w) tensors."""
+    variants = torch.cat([images, images.flip(-1), images.flip(-2), images.flip(-1).flip(-2)])
+    means, stds = [], []
+    for chunk in variants.split(32):
+        posterior = vae.encode(chunk).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 2: UNet
+# ----------------------------------------------------------------------------------------------
+def train_unet(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor,
+               prompt_embeds: torch.Tensor, empty_embed: torch.Tensor, label_ids: torch.Tensor, steps: int,
+               generator: torch.Generator, batch_size: int = 16, lr: float = 1e-3, uncond_prob: float = 0.1,
+               progress: bool = True) -> list[float]:
+    """Epsilon-prediction MSE (Eq. 5) on latents already multiplied by the VAE scaling factor."""
+    unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=50, num_training_steps=steps)
+    losses = []
+    for _ in _progress(range(steps), "tiny UNet", progress):
+        idx = torch.randint(len(latent_mean), (batch_size,), generator=generator)
+        latents = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        drop = (torch.rand(batch_size, generator=generator) < uncond_prob).view(-1, 1, 1)
+        cond = torch.where(drop, empty_embed, prompt_embeds[label_ids[idx]])
+        prediction = unet(noisy, timesteps, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        losses.append(loss.item())
+    unet.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole recipe
+# ----------------------------------------------------------------------------------------------
+def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int = RESOLUTION,
+                    vae_steps: int = 300, unet_steps: int = 1200, progress: bool = True) -> Path:
+    """Build and pre-train the tiny base, save it as a diffusers folder in output_dir, return the path.
+
+    images_dir: a dataset with images/<class name>/<id>.png; None = the embedded demo dataset (seed 0).
+    """
+    started = time.time()
+    output_dir = Path(output_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        if images_dir is None:
+            from harness.data.demo import make_demo_dataset
+            images_dir = make_demo_dataset(Path(tmp) / "demo", seed=0)
+        images, labels = load_class_images(images_dir, resolution)
+    class_names = sorted(set(labels))
+    label_ids = torch.tensor([class_names.index(name) for name in labels])
+
+    parts = build_tiny_components(seed)
+    vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
+    parts["text_encoder"].requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+
+    vae_losses = train_vae(vae, images, vae_steps, generator, progress=progress)
+    vae.requires_grad_(False)
+    latent_mean, latent_std = encode_all(vae, images)
+    scaling_factor = float(1.0 / latent_mean.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+
+    prompts = PromptCache(parts["tokenizer"], parts["text_encoder"])
+    prompt_embeds = prompts([PROMPT_TEMPLATE.format(class_name=name) for name in class_names])
+    empty_embed = prompts([""])
+    flip_label_ids = label_ids.repeat(4)            # encode_all stacks 4 flip variants of the images
+    unet_losses = train_unet(unet, scheduler, latent_mean * scaling_factor, latent_std * scaling_factor,
+                             prompt_embeds, empty_embed, flip_label_ids, unet_steps, generator,
+                             progress=progress)
+
+    save_components(parts, output_dir)
+    report = {
+        "recipe": "harness.dualgen.pretrain_tiny.build_tiny_base",
+        "seed": seed, "resolution": resolution, "vae_steps": vae_steps, "unet_steps": unet_steps,
+        "images": len(images), "classes": class_names,
+        "scaling_factor": scaling_factor,
+        "params": {name: count_params(parts[name]) for name in ("unet", "vae", "text_encoder")},
+        "vae_l1_last100": float(np.mean(vae_losses[-100:])),
+        "unet_mse_last100": float(np.mean(unet_losses[-100:])),
+        "seconds": round(time.time() - started, 1),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    (output_dir / "build.json").write_text(json.dumps(report, indent=1) + "\n")
+    return output_dir

@@ -1,0 +1,346 @@
+"""The `finetune` stage: LoRA fine-tune of the 4-channel SD2 model (paper Sec. 3.3, 4.2).
+
+Read top to bottom: `finetune` sets up data, model, optimizer and the MLflow run; `training_step`
+is one step of the paper's loss; `save_checkpoint` / `load_checkpoint` make resume exact.
+
+What trains: LoRA (rank 4) on the UNet attention projections to_q/to_k/to_v/to_out.0, plus the
+widened VAE's encoder.conv_in and decoder.conv_out (the new mask-channel weights cannot learn if
+frozen; they are a few thousand parameters). Everything else is frozen, as in the paper.
+
+Loss (Eq. 5-8): L = λ1·MSE(unet(z_t), target) + λ2·BCE(m̂, m) + λ3·Dice(m̂, m), where target is the
+noise (epsilon models) or v = sqrt(ā)·ε - sqrt(1-ā)·z0 (v models), and m̂ is channel 4 of the VAE
+decoding of the predicted clean latent ẑ0 (losses.predict_x0). The UNet sees z_t detached from the
+encoder: otherwise the diffusion MSE would push the trainable encoder layer to shrink the latents
+(a trivially predictable z_t); the encoder layer learns from the mask terms only (through ẑ0).
+
+Reproducibility: the noise, timesteps and VAE posterior sample of step s come from a generator
+seeded by (seed, s); the batch order of epoch e from (seed, e); augmentation of sample i in epoch e
+from (seed, e, i). A resumed run therefore continues with exactly the numbers an uninterrupted run
+would have used, with no RNG state to restore beyond the step counter.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from harness import tracking
+from harness.config import FinetuneConfig
+from harness.data.augment import PairDataset, paired_augmentation
+from harness.data.prepare import load_prepared, log_dataset_input
+from harness.dualgen.base import PromptCache, load_base
+from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict, trainable_summary
+from harness.dualgen.losses import diffusion_target, dual_loss, predict_x0
+from harness.dualgen.pipeline import DualGenPipeline
+from harness.dualgen.vae4 import encode, decode, mask_trainable_parameters, widen_vae
+
+TRAINING_JSON = "training.json"     # in the model folder: classes, prompts, class counts, digest
+# config fields that may differ between an interrupted run and its resume
+RESUME_MAY_DIFFER = {"resume_from_checkpoint", "validation_epochs", "validation_steps", "log_every",
+                     "checkpointing_steps", "checkpoints_total_limit", "num_workers", "output_dir"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def captions_for(samples, cfg: FinetuneConfig) -> list[str]:
+    if cfg.caption_source == "template":
+        return [cfg.prompt_template.format(class_name=s.label) for s in samples]
+    if cfg.caption_source == "description":
+        missing = [s.id for s in samples if not s.description.strip()]
+        if missing:
+            raise ValueError(f"--caption-source description: {len(missing)} training image(s) have no "
+                             f"description (e.g. {', '.join(missing[:5])}); run `skindualgen describe` "
+                             "or use --caption-source template")
+        return [s.description for s in samples]
+    raise ValueError(f"caption_source must be template or description, got {cfg.caption_source!r}")
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batch order of one epoch, from (seed, epoch) only; the last short batch is kept."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig, step: int, device):
+    """One step of the paper's loss. Returns dict(loss, loss_diffusion, loss_bce, loss_dice)."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    rgb, mask01 = batch["image"].to(device), batch["mask"].to(device)
+    latents = encode(vae, rgb, mask01 * 2 - 1, sample=True, generator=g).float()
+    noise = torch.randn(latents.shape, generator=g).to(device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    text = prompt_cache(list(batch["caption"])).to(device)
+    pred = unet(noisy.detach().to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype)).sample.float()
+    target = diffusion_target(scheduler, latents.detach(), noise, t)
+    x0 = predict_x0(scheduler, noisy, pred, t)
+    _, mask_logits = decode(vae, x0)
+    return dual_loss(pred, target, mask_logits.float(), mask01,
+                     lambdas=(cfg.lambda_diffusion, cfg.lambda_bce, cfg.lambda_dice), smooth=cfg.dice_smooth)
+
+
+def mask_state_dict(vae) -> dict[str, torch.Tensor]:
+    """The widened VAE's mask-channel layers (what trains in the VAE)."""
+    return {f"encoder.conv_in.{k}": v.detach().cpu().contiguous() for k, v in vae.encoder.conv_in.state_dict().items()} | \
+        {f"decoder.conv_out.{k}": v.detach().cpu().contiguous() for k, v in vae.decoder.conv_out.state_dict().items()}
+
+
+def load_mask_state_dict(vae, sd: dict[str, torch.Tensor]) -> None:
+    vae.encoder.conv_in.load_state_dict({k.split(".", 2)[2]: v for k, v in sd.items() if k.startswith("encoder.")})
+    vae.decoder.conv_out.load_state_dict({k.split(".", 2)[2]: v for k, v in sd.items() if k.startswith("decoder.")})
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(out: Path, step: int, epoch: int, batch_in_epoch: int, unet, vae, optimizer, lr_sched,
+                    cfg: FinetuneConfig, digest: str) -> Path:
+    """checkpoint-<step>/: LoRA + mask layers (safetensors), optimizer + LR schedule, position.
+    Written to a temp folder and renamed, so a kill never leaves a half checkpoint."""
+    final = out / f"checkpoint-{step}"
+    tmp = out / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet).items()}, tmp / "lora.safetensors")
+    save_file(mask_state_dict(vae), tmp / "mask_channels.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"global_step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                                "dataset_digest": digest, "config": asdict(cfg)}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    if cfg.checkpoints_total_limit > 0:
+        for old in sorted(checkpoints(out), key=lambda p: int(p.name.split("-")[1]))[:-cfg.checkpoints_total_limit]:
+            shutil.rmtree(old)
+    return final
+
+
+def checkpoints(out: Path) -> list[Path]:
+    return [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+
+
+def find_checkpoint(out: Path, spec: str) -> Path:
+    if spec != "latest":
+        path = Path(spec)
+        if not (path / "state.json").is_file():
+            raise FileNotFoundError(f"{path}: not a checkpoint folder (no state.json)")
+        return path
+    found = sorted(checkpoints(out), key=lambda p: int(p.name.split("-")[1]))
+    if not found:
+        raise FileNotFoundError(f"--resume-from-checkpoint latest: no checkpoint-<step> folder in {out}")
+    return found[-1]
+
+
+def load_checkpoint(path: Path, unet, vae, optimizer, lr_sched, cfg: FinetuneConfig, digest: str) -> dict:
+    state = json.loads((path / "state.json").read_text())
+    old = state["config"]
+    differ = [k for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER and old.get(k) != v]
+    if differ or state["dataset_digest"] != digest:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in differ) or "the dataset digest"
+        raise ValueError(f"{path}: cannot resume, the run differs from the checkpoint in {what}")
+    set_lora_state_dict(unet, load_file(path / "lora.safetensors"))
+    load_mask_state_dict(vae, load_file(path / "mask_channels.safetensors"))
+    optim = torch.load(path / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(optim["optimizer"])
+    lr_sched.load_state_dict(optim["lr_scheduler"])
+    return state
+
+
+# ------------------------------------------------------------------ validation grid
+@torch.no_grad()
+def validation_grid(pipe: DualGenPipeline, classes: list[str], cfg: FinetuneConfig) -> Image.Image:
+    """One column per class (fixed seeds): generated image on top, its mask below."""
+    prompts = [cfg.prompt_template.format(class_name=c) for c in classes]
+    pairs = pipe(prompts, seeds=[cfg.seed + i for i in range(len(classes))], num_inference_steps=cfg.validation_steps,
+                 guidance_scale=1.22, height=cfg.resolution, width=cfg.resolution, batch_size=8, progress=False)
+    return pair_grid(pairs)
+
+
+def pair_grid(pairs) -> Image.Image:
+    w, h = pairs[0][0].size
+    grid = Image.new("RGB", (w * len(pairs), h * 2))
+    for i, (img, mask) in enumerate(pairs):
+        grid.paste(img, (i * w, 0))
+        grid.paste(mask.convert("RGB"), (i * w, h))
+    return grid
+
+
+# ------------------------------------------------------------------ the stage
+def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool = True,
+             stop_after_step: int | None = None) -> str:
+    """Run the fine-tune as one MLflow run; return its run id. `stop_after_step` simulates a kill
+    (KeyboardInterrupt after that step's checkpointing) for the resume test."""
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    device = accelerator.device
+    prepared = load_prepared(cfg.data_dir, "auto", cfg.test_fraction, cfg.seed, progress=progress)
+    train = prepared.dataset.split("train")
+    classes = train.classes
+    captions = captions_for(train.samples, cfg)
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    base = load_base(cfg.base_model, cfg.revision, dtype=weight_dtype)
+    unet, vae, scheduler = base.unet, widen_vae(base.vae), base.scheduler
+    add_lora(unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=tuple(cfg.lora_targets.split(",")))
+    mask_params = mask_trainable_parameters(vae) if cfg.train_mask_channels else []
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    for p in lora_params + mask_params:        # trained weights stay fp32 under mixed precision
+        p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    counts = trainable_summary(unet, vae, base.text_encoder)
+    unet_counts = trainable_summary(unet)
+    unet.to(device), vae.to(device), base.text_encoder.to(device)
+    prompt_cache = PromptCache(base.tokenizer, base.text_encoder)
+
+    dataset = PairDataset(train.samples, cfg.resolution, paired_augmentation() if cfg.augment else None,
+                          image_norm="minus1_1", classes=classes, captions=captions, seed=cfg.seed)
+    updates_per_epoch = math.ceil(math.ceil(len(dataset) / cfg.train_batch_size) / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_train_steps or cfg.epochs * updates_per_epoch
+    optimizer = torch.optim.AdamW(lora_params + mask_params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                             num_training_steps=max_steps)
+    # The VAE is not wrapped (only its two mask layers train); with several processes their gradients
+    # are averaged by hand below, the LoRA ones by accelerate's DDP wrapper of the UNet.
+    unet, optimizer, lr_sched = accelerator.prepare(unet, optimizer, lr_sched)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    step, start_epoch, skip_batches = 0, 0, 0
+    if cfg.resume_from_checkpoint:
+        ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(unet), vae, optimizer,
+                                lr_sched, cfg, prepared.digest)
+        step, start_epoch, skip_batches = state["global_step"], state["epoch"], state["batch_in_epoch"]
+
+    is_main = accelerator.is_main_process
+    run_ctx = tracking.stage_run("finetune", cfg, prepared.digest, experiment) if is_main else _null()
+    with run_ctx as run:
+        if is_main:
+            mlflow.set_tags({"skindualgen.base_model": base.info["model_id"],
+                             "skindualgen.base_revision": base.info["revision"],
+                             "skindualgen.prediction_type": base.info["prediction_type"]})
+            if cfg.resume_from_checkpoint:
+                mlflow.set_tag("skindualgen.resumed_from", str(ckpt))
+            log_dataset_input(prepared, context="training")
+            mlflow.log_metrics({"params/trainable": counts["trainable"], "params/total": counts["total"],
+                                "params/trainable_share_pct": 100 * counts["trainable_share"],
+                                "params/reduction_pct": counts["reduction_pct"],
+                                "params/unet_trainable_share_pct": 100 * unet_counts["trainable_share"],
+                                "max_train_steps": max_steps, "n_train_images": len(dataset)})
+        bar = tqdm(total=max_steps, initial=step, desc="finetune", unit="step", disable=not (progress and is_main))
+        epoch = start_epoch
+        unet.train()
+        t0 = time.perf_counter()
+        while step < max_steps:
+            dataset.set_epoch(epoch)
+            batches = epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed, epoch)
+            for b, indices in enumerate(batches):
+                if epoch == start_epoch and b < skip_batches:
+                    continue
+                batch = torch.utils.data.default_collate([dataset[i] for i in indices])
+                with accelerator.accumulate(unet):
+                    losses = training_step(batch, unet, vae, scheduler, prompt_cache,
+                                           cfg, step, device)
+                    if not torch.isfinite(losses["loss"]):
+                        raise NonFiniteLossError(
+                            f"non-finite loss at step {step}: " +
+                            ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()) +
+                            " (lower --learning-rate, or use bf16 instead of fp16)")
+                    accelerator.backward(losses["loss"])
+                    if accelerator.num_processes > 1:
+                        for p in mask_params:
+                            if p.grad is not None:
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    optimizer.step()
+                    lr_sched.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+                if is_main and step % cfg.log_every == 0:
+                    mlflow.log_metrics({f"train/{k}": v.item() for k, v in losses.items()} |
+                                       {"train/lr": lr_sched.get_last_lr()[0]}, step=step, synchronous=False)
+                if is_main and cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                    save_checkpoint(out, step, epoch, b + 1, accelerator.unwrap_model(unet),
+                                    vae, optimizer, lr_sched, cfg, prepared.digest)
+                if stop_after_step is not None and step >= stop_after_step:
+                    raise KeyboardInterrupt(f"stopped after step {step}")
+                if step >= max_steps:
+                    break
+            epoch += 1
+            if is_main and cfg.validation_epochs and epoch % cfg.validation_epochs == 0 and step < max_steps:
+                _log_validation(accelerator, unet, vae, base, classes, cfg, step)
+        bar.close()
+        if not is_main:
+            return ""
+        mlflow.log_metric("train/seconds", time.perf_counter() - t0)
+        _log_validation(accelerator, unet, vae, base, classes, cfg, step)
+        model_dir = save_model(accelerator, unet, vae, base, cfg, classes, train.class_counts(), prepared.digest, out)
+        log_model(model_dir)
+        mlflow.flush_async_logging()
+        return run.info.run_id
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pipeline(accelerator, unet, vae, base) -> DualGenPipeline:
+    return DualGenPipeline(accelerator.unwrap_model(unet), vae, base.text_encoder,
+                           base.tokenizer, base.scheduler, base_info=base.info)
+
+
+def _log_validation(accelerator, unet, vae, base, classes, cfg, step):
+    unet.eval()
+    grid = validation_grid(_pipeline(accelerator, unet, vae, base), classes, cfg)
+    mlflow.log_image(grid, key="validation", step=step)
+    unet.train()
+
+
+def save_model(accelerator, unet, vae, base, cfg, classes, class_counts, digest, out: Path) -> Path:
+    """The model folder (DualGenPipeline format) + training.json + mask-channel weights + config."""
+    model_dir = out / "model"
+    tmp = out / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _pipeline(accelerator, unet, vae, base).save(tmp)
+    save_file(mask_state_dict(vae), tmp / "mask_channels.safetensors")
+    (tmp / TRAINING_JSON).write_text(json.dumps({
+        "classes": classes, "class_counts": class_counts, "prompt_template": cfg.prompt_template,
+        "dataset_digest": digest, "resolution": cfg.resolution, "config": asdict(cfg),
+    }, indent=1))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
+    return model_dir
+
+
+def log_model(model_dir: Path) -> None:
+    """Log the folder as artifacts and as an MLflow pyfunc model `model` (runs:/<id>/model)."""
+    from harness.dualgen.mlflow_model import log_dualgen_model
+    mlflow.log_artifacts(str(model_dir), "dualgen")
+    log_dualgen_model(model_dir)
+
+
+def summarize_losses(run_id: str) -> dict[str, float]:
+    """Mean combined loss over the first and last fifth of the steps (for tests and the note)."""
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "train/loss")
+    values = np.array([m.value for m in sorted(history, key=lambda m: m.step)])
+    k = max(1, len(values) // 5)
+    return {"first": float(values[:k].mean()), "last": float(values[-k:].mean()), "n": len(values)}

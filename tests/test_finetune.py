@@ -1,0 +1,181 @@
+"""finetune / generate on a small SD2-shaped base: losses, artifacts, resume equality, NaN handling,
+seeded generation, registry URIs. Uses a randomly initialised tiny base saved to a local folder (the
+same `load_base` path as the shipped pre-trained one) to stay fast; test_dualgen_e2e.py uses the
+shipped weights."""
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness import tracking
+from harness.config import FinetuneConfig, GenerateConfig
+from harness.data import load_dataset
+from harness.data.validate import validate
+from harness.dualgen.generate import ModelURIError, generate, plan, resolve_model_uri
+from harness.dualgen.train import NonFiniteLossError, finetune
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    from harness.dualgen.tiny import build_tiny_components, save_components
+    return save_components(build_tiny_components(seed=0), tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_small(tmp_path_factory):
+    from harness.data.demo import make_demo_dataset
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "d", seed=0, per_class=4, min_size=32, max_size=48)
+
+
+def cfg_for(tiny_folder, demo_small, out, **kw):
+    base = dict(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32, train_batch_size=2,
+                max_train_steps=6, validation_epochs=0, validation_steps=2, checkpointing_steps=3,
+                output_dir=str(out), test_fraction=0.25)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_finetune_logs_losses_share_and_artifacts(tiny_folder, demo_small, experiment, tmp_path):
+    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "ft")
+    run_id = finetune(cfg, experiment=experiment, progress=False)
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.TAG_STAGE] == "finetune"
+    assert run.data.tags["skindualgen.prediction_type"] == "epsilon"
+    assert run.data.params["lora_rank"] == "4" and run.data.params["learning_rate"] == "0.0001"
+    client = mlflow.tracking.MlflowClient()
+    for key in ("train/loss", "train/loss_diffusion", "train/loss_bce", "train/loss_dice"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4, 5, 6]
+    total = client.get_metric_history(run_id, "train/loss")[0].value
+    parts = sum(client.get_metric_history(run_id, f"train/loss_{k}")[0].value for k in ("diffusion", "bce", "dice"))
+    assert total == pytest.approx(parts, rel=1e-5)                 # lambdas = 1
+    assert run.data.metrics["params/unet_trainable_share_pct"] < 10.0  # > 90 % fewer trainable (UNet)
+    assert run.data.metrics["params/reduction_pct"] > 90.0
+    arts = {a.path for a in client.list_artifacts(run_id, "dualgen")}
+    assert {"dualgen/lora", "dualgen/vae", "dualgen/mask_channels.safetensors", "dualgen/training.json"} <= arts
+    lora = client.list_artifacts(run_id, "dualgen/lora")
+    assert [a.path for a in lora] == ["dualgen/lora/pytorch_lora_weights.safetensors"]
+    assert any(a.path.startswith("images") for a in client.list_artifacts(run_id))   # validation grid
+    # checkpoints with a total limit
+    assert sorted(p.name for p in (tmp_path / "ft").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    # the pyfunc model generates
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    import pandas as pd
+    out = model.predict(pd.DataFrame({"class_name": ["melanoma"], "seed": [3]}),
+                        params={"num_inference_steps": 2, "guidance_scale": 1.22, "resolution": 32})
+    assert out.image_png[0][:4] == b"\x89PNG" and out.mask_png[0][:4] == b"\x89PNG"
+
+
+def test_resume_gives_the_same_weights(tiny_folder, demo_small, experiment, tmp_path):
+    full = cfg_for(tiny_folder, demo_small, tmp_path / "a", max_train_steps=8, checkpointing_steps=3)
+    finetune(full, experiment=experiment, progress=False)
+    part = cfg_for(tiny_folder, demo_small, tmp_path / "b", max_train_steps=8, checkpointing_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(part, experiment=experiment, progress=False, stop_after_step=5)   # "killed" after step 5
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "model").exists()
+    resumed = cfg_for(tiny_folder, demo_small, tmp_path / "b", max_train_steps=8, checkpointing_steps=3,
+                      resume_from_checkpoint="latest")
+    finetune(resumed, experiment=experiment, progress=False)
+    for name in ("lora/pytorch_lora_weights.safetensors", "mask_channels.safetensors"):
+        a, b = load_file(tmp_path / "a" / "model" / name), load_file(tmp_path / "b" / "model" / name)
+        assert a.keys() == b.keys() and len(a) > 0
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    # and training did move the weights
+    first = load_file(tmp_path / "a" / "checkpoint-3" / "mask_channels.safetensors")
+    last = load_file(tmp_path / "a" / "model" / "mask_channels.safetensors")
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    statuses = sorted(r.info.status for r in mlflow.search_runs(experiment_names=[experiment], output_format="list"))
+    assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+
+
+def test_resume_refuses_a_different_config(tiny_folder, demo_small, experiment, tmp_path):
+    finetune(cfg_for(tiny_folder, demo_small, tmp_path / "c", max_train_steps=3), experiment=experiment, progress=False)
+    with pytest.raises(ValueError, match="lora_rank: 4 -> 8"):
+        finetune(cfg_for(tiny_folder, demo_small, tmp_path / "c", max_train_steps=6, lora_rank=8,
+                         resume_from_checkpoint="latest"), experiment=experiment, progress=False)
+
+
+def test_nan_loss_stops_with_failed_run(tiny_folder, demo_small, experiment, tmp_path):
+    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "n", lambda_bce=float("nan"))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 0"):
+        finetune(cfg, experiment=experiment, progress=False)
+    [run] = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    assert run.info.status == "FAILED"
+    assert not (tmp_path / "n" / "model").exists()
+
+
+@pytest.fixture
+def finetuned(tiny_folder, demo_small, experiment, tmp_path):
+    run_id = finetune(cfg_for(tiny_folder, demo_small, tmp_path / "ft", max_train_steps=2), experiment=experiment,
+                      progress=False)
+    return run_id
+
+
+def gen_cfg(uri, out, **kw):
+    return GenerateConfig(**{**dict(model_uri=uri, per_class=2, num_inference_steps=3, resolution=32,
+                                    output_dir=str(out), seed=5), **kw})
+
+
+def test_generate_writes_a_dataset_and_is_seeded(finetuned, experiment, tmp_path):
+    uri = f"runs:/{finetuned}/model"
+    run_a, out_a = generate(gen_cfg(uri, tmp_path / "g1"), experiment=experiment, progress=False)
+    _, out_b = generate(gen_cfg(uri, tmp_path / "g2"), experiment=experiment, progress=False)
+    _, out_c = generate(gen_cfg(uri, tmp_path / "g3", batch_size=3), experiment=experiment, progress=False)
+    ds = load_dataset(out_a)
+    assert len(ds) == 14 and len(ds.classes) == 7
+    validate(ds, progress=False)                                    # masks binary, sizes match
+    files_a = sorted(p.relative_to(out_a) for p in out_a.rglob("*.png"))
+    # same seeds -> identical pixels; another batch size only changes float summation order (<= 2 levels)
+    import numpy as np
+    from PIL import Image
+    for other, tol in ((out_b, 0), (out_c, 2)):
+        names = {p.name.split("_")[-1]: p for p in other.rglob("*.png") if "images" in p.parts}
+        for rel in files_a:
+            if rel.parts[0] == "images":
+                a = np.asarray(Image.open(out_a / rel)).astype(int)
+                b = np.asarray(Image.open(names[rel.name.split("_")[-1]])).astype(int)
+                assert np.abs(a - b).max() <= tol
+    manifest = (out_a / "manifest.csv").read_text().splitlines()
+    assert manifest[0].startswith("id,image,mask,label,description,split") and len(manifest) == 15
+    run = mlflow.get_run(run_a)
+    assert run.data.tags["skindualgen.finetune_run_id"] == finetuned
+    assert run.data.metrics["n_generated"] == 14
+
+
+def test_balance_plan_tops_classes_up_to_the_largest():
+    training = {"classes": ["a", "b", "c"], "class_counts": {"a": 10, "b": 4, "c": 7}}
+    assert plan(training, GenerateConfig(balance=True)) == [("a", 0), ("b", 6), ("c", 3)]
+    assert plan(training, GenerateConfig(per_class=2, classes="b")) == [("b", 2)]
+    with pytest.raises(ValueError, match="exactly one of --per-class N or --balance"):
+        plan(training, GenerateConfig(per_class=2, balance=True))
+    with pytest.raises(ValueError, match=r"class\(es\) \['z'\] unknown"):
+        plan(training, GenerateConfig(per_class=1, classes="z"))
+
+
+def test_balance_end_to_end_uses_training_counts(finetuned, experiment, tmp_path):
+    out = tmp_path / "bal"
+    generate(gen_cfg(f"runs:/{finetuned}/model", out, per_class=0, balance=True), experiment=experiment,
+             progress=False)
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{finetuned}/dualgen/training.json"))
+    counts = json.loads(folder.read_text())["class_counts"]
+    top = max(counts.values())
+    expected = {c: top - n for c, n in counts.items() if top - n > 0}
+    assert load_dataset(out / "manifest.csv").class_counts() == expected
+
+
+def test_registry_uris_resolve_or_list_what_exists(finetuned, experiment):
+    client = mlflow.tracking.MlflowClient()
+    name = f"sdg-{experiment}"
+    mv = mlflow.register_model(f"runs:/{finetuned}/model", name)
+    client.set_registered_model_alias(name, "champion", mv.version)
+    assert resolve_model_uri(f"models:/{name}@champion")[0] == f"models:/{name}/{mv.version}"
+    assert resolve_model_uri(f"models:/{name}/{mv.version}")[1]["skindualgen.model_version"] == f"{name}/{mv.version}"
+    with pytest.raises(ModelURIError, match="has no alias 'gold'; aliases: champion->v1"):
+        resolve_model_uri(f"models:/{name}@gold")
+    with pytest.raises(ModelURIError, match=r"has no version 9; versions: \[1\]"):
+        resolve_model_uri(f"models:/{name}/9")
+    with pytest.raises(ModelURIError, match=f"no registered model 'nope'.*{name}"):
+        resolve_model_uri("models:/nope@champion")

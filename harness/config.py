@@ -62,7 +62,7 @@ class FinetuneConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
     resume_from_checkpoint: str = ""   # "" | latest | path
-    output_dir: str = "outputs/finetune"
+    output_dir: str = ""            # "" = outputs/finetune-<config hash>: a re-run resumes there
     log_every: int = 1
     test_fraction: float = 0.176
     seed: int = SEED
@@ -80,8 +80,64 @@ class GenerateConfig:
     batch_size: int = 8
     mask_threshold: float = 0.5
     settings_from_run: str = ""     # a tune run id: take steps/guidance from it
-    output_dir: str = "outputs/generate"
+    output_dir: str = ""            # "" = outputs/generate/<run id>
     seed: int = SEED
+
+
+@dataclass
+class EvaluateConfig:
+    real: str = ""                  # dataset folder / manifest ("" = demo); its train split is the reference
+    fake: str = ""                  # dataset folder / manifest / runs:/<generate run id>; "" = real test split
+    comparison: str = ""            # "" = real_train_vs_real_test when fake is "", else real_train_vs_synth_train
+    fid_weights: str = ""           # path to pt_inception-2015-12-05 weights ("" = torch-fidelity's cache)
+    lpips_pairs: int = 500          # N seeded random (real, fake) pairs for LPIPS and MS-SSIM
+    msssim_size: int = 256          # images upscaled to this before MS-SSIM (default window needs > 160 px)
+    lpips_size: int = 256
+    batch_size: int = 32
+    cache_dir: str = ".cache/skindualgen/features"
+    seed: int = SEED
+
+
+@dataclass
+class ClassifyConfig:
+    data_dir: str = ""
+    model: str = "densenet121"      # densenet121 | resnet34 | squeezenet1_1 | swin_tiny
+    train_set: str = "real"         # real | synth | hybrid
+    synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
+    eval_data: str = ""             # optional HAM10000 folder (Table 3)
+    image_size: int = 224
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    epochs: int = 0                 # 0 = the paper's: 50 (DenseNet121, ResNet34), 40 (SqueezeNet1.1, Swin)
+    folds: int = 5
+    pretrained: bool = False        # ImageNet weights where they can be loaded (not offline)
+    num_workers: int = 0
+    test_fraction: float = 0.176
+    seed: int = SEED
+
+
+@dataclass
+class SegmentConfig:
+    data_dir: str = ""
+    model: str = "unet"             # unet (ResNet34 encoder) | deeplabv3plus (ResNet50 encoder)
+    train_set: str = "real"
+    synth: str = ""
+    eval_data: str = ""
+    image_size: int = 512
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    epochs: int = 20
+    mixed_precision: str = "auto"   # auto = fp16 on GPU, fp32 on CPU
+    num_workers: int = 0
+    test_fraction: float = 0.176
+    seed: int = SEED
+
+
+@dataclass
+class RegisterConfig:
+    name: str = "skindualgen"
+    alias: str = "champion"
+    comparison: str = "real_train_vs_synth_train"
 
 
 def field_names(cfg_cls) -> list[str]:
@@ -90,6 +146,7 @@ def field_names(cfg_cls) -> list[str]:
 
 __all__ = [
     "PROMPT_TEMPLATE", "SEED", "PrepareConfig", "DemoDataConfig", "FinetuneConfig", "GenerateConfig",
+    "EvaluateConfig", "ClassifyConfig", "SegmentConfig",
     "field_names", "field", "PROFILES", "with_profile",
 ]
 
@@ -106,6 +163,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "paper": {},
         "demo": {"resolution": 64, "per_class": 4},
     },
+    "evaluate": {"paper": {}, "demo": {"lpips_pairs": 100}},
+    "classify": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "folds": 2, "batch_size": 16}},
+    "segment": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "batch_size": 8}},
 }
 
 

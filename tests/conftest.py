@@ -49,6 +49,21 @@ def experiment(mlflow_store, monkeypatch):
     return f"test-{os.getpid()}-{next(_counter)}"
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A randomly initialised tiny SD2-shaped base saved as a local diffusers folder (fast; it loads
+    through the same `load_base` path as the shipped pre-trained one)."""
+    from harness.dualgen.tiny import build_tiny_components, save_components
+    return save_components(build_tiny_components(seed=0), tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_small(tmp_path_factory):
+    """The demo generator at 4 per class and 32-48 px."""
+    from harness.data.demo import make_demo_dataset
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "d", seed=0, per_class=4, min_size=32, max_size=48)
+
+
 def lesion_pair(rng: np.random.Generator, size: int, colour) -> tuple[Image.Image, Image.Image]:
     """A skin-coloured square with a coloured disc, and the disc's 0/255 mask."""
     yy, xx = np.mgrid[:size, :size]

@@ -18,18 +18,6 @@ from harness.dualgen.generate import ModelURIError, generate, plan, resolve_mode
 from harness.dualgen.train import NonFiniteLossError, finetune
 
 
-@pytest.fixture(scope="session")
-def tiny_folder(tmp_path_factory):
-    from harness.dualgen.tiny import build_tiny_components, save_components
-    return save_components(build_tiny_components(seed=0), tmp_path_factory.mktemp("base") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def demo_small(tmp_path_factory):
-    from harness.data.demo import make_demo_dataset
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "d", seed=0, per_class=4, min_size=32, max_size=48)
-
-
 def cfg_for(tiny_folder, demo_small, out, **kw):
     base = dict(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32, train_batch_size=2,
                 max_train_steps=6, validation_epochs=0, validation_steps=2, checkpointing_steps=3,

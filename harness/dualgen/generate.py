@@ -123,7 +123,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
         pairs = pipe(prompts, seeds, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                      height=cfg.resolution, width=cfg.resolution, batch_size=cfg.batch_size,
                      mask_threshold=cfg.mask_threshold, progress=progress)
-        out = Path(cfg.output_dir).resolve()
+        out = Path(cfg.output_dir or Path("outputs") / "generate" / run.info.run_id).resolve()
         tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         rows, descriptions = [], {}

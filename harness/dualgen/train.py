@@ -20,6 +20,7 @@ would have used, with no RNG state to restore beyond the step counter.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -54,6 +55,15 @@ RESUME_MAY_DIFFER = {"resume_from_checkpoint", "validation_epochs", "validation_
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+def output_dir_for(cfg: FinetuneConfig) -> Path:
+    """cfg.output_dir, or outputs/finetune-<hash of the config fields a resume must keep>: runs with
+    different configs never share checkpoints, and re-running the same config finds its own."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    keep = {k: v for k, v in sorted(asdict(cfg).items()) if k not in RESUME_MAY_DIFFER}
+    return Path("outputs") / f"finetune-{hashlib.sha256(json.dumps(keep).encode()).hexdigest()[:10]}"
 
 
 def captions_for(samples, cfg: FinetuneConfig) -> list[str]:
@@ -214,7 +224,7 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
     # The VAE is not wrapped (only its two mask layers train); with several processes their gradients
     # are averaged by hand below, the LoRA ones by accelerate's DDP wrapper of the UNet.
     unet, optimizer, lr_sched = accelerator.prepare(unet, optimizer, lr_sched)
-    out = Path(cfg.output_dir)
+    out = output_dir_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
 
     step, start_epoch, skip_batches = 0, 0, 0
@@ -228,6 +238,7 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
     run_ctx = tracking.stage_run("finetune", cfg, prepared.digest, experiment) if is_main else _null()
     with run_ctx as run:
         if is_main:
+            mlflow.set_tag("skindualgen.output_dir", str(out.resolve()))
             mlflow.set_tags({"skindualgen.base_model": base.info["model_id"],
                              "skindualgen.base_revision": base.info["revision"],
                              "skindualgen.prediction_type": base.info["prediction_type"]})

@@ -1,0 +1,88 @@
+"""The `register` stage: pick the best dual-generation model and register it in the MLflow registry.
+
+Rule: among FINISHED `evaluate` runs with comparison `real_train_vs_synth_train` that name a
+finetune run (tag `skindualgen.finetune_run_id`), take for each finetune run its newest evaluation,
+then the finetune run with the lowest FID. Its logged model (`runs:/<id>/model`) is registered as
+`skindualgen` (overridable) and alias `champion` points at that version. The version carries lineage
+tags (finetune, generate and evaluate runs, dataset digest, FID, base model id and revision).
+Registering the same finetune run again reuses its version: no duplicate.
+"""
+from __future__ import annotations
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from harness import tracking
+from harness.config import RegisterConfig
+
+SYNTH_COMPARISON = "real_train_vs_synth_train"
+
+
+class RegistryError(ValueError):
+    pass
+
+
+def candidates(experiment: str | None, comparison: str = SYNTH_COMPARISON) -> list[mlflow.entities.Run]:
+    """The newest evaluate run per finetune run, lowest FID first."""
+    name = tracking.setup(experiment)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        raise RegistryError(f"experiment {name!r} does not exist")
+    runs = mlflow.search_runs(
+        [exp.experiment_id], output_format="list", order_by=["attributes.start_time DESC"],
+        filter_string=(f"tags.`{tracking.TAG_STAGE}` = 'evaluate' and tags.comparison = '{comparison}' "
+                       "and attributes.status = 'FINISHED'"))
+    newest: dict[str, mlflow.entities.Run] = {}
+    for run in runs:
+        ft = run.data.tags.get("skindualgen.finetune_run_id")
+        if ft and "fid" in run.data.metrics and ft not in newest:
+            newest[ft] = run
+    return sorted(newest.values(), key=lambda r: r.data.metrics["fid"])
+
+
+def register_best(cfg: RegisterConfig, experiment: str | None = None) -> tuple[str, str]:
+    """Register the lowest-FID finetune run's model; return (version, finetune run id)."""
+    ranked = candidates(experiment, cfg.comparison)
+    if not ranked:
+        raise RegistryError(f"no FINISHED evaluate run with comparison {cfg.comparison!r} linked to a finetune "
+                            "run in this experiment: run finetune -> generate -> evaluate first")
+    best = ranked[0]
+    ft_id = best.data.tags["skindualgen.finetune_run_id"]
+    ft = mlflow.get_run(ft_id)
+    client = MlflowClient()
+    lineage = {
+        "finetune_run_id": ft_id,
+        "generate_run_id": best.data.tags.get("skindualgen.generate_run_id", ""),
+        "evaluate_run_id": best.info.run_id,
+        "dataset_digest": ft.data.tags.get(tracking.TAG_DIGEST, ""),
+        "fid": f"{best.data.metrics['fid']:.6g}",
+        "base_model": ft.data.tags.get("skindualgen.base_model", ""),
+        "base_revision": ft.data.tags.get("skindualgen.base_revision", ""),
+        "feature_extractor": best.data.tags.get("skindualgen.feature_extractor", ""),
+    }
+    with tracking.stage_run("register", cfg, lineage["dataset_digest"], experiment) as run:
+        existing = [v for v in client.search_model_versions(f"name='{cfg.name}'") if v.run_id == ft_id] \
+            if _exists(client, cfg.name) else []
+        if existing:
+            version = existing[0].version
+        else:
+            version = mlflow.register_model(f"runs:/{ft_id}/model", cfg.name, tags=lineage).version
+        for key, value in lineage.items():
+            client.set_model_version_tag(cfg.name, version, key, value)
+        client.set_registered_model_alias(cfg.name, cfg.alias, version)
+        mlflow.set_tags({"skindualgen.registered": f"{cfg.name}/{version}", "skindualgen.alias": cfg.alias,
+                         "skindualgen.finetune_run_id": ft_id, "skindualgen.reused_version": str(bool(existing))})
+        mlflow.log_metrics({"fid": best.data.metrics["fid"], "n_candidates": len(ranked)})
+        mlflow.log_dict({"ranking": [{"finetune_run_id": r.data.tags["skindualgen.finetune_run_id"],
+                                      "evaluate_run_id": r.info.run_id, "fid": r.data.metrics["fid"]}
+                                     for r in ranked]}, "ranking.json")
+        del run
+    return str(version), ft_id
+
+
+def _exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False

@@ -1,0 +1,71 @@
+"""Registry: the lower-FID finetune run becomes champion, no duplicate versions, generation pinned
+to an alias or version reproduces the run URI's output, and moving the alias changes it.
+
+The evaluate runs here are made by the test with chosen FID values: this file tests the selection
+and registry mechanics; FID itself is tested in test_quality.py."""
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import tracking
+from harness.config import FinetuneConfig, GenerateConfig, RegisterConfig
+from harness.dualgen.generate import generate
+from harness.dualgen.train import finetune
+from harness.registry import RegistryError, register_best
+
+
+def fake_evaluation(experiment, finetune_run, fid):
+    with tracking.stage_run("evaluate", {"fake": f"runs:/{finetune_run}"}, experiment=experiment,
+                            extra_tags={"comparison": "real_train_vs_synth_train",
+                                        "skindualgen.finetune_run_id": finetune_run}):
+        mlflow.log_metric("fid", fid)
+
+
+def pixels(folder):
+    return {p.name.split("_")[-1]: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
+
+
+def test_register_picks_lowest_fid_and_pins_generation(tiny_folder, demo_small, experiment, tmp_path):
+    runs = {}
+    for rank in (2, 4):
+        cfg = FinetuneConfig(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32,
+                             train_batch_size=2, max_train_steps=3, lora_rank=rank, validation_epochs=0,
+                             checkpointing_steps=0, output_dir=str(tmp_path / f"r{rank}"), test_fraction=0.25,
+                             learning_rate=1e-2)
+        runs[rank] = finetune(cfg, experiment=experiment, progress=False)
+    with pytest.raises(RegistryError, match="no FINISHED evaluate run"):
+        register_best(RegisterConfig(name=f"m-{experiment}"), experiment)
+    fake_evaluation(experiment, runs[2], 80.0)
+    fake_evaluation(experiment, runs[4], 60.0)
+    name = f"m-{experiment}"
+    version, chosen = register_best(RegisterConfig(name=name), experiment)
+    assert chosen == runs[4]
+    client = mlflow.tracking.MlflowClient()
+    mv = client.get_model_version_by_alias(name, "champion")
+    assert str(mv.version) == version and mv.run_id == runs[4]
+    assert mv.tags["fid"] == "60" and mv.tags["finetune_run_id"] == runs[4]
+    assert mv.tags["base_model"] == str(tiny_folder) and len(mv.tags["base_revision"]) == 64
+    assert register_best(RegisterConfig(name=name), experiment)[0] == version      # no duplicate
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+    def gen(uri, out):
+        generate(GenerateConfig(model_uri=uri, per_class=1, classes="melanoma,dermatofibroma",
+                                num_inference_steps=3, resolution=32, output_dir=str(tmp_path / out), seed=9),
+                 experiment=experiment, progress=False)
+        return pixels(tmp_path / out)
+
+    by_alias, by_run = gen(f"models:/{name}@champion", "a"), gen(f"runs:/{runs[4]}/model", "b")
+    assert by_alias.keys() == by_run.keys() and all(np.array_equal(by_alias[k], by_run[k]) for k in by_alias)
+    by_version = gen(f"models:/{name}/{version}", "v")
+    assert all(np.array_equal(by_alias[k], by_version[k]) for k in by_alias)
+    # a better evaluation of the rank-2 model moves the alias, and generation follows it
+    fake_evaluation(experiment, runs[2], 40.0)
+    version2, chosen2 = register_best(RegisterConfig(name=name), experiment)
+    assert chosen2 == runs[2] and version2 != version
+    moved = gen(f"models:/{name}@champion", "m")
+    assert any(not np.array_equal(moved[k], by_alias[k]) for k in moved)
+    gen_runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                  filter_string=f"tags.`{tracking.TAG_STAGE}` = 'generate'")
+    assert {r.data.tags.get("skindualgen.model_version") for r in gen_runs} >= {f"{name}/{version}",
+                                                                                f"{name}/{version2}"}

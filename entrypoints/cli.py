@@ -7,6 +7,7 @@ from entrypoints.finetune import finetune
 from entrypoints.generate import generate
 from entrypoints.main import main
 from entrypoints.prepare import prepare
+from entrypoints.register import register
 
 
 @click.group()
@@ -14,7 +15,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, demo_data, build_tiny_base, finetune, generate):
+for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, register):
     cli.add_command(command)
 
 if __name__ == "__main__":

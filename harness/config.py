@@ -49,6 +49,8 @@ class FinetuneConfig:
     lambda_bce: float = 1.0
     lambda_dice: float = 1.0
     dice_smooth: float = 1.0
+    mask_loss_samples: int = 1      # samples per batch whose x0 is decoded for BCE/Dice (0 = all); a
+                                    # seeded random subset: the same loss in expectation, ~2x cheaper
     train_mask_channels: bool = True   # the widened VAE mask weights train with LoRA (see README)
     caption_source: str = "template"   # template | description
     prompt_template: str = PROMPT_TEMPLATE
@@ -94,8 +96,9 @@ class EvaluateConfig:
     msssim_size: int = 256          # images upscaled to this before MS-SSIM (default window needs > 160 px)
     lpips_size: int = 256
     batch_size: int = 32
-    cache_dir: str = ".cache/skindualgen/features"
-    seed: int = SEED
+    cache_dir: str = ".cache/skindualgen/features"   # real-set feature statistics (mu, sigma)
+    test_fraction: float = 0.176    # the real set's train/test split, as in finetune (same seed)
+    seed: int = SEED                # split seed and the seed of the LPIPS/MS-SSIM pairs
 
 
 @dataclass
@@ -111,6 +114,8 @@ class ClassifyConfig:
     epochs: int = 0                 # 0 = the paper's: 50 (DenseNet121, ResNet34), 40 (SqueezeNet1.1, Swin)
     folds: int = 5
     pretrained: bool = False        # ImageNet weights where they can be loaded (not offline)
+    allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
+    mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
     num_workers: int = 0
     test_fraction: float = 0.176
     seed: int = SEED
@@ -120,14 +125,16 @@ class ClassifyConfig:
 class SegmentConfig:
     data_dir: str = ""
     model: str = "unet"             # unet (ResNet34 encoder) | deeplabv3plus (ResNet50 encoder)
-    train_set: str = "real"
-    synth: str = ""
-    eval_data: str = ""
+    train_set: str = "real"         # real | synth | hybrid
+    synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
+    eval_data: str = ""             # optional HAM10000 folder (Table 3)
     image_size: int = 512
     batch_size: int = 8
     learning_rate: float = 1e-3
     epochs: int = 20
-    mixed_precision: str = "auto"   # auto = fp16 on GPU, fp32 on CPU
+    pretrained: bool = False        # ImageNet encoder weights where they can be loaded (not offline)
+    allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
+    mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
     num_workers: int = 0
     test_fraction: float = 0.176
     seed: int = SEED

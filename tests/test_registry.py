@@ -69,3 +69,20 @@ def test_register_picks_lowest_fid_and_pins_generation(tiny_folder, demo_small, 
                                   filter_string=f"tags.`{tracking.TAG_STAGE}` = 'generate'")
     assert {r.data.tags.get("skindualgen.model_version") for r in gen_runs} >= {f"{name}/{version}",
                                                                                 f"{name}/{version2}"}
+
+
+class NotDualGen(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_registered_model_that_is_not_dualgen_is_a_clear_error(experiment, tmp_path):
+    tracking.setup(experiment)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=NotDualGen())
+    name = f"other-{experiment}"
+    mlflow.register_model(info.model_uri, name)
+    with pytest.raises(ValueError, match="is not a SkinDualGen dual-generation model"):
+        generate(GenerateConfig(model_uri=f"models:/{name}/1", per_class=1, output_dir=str(tmp_path / "g")),
+                 experiment=experiment, progress=False)
+    assert not (tmp_path / "g").exists()

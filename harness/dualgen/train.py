@@ -45,7 +45,7 @@ from harness.dualgen.base import PromptCache, load_base
 from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict, trainable_summary
 from harness.dualgen.losses import diffusion_target, dual_loss, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline
-from harness.dualgen.vae4 import encode, decode, mask_trainable_parameters, widen_vae
+from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
 
 TRAINING_JSON = "training.json"     # in the model folder: classes, prompts, class counts, digest
 # config fields that may differ between an interrupted run and its resume
@@ -85,20 +85,44 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _latents(vae, rgb, mask01, eps):
+    """Scaled VAE latents of (rgb, mask) with the posterior sample mean + std * eps (eps given, so a
+    subset re-encoded later gets exactly the same sample)."""
+    dist = vae.encode(torch.cat([rgb, mask01 * 2 - 1], dim=1).to(vae.dtype)).latent_dist
+    return (dist.mean + dist.std * eps.to(dist.mean.dtype)).float() * vae.config.scaling_factor
+
+
 def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig, step: int, device):
-    """One step of the paper's loss. Returns dict(loss, loss_diffusion, loss_bce, loss_dice)."""
+    """One step of the paper's loss. Returns dict(loss, loss_diffusion, loss_bce, loss_dice).
+
+    Cost design (bench/): the mask terms need a VAE decode, and training the encoder's mask layer
+    needs a backward pass through the encoder; both are done for a seeded random subset of
+    `mask_loss_samples` samples only. BCE and Dice are means over samples, so the loss is the same in
+    expectation; the diffusion term always uses the whole batch.
+    """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     rgb, mask01 = batch["image"].to(device), batch["mask"].to(device)
-    latents = encode(vae, rgb, mask01 * 2 - 1, sample=True, generator=g).float()
-    noise = torch.randn(latents.shape, generator=g).to(device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
+    n = rgb.shape[0]
+    k = cfg.mask_loss_samples if 0 < cfg.mask_loss_samples < n else n
+    pick = torch.randperm(n, generator=g)[:k].to(device)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (n, vae.config.latent_channels, rgb.shape[2] // f, rgb.shape[3] // f)
+    eps = torch.randn(shape, generator=g).to(device)        # posterior sample
+    noise = torch.randn(shape, generator=g).to(device)      # diffusion noise
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g).to(device)
+    with torch.no_grad():                                   # the diffusion path: encoder frozen
+        latents = _latents(vae, rgb, mask01, eps)
     noisy = scheduler.add_noise(latents, noise, t)
     text = prompt_cache(list(batch["caption"])).to(device)
-    pred = unet(noisy.detach().to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype)).sample.float()
-    target = diffusion_target(scheduler, latents.detach(), noise, t)
-    x0 = predict_x0(scheduler, noisy, pred, t)
+    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype)).sample.float()
+    target = diffusion_target(scheduler, latents, noise, t)
+    # the mask path: re-encode the subset with gradients (the encoder's mask layer learns from here),
+    # predicted clean latent -> VAE decode -> channel 4 logits
+    latents_k = _latents(vae, rgb[pick], mask01[pick], eps[pick])
+    noisy_k = scheduler.add_noise(latents_k, noise[pick], t[pick])
+    x0 = predict_x0(scheduler, noisy_k, pred[pick], t[pick])
     _, mask_logits = decode(vae, x0)
-    return dual_loss(pred, target, mask_logits.float(), mask01,
+    return dual_loss(pred, target, mask_logits.float(), mask01[pick],
                      lambdas=(cfg.lambda_diffusion, cfg.lambda_bce, cfg.lambda_dice), smooth=cfg.dice_smooth)
 
 
@@ -282,7 +306,7 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
-                if is_main and step % cfg.log_every == 0:
+                if is_main and cfg.log_every and step % cfg.log_every == 0:
                     mlflow.log_metrics({f"train/{k}": v.item() for k, v in losses.items()} |
                                        {"train/lr": lr_sched.get_last_lr()[0]}, step=step, synchronous=False)
                 if is_main and cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:

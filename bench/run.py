@@ -1,0 +1,203 @@
+"""Benchmarks: our costly steps side by side with a baseline doing the same work, in one process.
+
+    python -m bench.run                 # CPU, demo sizes, prints a table, exit 1 if a target is missed
+    python -m bench.run --device cuda   # the same on a GPU (adds the SD2-size memory row)
+
+Each row times ours and the baseline interleaved (A B A B ...) and compares medians, so machine load
+hits both alike. Rows:
+  finetune_step_{64,256}px  our 4-channel step (diffusion + BCE + Dice) vs a plain diffusers-style
+                            LoRA step (3-channel VAE, MSE only), batch 4, tiny SD2-shaped model
+  text_encoder_cache        PromptCache lookup vs encoding the batch's prompts every step
+  generate_batch{1,4,16}    DualGenPipeline (RGB + mask) vs StableDiffusionPipeline (RGB, PIL output),
+                            same size, steps, guidance and batch; images/s reported
+  tracking_overhead         finetune loop time with per-step async MLflow logging vs logging off
+  peak_rss_{finetune,generate}  peak resident memory of a separate process doing 5 steps / 1 batch
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def row(name, ours, baseline, target, unit="s", note=""):
+    ratio = ours / baseline if baseline else float("nan")
+    ok = target is None or ratio <= target
+    ROWS.append(dict(name=name, ours=ours, baseline=baseline, ratio=ratio, target=target, ok=ok, unit=unit, note=note))
+    print(f"  {name}: ours {ours:.4g}{unit}, baseline {baseline:.4g}{unit}, ratio {ratio:.3f}"
+          f"{'' if target is None else f' (target <= {target})'} {note}", flush=True)
+
+
+def interleaved(fa, fb, repeats):
+    fa(0), fb(0)                                     # warm-up
+    ta, tb = [], []
+    for i in range(1, repeats + 1):
+        t0 = time.perf_counter(); fa(i); ta.append(time.perf_counter() - t0)   # noqa: E702
+        t0 = time.perf_counter(); fb(i); tb.append(time.perf_counter() - t0)   # noqa: E702
+    return statistics.median(ta), statistics.median(tb)
+
+
+def tiny(device):
+    from harness.dualgen.tiny import build_tiny_components
+    c = build_tiny_components(seed=0)
+    for k in ("unet", "vae", "text_encoder"):
+        c[k].to(device)
+    return c
+
+
+PROMPT = "a dermoscopic lesion photo of melanoma for skin cancer diagnosis"
+
+
+def bench_finetune_step(device, resolution, repeats):
+    from harness.config import FinetuneConfig
+    from harness.dualgen.base import PromptCache
+    from harness.dualgen.lora import add_lora
+    from harness.dualgen.train import training_step
+    from harness.dualgen.vae4 import mask_trainable_parameters, widen_vae
+    c, base3 = tiny(device), tiny(device)
+    unet, vae, sch = c["unet"], widen_vae(c["vae"]), c["scheduler"]
+    add_lora(unet)
+    add_lora(base3["unet"])
+    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad] + mask_trainable_parameters(vae), 1e-4)
+    opt3 = torch.optim.AdamW([p for p in base3["unet"].parameters() if p.requires_grad], 1e-4)
+    cache = PromptCache(c["tokenizer"], c["text_encoder"])
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(4, 3, resolution, resolution, generator=g) * 2 - 1,
+             "mask": (torch.rand(4, 1, resolution, resolution, generator=g) > 0.5).float(), "caption": [PROMPT] * 4}
+    cfg = FinetuneConfig()
+
+    def ours(step):
+        losses = training_step(batch, unet, vae, sch, cache, cfg, step, device)
+        losses["loss"].backward(); opt.step(); opt.zero_grad()   # noqa: E702
+
+    def baseline(step):      # diffusers' train_text_to_image_lora.py step, 3 channels, MSE only
+        gen = torch.Generator().manual_seed(step)
+        with torch.no_grad():
+            lat = base3["vae"].encode(batch["image"].to(device)).latent_dist.sample(generator=gen)
+            lat = lat * base3["vae"].config.scaling_factor
+        noise = torch.randn(lat.shape, generator=gen).to(device)
+        t = torch.randint(0, 1000, (4,), generator=gen).to(device)
+        pred = base3["unet"](sch.add_noise(lat, noise, t), t, encoder_hidden_states=cache(batch["caption"])).sample
+        torch.nn.functional.mse_loss(pred, noise).backward(); opt3.step(); opt3.zero_grad()   # noqa: E702
+
+    ours_t, base_t = interleaved(ours, baseline, repeats)
+    row(f"finetune_step_{resolution}px", ours_t, base_t, 1.5)
+    if resolution == 64:
+        from harness.dualgen.base import encode_prompts
+        enc = lambda i: encode_prompts(c["tokenizer"], c["text_encoder"], batch["caption"])   # noqa: E731
+        look = lambda i: cache(batch["caption"])                                                # noqa: E731
+        a, b = interleaved(look, enc, 20)
+        row("text_encoder_cache", a, b, 1.0, note="(cached lookup vs encoding each step; SD2's encoder is ~350M params)")
+
+
+def bench_generate(device, batch, steps=20, resolution=64):
+    from diffusers import StableDiffusionPipeline
+    from harness.dualgen.lora import add_lora
+    from harness.dualgen.pipeline import DualGenPipeline
+    from harness.dualgen.vae4 import widen_vae
+    c, c3 = tiny(device), tiny(device)
+    add_lora(c["unet"])
+    add_lora(c3["unet"])
+    ours_pipe = DualGenPipeline(c["unet"], widen_vae(c["vae"]), c["text_encoder"], c["tokenizer"], c["scheduler"])
+    sd = StableDiffusionPipeline(vae=c3["vae"], text_encoder=c3["text_encoder"], tokenizer=c3["tokenizer"],
+                                 unet=c3["unet"], scheduler=ours_pipe.scheduler.__class__.from_config(c3["scheduler"].config),
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    prompts = [PROMPT] * batch
+
+    def ours(i):
+        ours_pipe(prompts, seeds=list(range(i, i + batch)), num_inference_steps=steps, guidance_scale=1.22,
+                  height=resolution, width=resolution, batch_size=batch, progress=False)
+
+    def baseline(i):
+        sd(prompts, num_inference_steps=steps, guidance_scale=1.22, height=resolution, width=resolution,
+           generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
+
+    a, b = interleaved(ours, baseline, 3 if batch < 16 else 2)
+    row(f"generate_batch{batch}", a, b, 1.05, note=f"({batch / a:.1f} images/s ours, {batch / b:.1f} baseline)")
+
+
+def bench_tracking(device):
+    from harness.config import FinetuneConfig
+    from harness.data.demo import make_demo_dataset
+    from harness.dualgen.tiny import build_tiny_components, save_components
+    import mlflow
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+        from harness.dualgen.train import finetune
+        base = save_components(build_tiny_components(0), f"{tmp}/base")
+        data = make_demo_dataset(f"{tmp}/demo", seed=0, per_class=4, min_size=32, max_size=48)
+        times = {0: [], 1: []}
+        for rep in range(2):
+            for log_every in (1, 0):
+                cfg = FinetuneConfig(data_dir=str(data), base_model=str(base), resolution=32, max_train_steps=60,
+                                     validation_epochs=0, checkpointing_steps=0, log_every=log_every,
+                                     output_dir=f"{tmp}/o{rep}{log_every}", test_fraction=0.25)
+                run_id = finetune(cfg, experiment="bench", progress=False)
+                times[log_every].append(mlflow.get_run(run_id).data.metrics["train/seconds"])
+        row("tracking_overhead", min(times[1]), min(times[0]), 1.03, note="(60 steps; loop seconds, best of 2)")
+
+
+def peak_rss(kind, device):
+    code = f"import bench.run as b; b._memory_child({kind!r}, {device!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(kind, device):
+    import resource
+    if kind == "baseline":
+        import harness.dualgen.tiny  # noqa: F401  (imports only)
+    elif kind == "finetune":
+        bench_finetune_step(device, 64, 2)
+    elif kind == "generate":
+        bench_generate(device, 4, steps=5)
+    if device == "cuda":
+        print(torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}", flush=True)
+    bench_finetune_step(args.device, 64, args.repeats)
+    bench_finetune_step(args.device, 256, max(2, args.repeats // 2))
+    for b in (1, 4, 16):
+        bench_generate(args.device, b)
+    bench_tracking(args.device)
+    base = peak_rss("baseline", args.device)
+    for kind in ("finetune", "generate"):
+        mb = peak_rss(kind, args.device)
+        row(f"peak_{'gpu_alloc' if args.device == 'cuda' else 'rss'}_{kind}", mb, base, None, unit=" MiB",
+            note="(baseline: the same process after imports only)")
+    if args.device != "cuda":
+        print("  peak_gpu_sd2_512px_batch4: unmeasured (no GPU here; target < 16 GB with bf16 + checkpointing)")
+    print(f"\n| benchmark | ours | baseline | ratio | target | ok |\n| --- | --- | --- | --- | --- | --- |")
+    for r in ROWS:
+        tgt = "-" if r["target"] is None else f"<= {r['target']}"
+        print(f"| {r['name']} | {r['ours']:.4g}{r['unit']} | {r['baseline']:.4g}{r['unit']} | {r['ratio']:.3f} | {tgt} | "
+              f"{'yes' if r['ok'] else 'NO'} |")
+    print(f"\n{time.perf_counter() - t0:.0f} s in all")
+    return 0 if all(r["ok"] for r in ROWS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

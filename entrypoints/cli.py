@@ -3,6 +3,7 @@ import click
 
 from entrypoints.build_tiny_base import build_tiny_base
 from entrypoints.demo_data import demo_data
+from entrypoints.evaluate import evaluate
 from entrypoints.finetune import finetune
 from entrypoints.generate import generate
 from entrypoints.main import main
@@ -15,7 +16,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, register):
+for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, evaluate, register):
     cli.add_command(command)
 
 if __name__ == "__main__":

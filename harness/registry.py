@@ -23,7 +23,9 @@ class RegistryError(ValueError):
 
 
 def candidates(experiment: str | None, comparison: str = SYNTH_COMPARISON) -> list[mlflow.entities.Run]:
-    """The newest evaluate run per finetune run, lowest FID first."""
+    """The newest evaluate run per finetune run, lowest FID first. FIDs from different feature
+    extractors (standard Inception weights vs the offline fallback) are on different scales and are
+    never ranked together: standard ones win if any exist, else those of the newest run's extractor."""
     name = tracking.setup(experiment)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
@@ -37,7 +39,11 @@ def candidates(experiment: str | None, comparison: str = SYNTH_COMPARISON) -> li
         ft = run.data.tags.get("skindualgen.finetune_run_id")
         if ft and "fid" in run.data.metrics and ft not in newest:
             newest[ft] = run
-    return sorted(newest.values(), key=lambda r: r.data.metrics["fid"])
+    extractor = lambda r: r.data.tags.get("skindualgen.feature_extractor", "")   # noqa: E731
+    found = list(newest.values())
+    standard = [r for r in found if extractor(r).startswith("standard:")]
+    keep = extractor(standard[0]) if standard else (extractor(found[0]) if found else "")
+    return sorted((r for r in found if extractor(r) == keep), key=lambda r: r.data.metrics["fid"])
 
 
 def register_best(cfg: RegisterConfig, experiment: str | None = None) -> tuple[str, str]:

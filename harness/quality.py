@@ -1,0 +1,529 @@
+"""`evaluate`: FID, LPIPS and MS-SSIM between a real image set and a second set (paper Table 1).
+
+The paper's two rows (tag `comparison`):
+    real_train_vs_real_test     real = the real set's train split, fake = its test split (`--fake ""`)
+    real_train_vs_synth_train   real = the real set's train split, fake = every image of a generated
+                                set (a dataset folder / manifest, or `runs:/<generate run id>`, whose
+                                tag `skindualgen.output_dir` names the folder)
+The real set is split exactly as `finetune` splits it (same `test_fraction` and `seed`), so its
+dataset digest equals the finetune run's `skindualgen.dataset_digest`.
+
+How each metric is taken (images are read as RGB; aspect ratio is not kept by any resize):
+  FID      Inception-v3 2048-d pool features of every image of both sets; torch-fidelity's
+           feature extractor resizes the uint8 image to 299x299 itself (its TF1-compatible
+           bilinear). FID = ||mu1-mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), computed from the two
+           sets' (mu, sigma) by torch-fidelity's `fid_statistics_to_metric`. With fewer images
+           than 2048 the covariances are rank-deficient; FID is still defined, but biased upwards
+           for small sets (the paper's 1,640-image note applies: compare sets of equal size).
+  LPIPS    mean over N pairs (real image i, fake image j), resized to `lpips_size` (PIL bicubic).
+  MS-SSIM  mean over the same N pairs, resized to `msssim_size` (PIL bicubic; the default 11-px
+           window with 5 scales needs more than 160 px), pytorch-msssim, data range 255.
+  The sets are unpaired, so LPIPS and MS-SSIM compare random pairs: N = min(lpips_pairs,
+  n_real * n_fake) distinct (i, j) drawn uniformly without replacement from all n_real x n_fake
+  pairs with numpy.random.default_rng(seed). N is logged as metric `n_pairs`, the seed is param
+  `seed`. Pair lists depend only on (n_real, n_fake, N, seed), not on the images.
+
+Feature extractors (tag `skindualgen.feature_extractor`, `skindualgen.lpips_net`):
+  standard  FID: torch-fidelity's `inception-v3-compat` with the 2015-12-05 TF Inception weights
+            (`--fid-weights PATH`, else torch-fidelity's file in torch hub's checkpoint cache,
+            weights-inception-2015-12-05-6726825d.pth). LPIPS v0.1 on torchvision's ImageNet AlexNet
+            (alexnet-owt-7be5be79.pth in torch hub's checkpoint cache) with the package's heads.
+  fallback  used when those files are absent (nothing is downloaded): the same InceptionV3
+            architecture with every conv/linear weight drawn by a seeded He (kaiming-normal,
+            fan_in, ReLU gain) init, biases 0, BatchNorm identity (seed FALLBACK_SEED, fixed, so all
+            fallback numbers are comparable with each other); LPIPS with a randomly initialised
+            AlexNet (torch seed FALLBACK_SEED, `pnet_rand=True`) and the package's linear heads.
+            The default PyTorch init would make activations vanish (FID ~1e-12); He init keeps
+            their scale. Such numbers rank sets but are NOT comparable with published FID/LPIPS:
+            a loud line says so on stderr and tag `skindualgen.metrics_comparable` is "false".
+MS-SSIM has no weights: it is always standard.
+
+Cache: the (mu, sigma) of a real split are stored in `cache_dir` as
+`<dataset digest>-<split>-<extractor id>-<key>.npz`, key = sha256 of (digest, split, extractor id,
+sha256 of the extractor's weights, feature layer, CACHE_VERSION); any of these changing is a miss, so
+standard and fallback statistics never mix. Generated sets are not cached (evaluated once each).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from harness import tracking
+from harness.config import EvaluateConfig
+from harness.data.layouts import load_dataset
+from harness.data.prepare import Prepared, load_prepared, log_dataset_input
+from harness.data.records import DataError
+from harness.data.splits import dataset_digest
+from harness.data.validate import validate
+
+REAL_VS_REAL = "real_train_vs_real_test"
+REAL_VS_SYNTH = "real_train_vs_synth_train"
+FALLBACK_SEED = 0
+FEATURE_LAYER = "2048"
+CACHE_VERSION = 1
+PIXEL_BUDGET = 1 << 25          # at most ~33 Mpx of source images per Inception batch (memory)
+MSSSIM_WIN = 11
+NOT_COMPARABLE = ("NOT comparable with published FID/LPIPS: standard weights not found, using the "
+                  "seeded random fallback extractor(s) {ids}. Pass --fid-weights PATH / put the files "
+                  "in {hub} for standard numbers.")
+
+TAG_COMPARISON = "comparison"
+TAG_REAL_DIGEST = "skindualgen.real_digest"
+TAG_FAKE_DIGEST = "skindualgen.fake_digest"
+TAG_EXTRACTOR = "skindualgen.feature_extractor"
+TAG_LPIPS_NET = "skindualgen.lpips_net"
+TAG_COMPARABLE = "skindualgen.metrics_comparable"
+TAG_GENERATE_RUN = "skindualgen.generate_run_id"
+TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
+TAG_OUTPUT_DIR = "skindualgen.output_dir"
+
+
+# ------------------------------------------------------------------------------------------------
+# Extractors
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class FidExtractor:
+    net: torch.nn.Module       # torch-fidelity FeatureExtractorInceptionV3: uint8 Bx3xHxW -> (B, 2048)
+    id: str                    # "standard:inception-v3-compat" | "fallback:inception-random-he-seed0"
+    weights_sha256: str        # of the loaded state dict (part of the cache key)
+
+    @property
+    def standard(self) -> bool:
+        return self.id.startswith("standard:")
+
+
+@dataclass
+class LpipsNet:
+    net: torch.nn.Module       # lpips.LPIPS: two Bx3xHxW in [-1, 1] -> (B, 1, 1, 1)
+    id: str                    # "standard:lpips-alex-v0.1" | "fallback:lpips-alex-random-seed0"
+
+    @property
+    def standard(self) -> bool:
+        return self.id.startswith("standard:")
+
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub's `load_state_dict_from_url` keeps the file of `url`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _inception_class():
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class HeInitInceptionV3(FeatureExtractorInceptionV3):
+        """torch-fidelity's InceptionV3 whose weight loading is replaced by a seeded He init."""
+
+        def __init__(self, seed: int):
+            self._he_seed = seed
+            empty = io.BytesIO()
+            torch.save({}, empty)
+            empty.seek(0)   # torch-fidelity loads "weights" from this; load_state_dict ignores them
+            super().__init__("inception-v3-compat", [FEATURE_LAYER], feature_extractor_weights_path=empty)
+
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            if state_dict:
+                raise ValueError("the fallback extractor takes no weights")
+            g = torch.Generator().manual_seed(self._he_seed)
+            for m in self.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                    torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
+                    if m.bias is not None:
+                        torch.nn.init.zeros_(m.bias)
+
+    return FeatureExtractorInceptionV3, HeInitInceptionV3
+
+
+def _state_sha256(net: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, value in net.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_fid_extractor(weights: str | os.PathLike = "", fallback_seed: int = FALLBACK_SEED) -> FidExtractor:
+    """torch-fidelity's inception-v3-compat with standard weights (`weights`, else torch-fidelity's
+    file in the torch hub cache), or, when neither is there, the seeded He-init fallback."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    standard_cls, fallback_cls = _inception_class()
+    path = Path(weights).expanduser() if weights else hub_checkpoint(URL_INCEPTION_V3)
+    if weights and not path.is_file():
+        raise FileNotFoundError(f"{path}: --fid-weights file not found (torch-fidelity's "
+                                f"{os.path.basename(URL_INCEPTION_V3)})")
+    if path.is_file():
+        try:
+            net = standard_cls("inception-v3-compat", [FEATURE_LAYER], feature_extractor_weights_path=str(path))
+        except Exception as e:
+            raise DataError(f"{path}: not torch-fidelity inception-v3-compat weights "
+                            f"({type(e).__name__}: {str(e)[:300]})") from e
+        ext_id = "standard:inception-v3-compat"
+    else:
+        net = fallback_cls(fallback_seed)
+        ext_id = f"fallback:inception-random-he-seed{fallback_seed}"
+    return FidExtractor(net=net.eval(), id=ext_id, weights_sha256=_state_sha256(net))
+
+
+def build_lpips(fallback_seed: int = FALLBACK_SEED) -> LpipsNet:
+    """LPIPS v0.1 (AlexNet) with ImageNet weights from the torch hub cache if there, else with a
+    seeded random AlexNet (`pnet_rand=True`); the linear heads ship with the lpips package."""
+    import lpips
+    from torchvision.models import AlexNet_Weights
+    standard = hub_checkpoint(AlexNet_Weights.IMAGENET1K_V1.url).is_file()
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)        # torchvision's `pretrained=` deprecation
+        torch.manual_seed(fallback_seed)
+        net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=not standard, verbose=False)
+    ext_id = "standard:lpips-alex-v0.1" if standard else f"fallback:lpips-alex-random-seed{fallback_seed}"
+    return LpipsNet(net=net.eval(), id=ext_id)
+
+
+def warn_if_fallback(*extractors) -> bool:
+    """Print the loud stderr line when any extractor is the fallback; True if all are standard."""
+    fallback = [e.id for e in extractors if not e.standard]
+    if fallback:
+        line = NOT_COMPARABLE.format(ids=", ".join(fallback), hub=Path(torch.hub.get_dir()) / "checkpoints")
+        print(f"\n{'!' * 100}\n{line}\n{'!' * 100}", file=sys.stderr, flush=True)
+    return not fallback
+
+
+# ------------------------------------------------------------------------------------------------
+# FID
+# ------------------------------------------------------------------------------------------------
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+
+
+def extract_features(extractor: FidExtractor, paths: list[Path], batch_size: int = 32,
+                     progress: bool = True, desc: str = "features") -> np.ndarray:
+    """(N, 2048) float64 Inception pool features, in the order of `paths`. Images of one size are
+    batched together and given as uint8 to torch-fidelity's extractor, which resizes to 299 itself."""
+    paths = [Path(p) for p in paths]
+    sizes = [_image_size(p) for p in paths]
+    order = sorted(range(len(paths)), key=lambda k: (sizes[k], k))
+    batches, current = [], []
+    for k in order:
+        w, h = sizes[k]
+        fits = current and sizes[current[0]] == (w, h) and len(current) < batch_size \
+            and (len(current) + 1) * w * h <= PIXEL_BUDGET
+        if current and not fits:
+            batches.append(current)
+            current = []
+        current.append(k)
+    if current:
+        batches.append(current)
+    out = np.zeros((len(paths), 2048), np.float64)
+    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress,
+                                      leave=False) as bar:
+        for batch in batches:
+            x = torch.stack([torch.from_numpy(np.array(_open_rgb(paths[k]))).permute(2, 0, 1)
+                             for k in batch])
+            (features,) = extractor.net(x)
+            out[batch] = features.double().numpy()
+            bar.update(len(batch))
+    return out
+
+
+def feature_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
+    """{"mu": (d,), "sigma": (d, d)} in float64 (torch-fidelity's `fid_features_to_statistics`)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got features of shape {features.shape}")
+    return fid_features_to_statistics(torch.from_numpy(features))
+
+
+def frechet_distance(stats_1: dict, stats_2: dict) -> float:
+    """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) by torch-fidelity's `fid_statistics_to_metric`."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
+
+
+def fid(extractor: FidExtractor, paths_1: list[Path], paths_2: list[Path], batch_size: int = 32,
+        progress: bool = True) -> float:
+    """FID between two lists of image files (no cache)."""
+    return frechet_distance(feature_statistics(extract_features(extractor, paths_1, batch_size, progress)),
+                            feature_statistics(extract_features(extractor, paths_2, batch_size, progress)))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")
+
+
+def stats_cache_path(cache_dir: str | os.PathLike, digest: str, split: str, extractor: FidExtractor) -> Path:
+    key = hashlib.sha256(json.dumps({"digest": digest, "split": split, "extractor": extractor.id,
+                                     "weights_sha256": extractor.weights_sha256, "layer": FEATURE_LAYER,
+                                     "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{digest}-{split}-{_slug(extractor.id)}-{key}.npz"
+
+
+def _save_stats(path: Path, stats: dict, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=stats["mu"], sigma=stats["sigma"], meta=json.dumps(meta))
+        os.chmod(tmp, 0o644)                  # mkstemp makes 0600; a cache may be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class ImageSet:
+    paths: list[Path]
+    digest: str                # dataset digest of the set it comes from
+    split: str                 # "train" | "test" | "all"
+    cacheable: bool            # real splits: (mu, sigma) cached by digest + split + extractor
+    source: str                # what was given, for messages
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def set_statistics(images: ImageSet, extractor: FidExtractor, cache_dir: str | os.PathLike | None,
+                   batch_size: int = 32, progress: bool = True) -> tuple[dict, bool]:
+    """(mu, sigma) of a set and whether they came from the cache (only cacheable sets are cached)."""
+    path = stats_cache_path(cache_dir, images.digest, images.split, extractor) \
+        if images.cacheable and cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as z:
+                return {"mu": z["mu"], "sigma": z["sigma"]}, True
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:   # e.g. a half-copied cache
+            print(f"warning: {path}: unreadable cached statistics ({e}); recomputing", file=sys.stderr)
+    stats = feature_statistics(extract_features(extractor, images.paths, batch_size, progress,
+                                                desc=f"FID features ({images.split})"))
+    if path is not None:
+        _save_stats(path, stats, {"digest": images.digest, "split": images.split, "extractor": extractor.id,
+                                  "weights_sha256": extractor.weights_sha256, "n_images": len(images),
+                                  "source": images.source, "version": CACHE_VERSION})
+    return stats, False
+
+
+# ------------------------------------------------------------------------------------------------
+# LPIPS and MS-SSIM over seeded random pairs
+# ------------------------------------------------------------------------------------------------
+
+def load_resized(paths: list[Path], size: int) -> np.ndarray:
+    """(N, size, size, 3) uint8, PIL bicubic, aspect ratio not kept."""
+    return np.stack([np.asarray(_open_rgb(Path(p)).resize((size, size), Image.BICUBIC)) for p in paths])
+
+
+def _nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) array or float/uint8 (N, 3, H, W) tensor -> float32 (N, 3, H, W) in [0, 255]."""
+    if isinstance(images, np.ndarray):
+        images = torch.tensor(images).permute(0, 3, 1, 2)
+    return images.float()
+
+
+def lpips_distance(net: LpipsNet, a, b) -> np.ndarray:
+    """Per-pair LPIPS between two equal-shape batches of uint8 images (N, H, W, 3) (0 = identical)."""
+    with torch.inference_mode():
+        d = net.net(_nchw(a) / 127.5 - 1.0, _nchw(b) / 127.5 - 1.0)
+    return d.reshape(-1).double().numpy()
+
+
+def ms_ssim_score(a, b) -> np.ndarray:
+    """Per-pair MS-SSIM (pytorch-msssim, window 11, data range 255) of two equal-shape batches of uint8
+    images (N, H, W, 3), sides > 160 px (1 = identical)."""
+    from pytorch_msssim import ms_ssim
+    a, b = _nchw(a), _nchw(b)
+    if min(a.shape[-2:]) <= (MSSSIM_WIN - 1) * 16:
+        raise ValueError(f"MS-SSIM needs images larger than {(MSSSIM_WIN - 1) * 16} px per side with its "
+                         f"default {MSSSIM_WIN}-px window and 5 scales; got {tuple(a.shape[-2:])} "
+                         "(raise msssim_size)")
+    with torch.inference_mode():
+        return ms_ssim(a, b, data_range=255, size_average=False, win_size=MSSSIM_WIN).double().numpy()
+
+
+def sample_pairs(n_real: int, n_fake: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """min(n_pairs, n_real*n_fake) distinct (i, j) pairs, uniformly without replacement, seeded."""
+    if n_real < 1 or n_fake < 1 or n_pairs < 1:
+        raise ValueError(f"need images on both sides and n_pairs >= 1 (got {n_real}, {n_fake}, {n_pairs})")
+    total = n_real * n_fake
+    flat = np.random.default_rng(seed).choice(total, size=min(n_pairs, total), replace=False)
+    return flat // n_fake, flat % n_fake
+
+
+def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int, seed: int,
+                   lpips_net: LpipsNet, lpips_size: int = 256, msssim_size: int = 256,
+                   batch_size: int = 32, progress: bool = True) -> dict[str, float]:
+    """LPIPS and MS-SSIM means (and standard deviations) over the seeded random pairs."""
+    i, j = sample_pairs(len(real_paths), len(fake_paths), n_pairs, seed)
+    ui, uj = np.unique(i), np.unique(j)
+    out: dict[str, list] = {"lpips": [], "ms_ssim": []}
+    for name, size in (("lpips", lpips_size), ("ms_ssim", msssim_size)):
+        real = dict(zip(ui.tolist(), load_resized([real_paths[k] for k in ui], size)))
+        fake = dict(zip(uj.tolist(), load_resized([fake_paths[k] for k in uj], size)))
+        for start in tqdm(range(0, len(i), batch_size), desc=name, disable=not progress, leave=False):
+            a = np.stack([real[k] for k in i[start:start + batch_size]])
+            b = np.stack([fake[k] for k in j[start:start + batch_size]])
+            out[name].append(lpips_distance(lpips_net, a, b) if name == "lpips" else ms_ssim_score(a, b))
+    lp, ms = np.concatenate(out["lpips"]), np.concatenate(out["ms_ssim"])
+    return {"lpips": float(lp.mean()), "lpips_std": float(lp.std()), "ms_ssim": float(ms.mean()),
+            "ms_ssim_std": float(ms.std()), "n_pairs": len(i)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs and the stage
+# ------------------------------------------------------------------------------------------------
+
+def resolve_fake(spec: str) -> tuple[Path, dict[str, str], mlflow.entities.Run | None]:
+    """A dataset folder / manifest, or `runs:/<generate run id>` -> (path, lineage tags, the run)."""
+    if not spec.startswith("runs:/"):
+        return Path(spec).expanduser().resolve(), {}, None
+    run_id = spec[len("runs:/"):].strip("/").split("/")[0]
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise DataError(f"{spec}: no such run in {tracking.tracking_uri()} ({e})") from e
+    out = run.data.tags.get(TAG_OUTPUT_DIR)
+    if not out:
+        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage "
+                        f"{run.data.tags.get(tracking.TAG_STAGE, '?')!r}, status {run.info.status}); "
+                        "give a FINISHED generate run or the generated folder")
+    path = Path(out)
+    if not path.exists():
+        raise DataError(f"{path}: output folder of generate run {run_id} does not exist (moved or on "
+                        "another machine?); pass the folder with --fake")
+    tags = {TAG_GENERATE_RUN: run_id}
+    if run.data.tags.get(TAG_FINETUNE_RUN):
+        tags[TAG_FINETUNE_RUN] = run.data.tags[TAG_FINETUNE_RUN]
+    return path, tags, run
+
+
+def load_fake_set(path: Path, progress: bool = True) -> ImageSet:
+    """Every image of a dataset folder / manifest (a generated set is all split=train), with its digest."""
+    # a generated folder holds both images/ and its manifest.csv: read the manifest (the stage's output)
+    dataset = load_dataset(path, "manifest" if (path / "manifest.csv").is_file() else "auto")
+    shas = dataset.extra.get("file_sha256")
+    if not shas:
+        shas = {k: (v.image_sha256, v.mask_sha256) for k, v in validate(dataset, progress=progress).items()}
+    return ImageSet(paths=[s.image for s in dataset.samples], digest=dataset_digest(dataset, shas),
+                    split="all", cacheable=False, source=str(path))
+
+
+def real_split(prepared: Prepared, split: str) -> ImageSet:
+    part = prepared.dataset.split(split)
+    return ImageSet(paths=[s.image for s in part.samples], digest=prepared.digest, split=split,
+                    cacheable=True, source=str(prepared.dataset.root))
+
+
+def resolve_comparison(cfg: EvaluateConfig) -> str:
+    implied = REAL_VS_SYNTH if cfg.fake else REAL_VS_REAL
+    if cfg.comparison in (REAL_VS_REAL, REAL_VS_SYNTH) and cfg.comparison != implied:
+        raise ValueError(f"--comparison {cfg.comparison} does not match --fake {cfg.fake!r} "
+                         f"(that is {implied}: fake '' = the real test split)")
+    return cfg.comparison or implied
+
+
+def check_config(cfg: EvaluateConfig) -> None:
+    if cfg.msssim_size <= (MSSSIM_WIN - 1) * 16:
+        raise ValueError(f"msssim_size must be > {(MSSSIM_WIN - 1) * 16} (MS-SSIM's 11-px window over 5 "
+                         f"scales), got {cfg.msssim_size}")
+    if cfg.lpips_size < 32 or cfg.lpips_pairs < 1 or cfg.batch_size < 1:
+        raise ValueError("lpips_size must be >= 32, lpips_pairs and batch_size >= 1")
+
+
+def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool = True) -> str:
+    """FID, LPIPS, MS-SSIM of the real train split against `cfg.fake` (or the real test split);
+    logs one `evaluate` run and returns its id. Inputs are checked before the run starts."""
+    check_config(cfg)
+    tracking.setup(experiment)
+    comparison = resolve_comparison(cfg)
+    prepared = load_prepared(cfg.real, "auto", cfg.test_fraction, cfg.seed, progress=progress)
+    real = real_split(prepared, "train")
+    lineage: dict[str, str] = {}
+    if cfg.fake:
+        fake_path, lineage, gen_run = resolve_fake(cfg.fake)
+        fake = load_fake_set(fake_path, progress)
+        trained_on = gen_run.data.tags.get(tracking.TAG_DIGEST) if gen_run else None
+        if trained_on and trained_on != prepared.digest:
+            print(f"warning: the generated set's model was trained on dataset digest {trained_on}, but the "
+                  f"real set here has digest {prepared.digest} (other data, split or seed)", file=sys.stderr)
+    else:
+        fake = real_split(prepared, "test")
+    for s, what in ((real, f"{prepared.dataset.root} (train split)"),
+                    (fake, f"{fake.source} ({fake.split})")):
+        if len(s) < 2:
+            raise DataError(f"{what}: {len(s)} image(s); FID needs at least 2 per set")
+
+    extractor = build_fid_extractor(cfg.fid_weights)
+    lpips_net = build_lpips()
+    comparable = warn_if_fallback(extractor, lpips_net)
+    tags = {TAG_COMPARISON: comparison, TAG_REAL_DIGEST: real.digest, TAG_FAKE_DIGEST: fake.digest,
+            "skindualgen.real_split": real.split, "skindualgen.fake_split": fake.split,
+            TAG_EXTRACTOR: extractor.id,
+            "skindualgen.feature_extractor_sha256": extractor.weights_sha256[:16],
+            TAG_LPIPS_NET: lpips_net.id, TAG_COMPARABLE: str(comparable).lower(), **lineage}
+    with tracking.stage_run("evaluate", cfg, prepared.digest, experiment,
+                            run_name=f"evaluate-{comparison}", extra_tags=tags) as run:
+        log_dataset_input(prepared, context="evaluate")
+        real_stats, real_hit = set_statistics(real, extractor, cfg.cache_dir, cfg.batch_size, progress)
+        fake_stats, fake_hit = set_statistics(fake, extractor, cfg.cache_dir, cfg.batch_size, progress)
+        metrics = {"fid": frechet_distance(real_stats, fake_stats)}
+        metrics.update(paired_metrics(real.paths, fake.paths, cfg.lpips_pairs, cfg.seed, lpips_net,
+                                      cfg.lpips_size, cfg.msssim_size, cfg.batch_size, progress))
+        metrics.update({"n_real": len(real), "n_fake": len(fake)})
+        fake_cache = "hit" if fake_hit else ("miss" if fake.cacheable else "off")
+        mlflow.set_tags({"skindualgen.real_stats_cache": "hit" if real_hit else "miss",
+                         "skindualgen.fake_stats_cache": fake_cache})
+        mlflow.log_metrics(metrics)
+        return run.info.run_id
+
+
+__all__ = [
+    "FALLBACK_SEED",
+    "REAL_VS_REAL",
+    "REAL_VS_SYNTH",
+    "FidExtractor",
+    "ImageSet",
+    "LpipsNet",
+    "build_fid_extractor",
+    "build_lpips",
+    "evaluate",
+    "extract_features",
+    "feature_statistics",
+    "fid",
+    "frechet_distance",
+    "load_fake_set",
+    "load_resized",
+    "lpips_distance",
+    "ms_ssim_score",
+    "paired_metrics",
+    "resolve_fake",
+    "sample_pairs",
+    "set_statistics",
+    "stats_cache_path",
+]
+

@@ -9,6 +9,7 @@ from entrypoints.generate import generate
 from entrypoints.main import main
 from entrypoints.prepare import prepare
 from entrypoints.register import register
+from entrypoints.tune import tune
 
 
 @click.group()
@@ -16,7 +17,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, evaluate, register):
+for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -147,6 +147,48 @@ class RegisterConfig:
     comparison: str = "real_train_vs_synth_train"
 
 
+# Paper Sec. 3.4: the prompt GPT-4o-mini got for every image (with the image itself).
+DESCRIBE_PROMPT = ("Analyze this {class_name} dermatology image. Describe in medical terms and give a sentence. "
+                   "Use ICD-11 terminology and begin with "
+                   "'a dermoscopic lesion photo of {class_name} for skin cancer diagnosis,...'")
+
+
+@dataclass
+class DescribeConfig:
+    data_dir: str = ""              # ISIC-GPT (or HAM10000) folder; "" = the embedded demo dataset
+    llm_url: str = ""               # OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); "" = template
+    llm_model: str = "gpt-4o-mini"  # paper: GPT-4o-mini
+    api_key_env: str = "OPENAI_API_KEY"   # NAME of the env variable holding the key; the key is never logged
+    prompt: str = DESCRIBE_PROMPT   # {class_name} is filled in; answers must begin with PROMPT_TEMPLATE
+    overwrite: bool = False         # False: only images without a description; True: all of them
+    concurrency: int = 4            # requests in flight at once
+    timeout: float = 60.0           # seconds per request (socket timeout)
+    max_retries: int = 4            # extra attempts on 429 / 5xx / timeout / invalid answer
+    backoff: float = 1.0            # first retry delay (s), doubled per retry, capped at 60 s; Retry-After wins
+    max_tokens: int = 300           # answer length cap sent to the endpoint (0 = not sent)
+    cache_dir: str = ".cache/skindualgen/descriptions"   # answers.jsonl: sha256(image)+prompt+model -> text
+
+
+@dataclass
+class TuneConfig:
+    model_uri: str = ""
+    data_dir: str = ""              # the real data; its train split is the FID reference
+    trials: int = 20
+    steps_min: int = 20             # num_inference_steps search range (paper's optimum: 45)
+    steps_max: int = 60
+    guidance_min: float = 1.0       # guidance_scale search range (paper's optimum: 1.22)
+    guidance_max: float = 7.5
+    per_class: int = 10             # the fixed-seed batch generated per trial
+    resolution: int = 512
+    batch_size: int = 8
+    storage: str = ""               # "" = sqlite:///optuna.db in the working directory; any RDB URL
+    study_name: str = ""            # "" = derived from the model and the search space
+    fid_weights: str = ""
+    cache_dir: str = ".cache/skindualgen/features"
+    test_fraction: float = 0.176
+    seed: int = SEED
+
+
 def field_names(cfg_cls) -> list[str]:
     return [f.name for f in fields(cfg_cls)]
 
@@ -171,6 +213,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "demo": {"resolution": 64, "per_class": 4},
     },
     "evaluate": {"paper": {}, "demo": {"lpips_pairs": 100}},
+    "tune": {"paper": {}, "demo": {"trials": 4, "per_class": 2, "resolution": 64, "steps_min": 10,
+                                    "steps_max": 45}},
     "classify": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "folds": 2, "batch_size": 16}},
     "segment": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "batch_size": 8}},
 }

@@ -1,0 +1,93 @@
+"""The `tune` stage: Optuna (TPE, seeded) over num_inference_steps and guidance_scale (paper: 45, 1.22).
+
+Objective of a trial: FID between the real train split and a fixed-seed generated batch
+(`per_class` images per class, seeds seed + i, the same in every trial), so trials differ only in
+the two settings. Each trial is a nested MLflow run (stage `tune-trial`) under the `tune` run; the
+best values go on the parent as params `best_num_inference_steps`, `best_guidance_scale` (what
+`generate --settings-from-run <tune run id>` reads) and metric `best_fid`.
+
+Storage: `--storage` takes any Optuna RDB URL (e.g. postgresql://...) so several machines can add
+trials to one study; the default is `sqlite:///optuna.db` in the working directory. The study name
+is derived from the model, the data digest and the search space, so re-running the same command
+resumes the study: only the missing trials run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import optuna
+
+from harness import tracking
+from harness.config import TuneConfig
+from harness.data.prepare import load_prepared
+from harness.dualgen.generate import resolve_model_uri
+from harness.dualgen.mlflow_model import model_folder
+from harness.dualgen.pipeline import DualGenPipeline
+from harness.dualgen.train import TRAINING_JSON
+from harness.quality import (build_fid_extractor, extract_features, feature_statistics, frechet_distance,
+                             real_split, set_statistics, warn_if_fallback)
+
+
+def study_name(cfg: TuneConfig, digest: str) -> str:
+    if cfg.study_name:
+        return cfg.study_name
+    space = {k: getattr(cfg, k) for k in ("model_uri", "steps_min", "steps_max", "guidance_min", "guidance_max",
+                                          "per_class", "resolution", "seed", "fid_weights")}
+    return f"skindualgen-tune-{hashlib.sha256(json.dumps([space, digest]).encode()).hexdigest()[:12]}"
+
+
+def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) -> str:
+    tracking.setup(experiment)
+    fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
+    folder = model_folder(fixed_uri)
+    training = json.loads((folder / TRAINING_JSON).read_text())
+    prepared = load_prepared(cfg.data_dir, "auto", cfg.test_fraction, cfg.seed, progress=progress)
+    extractor = build_fid_extractor(cfg.fid_weights)
+    warn_if_fallback(extractor)
+    real_stats, _ = set_statistics(real_split(prepared, "train"), extractor, cfg.cache_dir, progress=progress)
+    pipe = DualGenPipeline.from_folder(folder)
+    jobs = [c for c in training["classes"] for _ in range(cfg.per_class)]
+    prompts = [training["prompt_template"].format(class_name=c) for c in jobs]
+    seeds = [cfg.seed + i for i in range(len(jobs))]
+    storage = cfg.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    name = study_name(cfg, prepared.digest)
+
+    with tracking.stage_run("tune", cfg, prepared.digest, experiment,
+                            extra_tags={**lineage, "skindualgen.feature_extractor": extractor.id,
+                                        "skindualgen.optuna_study": name}) as parent:
+        def objective(trial: optuna.Trial) -> float:
+            steps = trial.suggest_int("num_inference_steps", cfg.steps_min, cfg.steps_max)
+            guidance = trial.suggest_float("guidance_scale", cfg.guidance_min, cfg.guidance_max)
+            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) as child:
+                mlflow.set_tags({tracking.TAG_STAGE: "tune-trial", tracking.TAG_CODE: tracking.code_version(),
+                                 tracking.TAG_DIGEST: prepared.digest, "skindualgen.optuna_trial": str(trial.number)})
+                mlflow.log_params({"num_inference_steps": steps, "guidance_scale": guidance})
+                pairs = pipe(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance,
+                             height=cfg.resolution, width=cfg.resolution, batch_size=cfg.batch_size, progress=False)
+                with tempfile.TemporaryDirectory() as tmp:
+                    paths = []
+                    for i, (image, _) in enumerate(pairs):
+                        paths.append(Path(tmp) / f"{i:05d}.png")
+                        image.save(paths[-1])
+                    stats = feature_statistics(extract_features(extractor, paths, progress=False))
+                value = frechet_distance(real_stats, stats)
+                mlflow.log_metric("fid", value)
+                trial.set_user_attr("mlflow_run_id", child.info.run_id)
+            return value
+
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        todo = max(0, cfg.trials - len(done))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=todo, show_progress_bar=progress)
+        best = study.best_trial
+        mlflow.log_params({"best_num_inference_steps": best.params["num_inference_steps"],
+                           "best_guidance_scale": best.params["guidance_scale"]})
+        mlflow.log_metrics({"best_fid": best.value, "n_trials": len(study.trials), "n_trials_this_run": todo})
+        mlflow.set_tag("skindualgen.best_trial_run_id", best.user_attrs.get("mlflow_run_id", ""))
+        return parent.info.run_id

@@ -2,6 +2,7 @@
 import click
 
 from entrypoints.build_tiny_base import build_tiny_base
+from entrypoints.classify import classify
 from entrypoints.demo_data import demo_data
 from entrypoints.evaluate import evaluate
 from entrypoints.finetune import finetune
@@ -9,6 +10,7 @@ from entrypoints.generate import generate
 from entrypoints.main import main
 from entrypoints.prepare import prepare
 from entrypoints.register import register
+from entrypoints.segment import segment
 from entrypoints.tune import tune
 
 
@@ -17,7 +19,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune):
+for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment):
     cli.add_command(command)
 
 if __name__ == "__main__":

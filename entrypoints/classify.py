@@ -1,0 +1,25 @@
+"""`classify` entry point: one classifier x one training set (real / synth / hybrid), k-fold CV."""
+import click
+
+from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from harness.config import ClassifyConfig, with_profile
+
+
+@click.command("classify")
+@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@config_options(ClassifyConfig)
+@experiment_option
+@user_errors
+def classify(profile, experiment, **given):
+    from harness.downstream.classify import classify as run_classify
+    from harness.downstream.sets import DownstreamError
+    cfg = with_profile(ClassifyConfig, "classify", profile, given)
+    try:
+        run_id = run_classify(cfg, experiment=experiment)
+    except DownstreamError as e:
+        raise UserError(str(e)) from e
+    click.echo(f"classify run {run_id}: {cfg.model} on {cfg.train_set}; best fold's model at runs:/{run_id}/model")
+
+
+if __name__ == "__main__":
+    classify()

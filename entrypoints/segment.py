@@ -1,0 +1,25 @@
+"""`segment` entry point: one segmentation model x one training set (real / synth / hybrid)."""
+import click
+
+from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from harness.config import SegmentConfig, with_profile
+
+
+@click.command("segment")
+@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@config_options(SegmentConfig)
+@experiment_option
+@user_errors
+def segment(profile, experiment, **given):
+    from harness.downstream.segment import segment as run_segment
+    from harness.downstream.sets import DownstreamError
+    cfg = with_profile(SegmentConfig, "segment", profile, given)
+    try:
+        run_id = run_segment(cfg, experiment=experiment)
+    except DownstreamError as e:
+        raise UserError(str(e)) from e
+    click.echo(f"segment run {run_id}: {cfg.model} on {cfg.train_set}; model at runs:/{run_id}/model")
+
+
+if __name__ == "__main__":
+    segment()

@@ -1,0 +1,385 @@
+"""The `classify` stage (paper Sec. 4.3.1, Tables 2 and 3): one model x one training set.
+
+Read top to bottom: `build_model` (the four backbones), `ImageSet` (decoded images + torchvision
+augmentation), `train_one_epoch` (the training step), `predict` (evaluation), `run_fold` (one fold),
+`classify` (the run: data, folds, scoring, artifacts).
+
+Protocol (paper): 224 px, batch 32, Adam lr 1e-4, cross-entropy, 50 epochs (DenseNet121, ResNet34)
+or 40 (SqueezeNet1.1, Swin-T); torchvision augmentation of the training images (random flips,
+rotation up to 20 degrees, mild colour jitter; the paper names the library, not the transforms),
+ImageNet normalisation; 5-fold StratifiedKFold (shuffled, seeded) over the training set: fold k
+trains on the other 4/5 and uses its held-out fold as validation. Every fold's final model is tested
+on the real test split (and on `--eval-data`, HAM10000, with classes matched by name: images of
+classes the model lacks are counted in `ham_n_excluded` and left out). Reported numbers are the mean
+over folds (`accuracy`, ...) with the spread (`accuracy_std`); see metrics.py for the definitions.
+
+The model's classes are the real training split's classes for every fold. A fold whose training
+part lacked a class would still have that output (it is simply never learned; its sensitivity counts
+as whatever the model gives, usually 0) and the run tags it `skindualgen.fold<k>_missing_classes`.
+It cannot happen once the check "folds <= images of the smallest class" passes, which runs before any
+training: StratifiedKFold puts floor or ceil of n_c / folds images of class c in each held-out fold,
+so each training part keeps n_c - ceil(n_c / folds) >= 1 of them.
+
+Logged: params (the config), one nested run per fold (per-epoch `train/loss`, `val/loss`, `val/f1`;
+the fold's `val_*`, test and `ham_*` metrics), on the parent the mean/std metrics, per-class
+sensitivity, composition of the training set, confusion matrices (figure + JSON), per-image
+predictions (`predictions/{val,test,ham}.csv`: fold, id, true_label, predicted_label, prob_<class>)
+and the model of the best fold by validation macro F1 (`model/model.pt` + `model/model.json`;
+`load_classifier(run_id)` rebuilds it). `time/step_seconds` is forward + backward + update of one
+batch (data loading excluded); `time/train_seconds` covers all folds with their evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness import tracking
+from harness.config import ClassifyConfig
+from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.records import Sample
+from harness.downstream import runtime
+from harness.downstream.metrics import (
+    classification_metrics,
+    confusion_figure,
+    confusion_matrix,
+    mean_and_std,
+)
+from harness.downstream.sets import DownstreamError, EvalSet, load_inputs, log_inputs
+
+PAPER_EPOCHS = {"densenet121": 50, "resnet34": 50, "squeezenet1_1": 40, "swin_tiny": 40}
+MODELS = tuple(PAPER_EPOCHS)
+SWIN = "swin_tiny_patch4_window7_224"
+METRICS = ("accuracy", "sensitivity", "precision", "f1")
+
+
+class PretrainedUnavailable(DownstreamError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+def _no_weights(name: str, err: Exception, where: str) -> PretrainedUnavailable:
+    return PretrainedUnavailable(
+        f"--pretrained: could not load the ImageNet weights of {name} ({type(err).__name__}: {err}). This "
+        f"machine may be offline; put the weights in {where}, or run with --pretrained false "
+        "(random initialisation)")
+
+
+def build_model(name: str, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    """torchvision DenseNet121 / ResNet34 / SqueezeNet1.1 or timm Swin-T (built for `image_size`), with a
+    `num_classes` head. pretrained=True loads ImageNet weights (network or local cache) and replaces
+    the head; when they cannot be loaded it raises PretrainedUnavailable, never silently continues."""
+    if name not in MODELS:
+        raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
+    if name == "swin_tiny":
+        import timm
+        try:
+            return timm.create_model(SWIN, pretrained=pretrained, num_classes=num_classes, img_size=image_size)
+        except Exception as e:
+            if not pretrained:
+                raise
+            raise _no_weights(SWIN, e, "the Hugging Face cache (timm/" + SWIN + ".ms_in1k)") from e
+    import torchvision
+    factory = getattr(torchvision.models, name)
+    if not pretrained:
+        return factory(weights=None, num_classes=num_classes)
+    try:
+        model = factory(weights="DEFAULT")
+    except Exception as e:
+        raise _no_weights(name, e, f"{torch.hub.get_dir()}/checkpoints/") from e
+    if name == "densenet121":
+        model.classifier = nn.Linear(model.classifier.in_features, num_classes)
+    elif name == "resnet34":
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    else:  # squeezenet1_1: the classifier is Dropout, Conv2d(512, classes, 1), ReLU, AvgPool
+        model.classifier[1] = nn.Conv2d(512, num_classes, kernel_size=1)
+        model.num_classes = num_classes
+    return model
+
+
+def load_classifier(run_id: str) -> tuple[nn.Module, dict]:
+    """The best fold's model of a classify run, in eval mode, and its model.json (classes, image size,
+    normalisation, fold, validation F1)."""
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+    info = json.loads((folder / "model.json").read_text())
+    model = build_model(info["model"], len(info["classes"]), info["image_size"])
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval(), info
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def _decode(sample: Sample, size: int) -> np.ndarray:
+    with Image.open(sample.image) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
+
+
+def decode_images(samples: list[Sample], size: int, cache: dict[str, np.ndarray], progress: bool = True,
+                  desc: str = "decode", threads: int = 1) -> np.ndarray:
+    """(N, size, size, 3) uint8, LANCZOS-resized like harness.data.augment.load_pair; each file is
+    decoded once (cache keyed by sample id), by `threads` threads (PIL releases the GIL)."""
+    todo = list({s.id: s for s in samples if s.id not in cache}.values())
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        decoded = pool.map(lambda s: _decode(s, size), todo)
+        for s, image in zip(todo, tqdm(decoded, total=len(todo), desc=desc, unit="img",
+                                       disable=not progress or not todo)):
+            cache[s.id] = image
+    if not samples:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([cache[s.id] for s in samples])
+
+
+def train_augmentation():
+    from torchvision.transforms import v2
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(20),
+                       v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)])
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Decoded uint8 images -> (normalised float tensor, class index). With `augment`, image i in epoch
+    e is augmented with torch seeded by (seed, e, i): the same with any number of workers."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False, seed: int = 0):
+        self.images, self.labels, self.seed, self.epoch = images, labels, seed, 0
+        self.augment = train_augmentation() if augment else None
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.images[i]).permute(2, 0, 1)
+        if self.augment is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i)
+                x = self.augment(x)
+        x = (x.float() / 255.0 - self.mean) / self.std
+        return x, int(self.labels[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step and evaluation
+# ---------------------------------------------------------------------------------------------
+
+def train_one_epoch(model, loader, optimizer, scaler, device, amp_dtype, bar=None) -> tuple[float, float]:
+    """One pass over the loader: cross-entropy, Adam. Returns (mean loss, mean seconds per step)."""
+    model.train()
+    losses, seconds = [], []
+    for x, y in loader:
+        t0 = time.perf_counter()
+        x, y = runtime.to_device(x, device), y.to(device)
+        with runtime.autocast(device, amp_dtype):
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if not np.isfinite(losses).all():
+        raise FloatingPointError(f"non-finite training loss {losses}")
+    return float(np.mean(losses)), float(np.mean(seconds))
+
+
+@torch.no_grad()
+def predict(model, loader, device, amp_dtype) -> np.ndarray:
+    """Softmax probabilities, (N, classes), in loader order."""
+    model.eval()
+    out = []
+    for x, _ in loader:
+        with runtime.autocast(device, amp_dtype):
+            logits = model(runtime.to_device(x, device))
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+def check_config(cfg: ClassifyConfig) -> None:
+    if cfg.model not in MODELS:
+        raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
+    if cfg.folds < 2:
+        raise DownstreamError(f"--folds must be >= 2 (stratified k-fold), got {cfg.folds}")
+    for name in ("image_size", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise DownstreamError(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.epochs < 0:
+        raise DownstreamError("--epochs must be >= 0 (0 = the paper's)")
+
+
+def check_folds(labels: list[str], folds: int) -> None:
+    counts = {c: labels.count(c) for c in sorted(set(labels))}
+    small = {c: n for c, n in counts.items() if n < folds}
+    if small:
+        raise DownstreamError(
+            f"--folds {folds} needs at least {folds} training images of every class; too few: "
+            + ", ".join(f"{c!r} has {n}" for c, n in small.items()) + ". Use fewer folds or more data")
+
+
+def _prediction_rows(fold: int, samples: list[Sample], probs: np.ndarray, classes: list[str]) -> list[dict]:
+    return [{"fold": fold, "id": s.id, "true_label": s.label, "predicted_label": classes[int(p.argmax())],
+             **{f"prob_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)}}
+            for s, p in zip(samples, probs)]
+
+
+def _write_csv(path: Path, rows: list[dict], classes: list[str]) -> None:
+    fields = ["fold", "id", "true_label", "predicted_label"] + [f"prob_{c}" for c in classes]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y, val_images, val_y,
+             eval_images: dict[str, np.ndarray], cfg: ClassifyConfig, epochs: int, device, amp_dtype,
+             progress: bool) -> dict:
+    """Train fold k's model from scratch; return its validation and eval-set probabilities."""
+    torch.manual_seed(cfg.seed + k)
+    model = runtime.prepare_model(build_model(model_name, len(classes), cfg.image_size, cfg.pretrained), device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    scaler = runtime.grad_scaler(device, amp_dtype)
+    train_ds = ImageSet(train_images, train_y, augment=True, seed=cfg.seed + k)
+    train_dl = runtime.loader(train_ds, cfg.batch_size, True, cfg.seed + k, cfg.num_workers, device, train=True)
+    val_dl = runtime.loader(ImageSet(val_images, val_y), cfg.batch_size, False, 0, cfg.num_workers, device)
+    step_seconds = []
+    bar = tqdm(total=epochs * len(train_dl), desc=f"fold {k}", unit="step", disable=not progress)
+    for epoch in range(epochs):
+        train_ds.set_epoch(epoch)
+        loss, sec = train_one_epoch(model, train_dl, optimizer, scaler, device, amp_dtype, bar)
+        step_seconds.append(sec)
+        val_probs = predict(model, val_dl, device, amp_dtype)
+        val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)),
+                                                torch.from_numpy(val_y)))
+        val_f1 = classification_metrics(val_y, val_probs.argmax(1), classes)["f1"]
+        mlflow.log_metrics({"train/loss": loss, "val/loss": val_loss, "val/f1": val_f1}, step=epoch + 1)
+    bar.close()
+    probs = {name: predict(model, runtime.loader(ImageSet(imgs, np.zeros(len(imgs), np.int64)), cfg.batch_size,
+                                                 False, 0, cfg.num_workers, device), device, amp_dtype)
+             for name, imgs in eval_images.items()}
+    state = {key: v.detach().cpu().clone() for key, v in model.state_dict().items()}
+    return {"val": val_probs, **probs, "state_dict": state, "step_seconds": float(np.mean(step_seconds))}
+
+
+def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool = True) -> str:
+    """Train and evaluate `cfg.model` on `cfg.train_set` with k-fold CV; return the MLflow run id.
+    Every check on the options and the data runs before the run starts and before any training."""
+    check_config(cfg)
+    tracking.setup(experiment)
+    device = runtime.pick_device()
+    amp_dtype = runtime.autocast_dtype(cfg.mixed_precision, device)
+    data = load_inputs(cfg.data_dir, cfg.train_set, cfg.synth, cfg.eval_data, cfg.test_fraction, cfg.seed,
+                       cfg.allow_repeats, progress)
+    train, classes = data.train, data.train.classes
+    check_folds(train.labels, cfg.folds)
+    if cfg.pretrained:        # fail before the run starts when the weights cannot be had
+        build_model(cfg.model, len(classes), cfg.image_size, pretrained=True)
+    epochs = cfg.epochs or PAPER_EPOCHS[cfg.model]
+    evals: dict[str, EvalSet] = {"test": data.test, **({"ham": data.ham} if data.ham is not None else {})}
+    evals = {name: e for name, e in evals.items() if e.samples}
+    tags = {"skindualgen.model": cfg.model, "skindualgen.train_set": cfg.train_set,
+            "skindualgen.device": str(device), **data.tags}
+
+    with tracking.stage_run("classify", cfg, data.prepared.digest, experiment,
+                            run_name=f"classify {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
+        log_inputs(data)
+        mlflow.log_metric("epochs", epochs)
+        cache: dict[str, np.ndarray] = {}
+        images = decode_images(train.samples, cfg.image_size, cache, progress, "decode train", cfg.num_workers)
+        eval_images = {name: decode_images(e.samples, cfg.image_size, cache, progress, f"decode {name}",
+                                           cfg.num_workers) for name, e in evals.items()}
+        eval_y = {name: np.array([classes.index(s.label) for s in e.samples]) for name, e in evals.items()}
+        y = np.array([classes.index(c) for c in train.labels])
+
+        splitter = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
+        per_fold = {name: [] for name in ["val", *evals]}
+        rows = {name: [] for name in ["val", *evals]}
+        cms = {name: np.zeros((len(classes), len(classes)), np.int64) for name in evals}
+        best, step_seconds = None, []
+        t_start = time.perf_counter()
+        for k, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            with mlflow.start_run(run_name=f"fold {k}", nested=True, experiment_id=run.info.experiment_id,
+                                  tags={**tracking.run_tags("classify-fold", data.prepared.digest), **tags,
+                                        "skindualgen.fold": str(k)}):
+                mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va)})
+                missing = sorted(set(classes) - {classes[i] for i in y[tr]})
+                if missing:       # cannot happen after check_folds; see the module docstring
+                    mlflow.MlflowClient().set_tag(run.info.run_id, f"skindualgen.fold{k}_missing_classes",
+                                                  ",".join(missing))
+                out = run_fold(k, cfg.model, classes, images[tr], y[tr], images[va], y[va], eval_images, cfg,
+                               epochs, device, amp_dtype, progress)
+                fold_metrics = {}
+                val_samples = [train.samples[i] for i in va]
+                m = classification_metrics(y[va], out["val"].argmax(1), classes)
+                fold_metrics.update({f"val_{key}": v for key, v in m.items()})
+                per_fold["val"].append(m)
+                rows["val"] += _prediction_rows(k, val_samples, out["val"], classes)
+                for name, e in evals.items():
+                    pred = out[name].argmax(1)
+                    m = classification_metrics(eval_y[name], pred, classes)
+                    per_fold[name].append(m)
+                    fold_metrics.update({(key if name == "test" else f"{name}_{key}"): v for key, v in m.items()})
+                    cms[name] += confusion_matrix(eval_y[name], pred, len(classes))
+                    rows[name] += _prediction_rows(k, e.samples, out[name], classes)
+                fold_metrics["time/step_seconds"] = out["step_seconds"]
+                step_seconds.append(out["step_seconds"])
+                mlflow.log_metrics(fold_metrics)
+                if best is None or fold_metrics["val_f1"] > best["val_f1"]:
+                    best = {"fold": k, "val_f1": fold_metrics["val_f1"], "state_dict": out["state_dict"]}
+
+        summary = {"best_fold": best["fold"], "time/train_seconds": time.perf_counter() - t_start,
+                   "time/step_seconds": float(np.mean(step_seconds))}
+        for name, folds in per_fold.items():
+            prefix = "" if name == "test" else f"{name}_"
+            if name == "val":     # the folds' validation sets differ: only the headline numbers
+                folds = [{key: m[key] for key in METRICS} for m in folds]
+            summary.update({prefix + key: v for key, v in mean_and_std(folds).items()})
+        mlflow.log_metrics(summary)
+        _log_artifacts(cfg, classes, evals, rows, cms, best)
+        return run.info.run_id
+
+
+def _log_artifacts(cfg, classes, evals, rows, cms, best) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "predictions").mkdir()
+        for name, r in rows.items():
+            _write_csv(tmp / "predictions" / f"{name}.csv", r, classes)
+        (tmp / "model").mkdir()
+        torch.save(best["state_dict"], tmp / "model" / "model.pt")
+        info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "fold": best["fold"],
+                "val_f1": best["val_f1"], "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+                "resize": "LANCZOS to image_size x image_size"}
+        (tmp / "model" / "model.json").write_text(json.dumps(info, indent=1))
+        mlflow.log_artifacts(str(tmp))
+    for name in evals:
+        mlflow.log_dict({"classes": classes, "matrix": cms[name].tolist(), "rows": "true class", "columns": "predicted"},
+                        f"confusion_{name}.json")
+        fig = confusion_figure(cms[name], classes, f"{cfg.model} / {cfg.train_set} on {name} (sum over folds)")
+        mlflow.log_figure(fig, f"confusion_{name}.png")
+        import matplotlib.pyplot as plt
+        plt.close(fig)

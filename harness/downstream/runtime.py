@@ -1,0 +1,62 @@
+"""Device, precision and data-loader choices shared by `classify` and `segment`.
+
+Speed rules: images are decoded and resized once (kept in memory as uint8); `num_workers` loader
+processes do the augmentation; channels_last memory format and autocast (mixed precision) are used on
+CUDA only (on CPU they make nothing faster and fp16 is not supported everywhere).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from harness.downstream.sets import DownstreamError
+
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """None = full fp32. auto: bf16 on GPUs that support it, else fp16; on CPU always None."""
+    if mixed_precision not in PRECISIONS:
+        raise DownstreamError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}, got {mixed_precision!r}")
+    if device.type != "cuda" or mixed_precision == "no":
+        return None
+    if mixed_precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A loss scaler for fp16 (disabled, a no-op, otherwise)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.ndim == 4 else x
+
+
+def loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, device: torch.device,
+           train: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader; the shuffle order comes from a generator seeded with `seed`. For training, the last
+    batch is dropped only when it would hold a single image (BatchNorm cannot train on one).
+    Workers are not persistent: each epoch's workers get a fresh copy of the dataset, so the epoch
+    number it holds (seeding the augmentation) reaches them."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda", drop_last=train and len(dataset) % batch_size == 1)

@@ -1,0 +1,237 @@
+"""The `segment` stage (paper Sec. 4.3.2, Tables 2 and 3): one model x one training set.
+
+Read top to bottom: `build_model` (smp U-Net / DeepLabV3+), `train_one_epoch` (the training step),
+`evaluate` (predict every image, score it, write its mask), `segment` (the run).
+
+Protocol (paper): U-Net with a ResNet34 encoder, DeepLabV3+ with a ResNet50 encoder (smp,
+encoder_weights=None unless --pretrained), 512 px (LANCZOS images, nearest masks), batch 8, 20
+epochs, Adam lr 1e-3, smp Dice loss, mixed precision on GPU only; albumentations paired
+augmentation (harness.data.augment.paired_augmentation: the same spatial transform on image and
+mask). The training set is one of real / synth / hybrid (sets.py); no cross-validation (the paper
+describes k-fold for classification only). The final model is evaluated on the real test split and
+optionally on `--eval-data` (HAM10000, every image: the lesion class does not matter here).
+
+Evaluation: predicted mask = sigmoid(logit) > 0.5, compared with the ground-truth mask resized
+(nearest) to image_size, so distances are in pixels of the image_size x image_size grid. Per image:
+dice, iou (%), asd, hd (px) with the empty-mask rule of metrics.py, which never crashes and never
+drops an image: both empty -> dice = iou = 100, asd = hd = 0; exactly one empty -> dice = iou = 0,
+asd = hd = the image diagonal. Images whose prediction / ground truth is empty are counted in
+`n_empty_pred` / `n_empty_gt` (`ham_n_empty_pred`, ... for HAM).
+
+Logged: params (the config), per-epoch `train/loss`, `time/step_seconds`; `dice`, `iou`, `asd`, `hd`,
+`n_empty_pred`, `n_empty_gt` (and `ham_*`); per-image scores `segmentation/{test,ham}.csv`;
+predicted masks `pred_masks/{test,ham}/<id>.png` (0/255); the model `model/model.pt` + `model.json`
+(`load_segmenter(run_id)` rebuilds it); the training-set composition.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness import tracking
+from harness.config import SegmentConfig
+from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_pair, paired_augmentation
+from harness.data.records import Sample
+from harness.downstream import runtime
+from harness.downstream.metrics import segmentation_scores, summarize_segmentation
+from harness.downstream.sets import DownstreamError, load_inputs, log_inputs
+
+MODELS = {"unet": ("Unet", "resnet34"), "deeplabv3plus": ("DeepLabV3Plus", "resnet50")}
+THRESHOLD = 0.5
+SCORE_KEYS = ("dice", "iou", "asd", "hd", "n_empty_pred", "n_empty_gt")
+
+
+class PretrainedUnavailable(DownstreamError):
+    pass
+
+
+def build_model(name: str, pretrained: bool = False) -> nn.Module:
+    """smp U-Net (ResNet34) or DeepLabV3+ (ResNet50) with one output channel (the lesion logit)."""
+    if name not in MODELS:
+        raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
+    import segmentation_models_pytorch as smp
+    arch, encoder = MODELS[name]
+    try:
+        return getattr(smp, arch)(encoder_name=encoder, encoder_weights="imagenet" if pretrained else None,
+                                  in_channels=3, classes=1)
+    except Exception as e:
+        if not pretrained:
+            raise
+        raise PretrainedUnavailable(
+            f"--pretrained: could not load the ImageNet weights of the {encoder} encoder ({type(e).__name__}: "
+            f"{e}). This machine may be offline; put them in the Hugging Face / torch hub cache, or run with "
+            "--pretrained false (random initialisation)") from e
+
+
+def load_segmenter(run_id: str) -> tuple[nn.Module, dict]:
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+    info = json.loads((folder / "model.json").read_text())
+    model = build_model(info["model"])
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval(), info
+
+
+class StreamingPairs(PairDataset):
+    """PairDataset without the decode cache: for one evaluation pass over a possibly large set."""
+
+    def pair(self, i: int):
+        return load_pair(self.samples[i], self.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step and evaluation
+# ---------------------------------------------------------------------------------------------
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, amp_dtype, bar=None) -> tuple[float, float]:
+    """One pass: Dice loss on the lesion logit, Adam. Returns (mean loss, mean seconds per step)."""
+    model.train()
+    losses, seconds = [], []
+    for batch in loader:
+        t0 = time.perf_counter()
+        x, y = runtime.to_device(batch["image"], device), batch["mask"].to(device)
+        with runtime.autocast(device, amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if not np.isfinite(losses).all():
+        raise FloatingPointError(f"non-finite training loss {losses}")
+    return float(np.mean(losses)), float(np.mean(seconds))
+
+
+@torch.no_grad()
+def evaluate(model, samples: list[Sample], name: str, cfg: SegmentConfig, device, amp_dtype, out_dir: Path,
+             progress: bool = True) -> tuple[list[dict], dict[str, float]]:
+    """Predict, score and save the mask of every image of `samples`. Returns (per-image rows, summary)."""
+    model.eval()
+    ds = StreamingPairs(samples, cfg.image_size, augment=None, image_norm="imagenet")
+    dl = runtime.loader(ds, cfg.batch_size, False, 0, cfg.num_workers, device)
+    (out_dir / "pred_masks" / name).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for batch in tqdm(dl, desc=f"evaluate {name}", unit="batch", disable=not progress):
+        with runtime.autocast(device, amp_dtype):
+            logits = model(runtime.to_device(batch["image"], device))
+        preds = (torch.sigmoid(logits.float()) > THRESHOLD).squeeze(1).cpu().numpy()
+        gts = batch["mask"].squeeze(1).numpy() > 0.5
+        for i, pred, gt in zip(batch["index"].tolist(), preds, gts):
+            s = samples[i]
+            path = Path("pred_masks") / name / f"{s.id}.png"
+            Image.fromarray(pred.astype(np.uint8) * 255).save(out_dir / path)
+            rows.append({"id": s.id, "label": s.label, **segmentation_scores(pred, gt), "pred_mask": path.as_posix()})
+    return rows, summarize_segmentation(rows)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "label", "dice", "iou", "asd", "hd", "empty_pred", "empty_gt",
+                                               "pred_mask"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+def check_config(cfg: SegmentConfig) -> None:
+    if cfg.model not in MODELS:
+        raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
+    for name in ("image_size", "batch_size", "epochs"):
+        if getattr(cfg, name) < 1:
+            raise DownstreamError(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.image_size % 32:
+        raise DownstreamError(f"--image-size must be a multiple of 32 (the encoders downsample 32x), "
+                              f"got {cfg.image_size}")
+
+
+def check_masks(sets: dict[str, list[Sample]]) -> None:
+    missing = {name: [s.id for s in samples if s.mask is None] for name, samples in sets.items()}
+    missing = {name: ids for name, ids in missing.items() if ids}
+    if missing:
+        raise DownstreamError("segmentation needs a mask for every image; without one: " + "; ".join(
+            f"{name}: {len(ids)} (e.g. {', '.join(ids[:3])})" for name, ids in missing.items()))
+
+
+def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = True) -> str:
+    """Train `cfg.model` on `cfg.train_set`, evaluate on the real test split (+ HAM); return the run id.
+    Every check on the options and the data runs before the run starts and before any training."""
+    check_config(cfg)
+    tracking.setup(experiment)
+    device = runtime.pick_device()
+    amp_dtype = runtime.autocast_dtype(cfg.mixed_precision, device)
+    data = load_inputs(cfg.data_dir, cfg.train_set, cfg.synth, cfg.eval_data, cfg.test_fraction, cfg.seed,
+                       cfg.allow_repeats, progress)
+    # the lesion class plays no part in segmentation: evaluate every test / HAM image
+    evals = {"test": data.test.all_samples, **({"ham": data.ham.all_samples} if data.ham is not None else {})}
+    evals = {name: samples for name, samples in evals.items() if samples}
+    check_masks({"train": data.train.samples, **evals})
+    if cfg.pretrained:        # fail before the run starts when the weights cannot be had
+        build_model(cfg.model, pretrained=True)
+    tags = {"skindualgen.model": cfg.model, "skindualgen.train_set": cfg.train_set,
+            "skindualgen.device": str(device), **data.tags}
+
+    with tracking.stage_run("segment", cfg, data.prepared.digest, experiment,
+                            run_name=f"segment {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
+        log_inputs(data, eval_by_class=False)
+        torch.manual_seed(cfg.seed)
+        model = runtime.prepare_model(build_model(cfg.model, cfg.pretrained), device)
+        import segmentation_models_pytorch as smp
+        loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        scaler = runtime.grad_scaler(device, amp_dtype)
+
+        train_ds = PairDataset(data.train.samples, cfg.image_size, augment=paired_augmentation("paper"),
+                               image_norm="imagenet", classes=data.train.classes, seed=cfg.seed)
+        # decode + resize once, before loader workers copy the dataset (PIL releases the GIL: threads help)
+        with ThreadPoolExecutor(max(1, cfg.num_workers)) as pool:
+            list(tqdm(pool.map(train_ds.pair, range(len(train_ds))), total=len(train_ds), desc="decode train",
+                      unit="img", disable=not progress))
+        train_dl = runtime.loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, device, train=True)
+
+        t_start, step_seconds = time.perf_counter(), []
+        bar = tqdm(total=cfg.epochs * len(train_dl), desc=f"segment {cfg.model}", unit="step", disable=not progress)
+        for epoch in range(cfg.epochs):
+            train_ds.set_epoch(epoch)
+            loss, sec = train_one_epoch(model, train_dl, loss_fn, optimizer, scaler, device, amp_dtype, bar)
+            step_seconds.append(sec)
+            mlflow.log_metrics({"train/loss": loss}, step=epoch + 1)
+        bar.close()
+        summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": float(np.mean(step_seconds))}
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for name, samples in evals.items():
+                rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
+                _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
+                prefix = "" if name == "test" else f"{name}_"
+                summary.update({prefix + k: scores[k] for k in SCORE_KEYS})
+            (tmp / "model").mkdir()
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
+            arch, encoder = MODELS[cfg.model]
+            (tmp / "model" / "model.json").write_text(json.dumps(
+                {"model": cfg.model, "architecture": arch, "encoder": encoder, "image_size": cfg.image_size,
+                 "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+                 "resize": "LANCZOS to image_size x image_size"}, indent=1))
+            mlflow.log_artifacts(str(tmp))
+        mlflow.log_metrics(summary)
+        return run.info.run_id
+

@@ -1,0 +1,307 @@
+"""Training sets `real`, `synth`, `hybrid` (paper Sec. 4.3.1), the real test split, and `--eval-data`.
+
+The three sets have the same size and the same class proportions as the real training split
+("all of identical scale", paper Sec. 4.2), so they differ only in where the images come from.
+With N_c = the number of real training images of class c:
+
+    real     all real training images (N_c of class c)
+    synth    N_c synthetic images of class c
+    hybrid   N_c // 2 synthetic + (N_c - N_c // 2) real images of class c: the same total size as
+             `real`, the real set's class proportions kept, 50 % synthetic (exactly 50 % when every
+             N_c is even; otherwise real has the odd image of each class)
+
+Which images are taken is fixed by the seed: per (class, source) the candidates are sorted by id and
+shuffled with numpy.random.default_rng([seed, hash(class), source]), and the first ones are taken.
+The same seed, data and synthetic set therefore give the same training set on any machine.
+
+A synthetic set is a folder (generated set or any dataset layout), a manifest CSV, or
+`runs:/<generate run id>` (the run's tag `skindualgen.output_dir`). All of its images are
+training material whatever their `split`; `--train-set real` ignores it. Synthetic ids get the
+prefix `synth:` so they never collide with real ids. Errors (each a DownstreamError naming what to do):
+  - synth / hybrid without a synthetic set;
+  - a synthetic class the real data does not have;
+  - fewer synthetic images of a class than the set needs (every shortfall is listed), unless
+    `allow_repeats` is set: then the class's synthetic images are used in turn, each one
+    floor or ceil of (needed / available) times; the number of repeats is logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from harness.data.layouts import load_dataset
+from harness.data.prepare import Prepared, load_prepared, log_dataset_input
+from harness.data.records import DataError, Dataset, Sample
+
+TRAIN_SETS = ("real", "synth", "hybrid")
+SYNTH_PREFIX = "synth:"
+TAG_SYNTH_DIR = "skindualgen.synth_dir"
+TAG_SYNTH_RUN = "skindualgen.synth_run_id"
+TAG_OUTPUT_DIR = "skindualgen.output_dir"     # set by the generate stage
+
+# Eval labels are matched to the model's classes by name after normalising case, "_"/"-" and spaces;
+# these aliases are the other common spellings of HAM10000's classes (applied on both sides).
+CLASS_ALIASES = {
+    "nevus": "melanocytic nevus",
+    "melanocytic nevi": "melanocytic nevus",
+    "pigmented benign keratosis": "benign keratosis",
+    "benign keratosis-like lesions": "benign keratosis",
+    "vascular lesions": "vascular lesion",
+}
+
+
+class DownstreamError(ValueError):
+    """A bad option combination or too little data for the requested set; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic sets
+# ---------------------------------------------------------------------------------------------
+
+def resolve_synth(spec: str) -> tuple[Path, dict[str, str]]:
+    """`runs:/<id>[/...]`, a folder or a CSV -> (path, tags recording where it came from)."""
+    spec = spec.strip()
+    tags: dict[str, str] = {}
+    if spec.startswith("runs:/"):
+        run_id = spec[len("runs:/"):].strip("/").split("/")[0]
+        try:
+            run = mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException as e:
+            raise DownstreamError(f"--synth {spec}: no such run in {mlflow.get_tracking_uri()} ({e})") from e
+        out = run.data.tags.get(TAG_OUTPUT_DIR)
+        if not out:
+            raise DownstreamError(f"--synth {spec}: run {run_id} has no tag {TAG_OUTPUT_DIR}; "
+                                  "give the run id of a `generate` run, or the generated folder")
+        tags[TAG_SYNTH_RUN] = run_id
+        path = Path(out)
+        if not path.exists():
+            raise DownstreamError(f"--synth {spec}: the generated folder {path} (tag {TAG_OUTPUT_DIR} of run "
+                                  f"{run_id}) does not exist on this machine; copy it here and pass its path")
+    else:
+        path = Path(spec).expanduser().resolve()
+    tags[TAG_SYNTH_DIR] = str(path)
+    return path, tags
+
+
+def load_synthetic(spec: str) -> tuple[Dataset, dict[str, str]]:
+    path, tags = resolve_synth(spec)
+    if path.is_dir() and (path / "manifest.csv").is_file():
+        path = path / "manifest.csv"          # a generated set: its manifest also records seeds
+    dataset = load_dataset(path)
+    if not len(dataset):
+        raise DownstreamError(f"--synth {spec}: the synthetic set {path} is empty")
+    samples = [replace(s, id=SYNTH_PREFIX + s.id, split="train") for s in dataset.samples]
+    return replace(dataset, samples=samples), tags
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the training set
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingSet:
+    kind: str                       # real | synth | hybrid
+    samples: list[Sample]
+    sources: list[str]              # "real" or "synth", one per sample
+    classes: list[str]              # the model's classes: the real training split's classes
+    seed: int
+    repeats: int = 0                # synthetic draws beyond each image's first use (allow_repeats)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.samples]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """source -> class -> count (every class listed for both sources)."""
+        out = {src: {c: 0 for c in self.classes} for src in ("real", "synth")}
+        for s, src in zip(self.samples, self.sources):
+            out[src][s.label] += 1
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        counts = self.counts()
+        m = {"train_set/n": len(self), "train_set/n_real": sum(counts["real"].values()),
+             "train_set/n_synth": sum(counts["synth"].values()), "train_set/synth_repeats": self.repeats}
+        for src, per_class in counts.items():
+            m.update({f"train_set/{src}/{c}": n for c, n in per_class.items()})
+        return m
+
+    def composition(self) -> dict:
+        """What `train_set.json` holds: the rule, the counts, and every id taken (synthetic ids carry
+        the `synth:` prefix; a repeated synthetic id appears once per use)."""
+        return {"kind": self.kind, "seed": self.seed, "classes": self.classes, "rule": RULES[self.kind],
+                "n": len(self), "counts": self.counts(), "synth_repeats": self.repeats,
+                "ids": {src: [s.id for s, s2 in zip(self.samples, self.sources) if s2 == src]
+                        for src in ("real", "synth")}}
+
+
+RULES = {
+    "real": "all real training images",
+    "synth": "per class c: N_c synthetic images, N_c = real training count of c",
+    "hybrid": "per class c: N_c // 2 synthetic + (N_c - N_c // 2) real, N_c = real training count of c",
+}
+
+
+def _rng(seed: int, label: str, source: str) -> np.random.Generator:
+    h = int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "little")
+    return np.random.default_rng([seed, h, 0 if source == "real" else 1])
+
+
+def _draw(pool: list[Sample], n: int, rng: np.random.Generator, repeat: bool) -> list[Sample]:
+    """n samples from pool: a seeded shuffle of the id-sorted pool; when repeating, one new shuffle
+    per pass so each image is used floor or ceil of n / len(pool) times."""
+    pool = sorted(pool, key=lambda s: s.id)
+    out: list[Sample] = []
+    while len(out) < n:
+        out += [pool[i] for i in rng.permutation(len(pool))][: n - len(out)]
+        if not repeat:
+            break
+    return out
+
+
+def build_training_set(kind: str, real_train: list[Sample], synthetic: list[Sample] | None, seed: int,
+                       allow_repeats: bool = False) -> TrainingSet:
+    """The `kind` training set (see the module docstring for the rule)."""
+    if kind not in TRAIN_SETS:
+        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SETS)}, got {kind!r}")
+    if not real_train:
+        raise DownstreamError("the real training split is empty")
+    classes = sorted({s.label for s in real_train})
+    real_counts = Counter(s.label for s in real_train)
+    if kind == "real":
+        samples = sorted(real_train, key=lambda s: s.id)
+        return TrainingSet(kind, samples, ["real"] * len(samples), classes, seed)
+
+    if not synthetic:
+        raise DownstreamError(f"--train-set {kind} needs a synthetic set: pass --synth <folder | manifest.csv | "
+                              "runs:/<generate run id>>")
+    unknown = sorted({s.label for s in synthetic} - set(classes))
+    if unknown:
+        raise DownstreamError(f"the synthetic set has class(es) {unknown} that the real training data does not "
+                              f"have; real classes: {classes}")
+    need_synth = {c: real_counts[c] if kind == "synth" else real_counts[c] // 2 for c in classes}
+    by_class = {c: [s for s in synthetic if s.label == c] for c in classes}
+    short = {c: (n, len(by_class[c])) for c, n in need_synth.items()
+             if n > len(by_class[c]) and (not allow_repeats or not by_class[c])}
+    if short:
+        listing = "; ".join(f"{c!r}: needs {n}, has {have}" for c, (n, have) in short.items())
+        raise DownstreamError(
+            f"--train-set {kind}: the synthetic set has too few images ({listing}). Generate at least "
+            f"{max(n for n, _ in short.values())} per class (generate --per-class N), or pass "
+            "--allow-repeats true to reuse synthetic images (not possible for a class with none)")
+
+    samples, sources, repeats = [], [], 0
+    for c in classes:
+        synth = _draw(by_class[c], need_synth[c], _rng(seed, c, "synth"), allow_repeats)
+        repeats += len(synth) - len({s.id for s in synth})
+        real = [] if kind == "synth" else _draw([s for s in real_train if s.label == c],
+                                                real_counts[c] - need_synth[c], _rng(seed, c, "real"), False)
+        samples += real + synth
+        sources += ["real"] * len(real) + ["synth"] * len(synth)
+    return TrainingSet(kind, samples, sources, classes, seed, repeats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation sets
+# ---------------------------------------------------------------------------------------------
+
+def normalise_class(name: str) -> str:
+    key = re.sub(r"[\s_\-]+", " ", name.strip().lower())
+    return CLASS_ALIASES.get(key, key)
+
+
+@dataclass
+class EvalSet:
+    name: str                            # "test" (real test split) or "ham" (--eval-data)
+    samples: list[Sample]                # the images evaluated, labels renamed to the model's classes
+    excluded: dict[str, int] = field(default_factory=dict)   # eval label -> images left out
+    mapping: dict[str, str | None] = field(default_factory=dict)   # eval label -> model class / None
+    all_samples: list[Sample] = field(default_factory=list)   # every image, labels as read (segmentation)
+
+    def report(self) -> dict:
+        return {"name": self.name, "n": len(self.samples), "n_excluded": sum(self.excluded.values()),
+                "excluded": self.excluded, "mapping": self.mapping}
+
+
+def map_to_classes(name: str, samples: list[Sample], classes: list[str]) -> EvalSet:
+    """Rename eval labels to the model's class names (matched by normalised name); images whose class
+    the model does not have are left out and counted in `excluded` (never an error)."""
+    by_key = {normalise_class(c): c for c in classes}
+    mapping = {label: by_key.get(normalise_class(label)) for label in sorted({s.label for s in samples})}
+    kept = [replace(s, label=mapping[s.label]) for s in samples if mapping[s.label] is not None]
+    excluded = dict(sorted(Counter(s.label for s in samples if mapping[s.label] is None).items()))
+    return EvalSet(name, kept, excluded, mapping, list(samples))
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything a downstream stage reads
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class DownstreamData:
+    prepared: Prepared
+    train: TrainingSet
+    test: EvalSet
+    ham: EvalSet | None
+    synthetic: Dataset | None
+    tags: dict[str, str]
+
+
+def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_fraction: float, seed: int,
+                allow_repeats: bool = False, progress: bool = True) -> DownstreamData:
+    """Read the real data (split as `prepare` splits it), the synthetic set and `--eval-data`, and build
+    the training set. Reads file lists and hashes only; nothing is decoded here."""
+    if train_set not in TRAIN_SETS:
+        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SETS)}, got {train_set!r}")
+    prepared = load_prepared(data_dir, "auto", test_fraction, seed, progress=progress)
+    # --train-set real ignores --synth (so one pipeline can pass the same --synth to all three sets)
+    synthetic, tags = load_synthetic(synth) if synth and train_set != "real" else (None, {})
+    train = build_training_set(train_set, prepared.dataset.split("train").samples,
+                               synthetic.samples if synthetic else None, seed, allow_repeats)
+    test = map_to_classes("test", prepared.dataset.split("test").samples, train.classes)
+    ham = None
+    if eval_data:
+        path = Path(eval_data).expanduser().resolve()
+        try:
+            ham_data = load_dataset(path)
+        except DataError as e:
+            raise DataError(f"--eval-data: {e}") from e
+        ham = map_to_classes("ham", ham_data.samples, train.classes)
+        tags["skindualgen.eval_data"] = str(path)
+    return DownstreamData(prepared, train, test, ham, synthetic, tags)
+
+
+def log_inputs(data: DownstreamData, eval_by_class: bool = True) -> None:
+    """Dataset inputs (real with its digest, synthetic, eval), composition metrics and JSON artifacts.
+    eval_by_class=False (segmentation): every `--eval-data` image counts, none is excluded."""
+    import pandas as pd
+    log_dataset_input(data.prepared, context="real")
+    if data.synthetic is not None:
+        df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in data.synthetic.samples])
+        mlflow.log_input(mlflow.data.from_pandas(df, source=str(data.synthetic.root), name="synthetic",
+                                                 targets="label"), context="synthetic")
+    metrics = data.train.metrics() | {"n_test": len(data.test.all_samples)}
+    reports = {"test": data.test.report()}
+    if data.ham is not None:
+        ham = data.ham.samples if eval_by_class else data.ham.all_samples
+        df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in ham])
+        mlflow.log_input(mlflow.data.from_pandas(df, source=data.tags["skindualgen.eval_data"], name="eval",
+                                                 targets="label"), context="eval")
+        metrics["ham_n"] = len(ham)
+        if eval_by_class:
+            metrics["ham_n_excluded"] = sum(data.ham.excluded.values())
+            reports["ham"] = data.ham.report()
+        else:
+            reports["ham"] = {"name": "ham", "n": len(ham), "n_excluded": 0}
+    mlflow.log_metrics(metrics)
+    mlflow.log_dict(data.train.composition(), "train_set.json")
+    mlflow.log_dict(reports, "eval_sets.json")

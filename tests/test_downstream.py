@@ -1,0 +1,351 @@
+"""`classify` and `segment` end to end on the demo data (32 px, 1 epoch, 2 folds) with a synthetic
+set standing in for a generate run; training-set composition; errors; HAM10000 evaluation; crashes."""
+import csv
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from sklearn import metrics as skm
+
+from entrypoints.classify import classify as classify_command
+from entrypoints.segment import segment as segment_command
+from harness import tracking
+from harness.config import ClassifyConfig, SegmentConfig
+from harness.data.layouts import load_dataset
+from harness.data.prepare import load_prepared
+from harness.downstream import classify as classify_mod
+from harness.downstream import segment as segment_mod
+from harness.downstream.sets import DownstreamError, build_training_set, load_synthetic, map_to_classes
+
+TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
+
+
+def write_manifest(csv_path: Path, dataset_dir: Path, split: str, drop_labels=()):
+    """A manifest CSV (image,mask,label,description,split; paths relative to the CSV) of a dataset."""
+    rows = [s for s in load_dataset(dataset_dir).samples if s.label not in drop_labels]
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "mask", "label", "description", "split"])
+        for s in rows:
+            writer.writerow([os.path.relpath(s.image, csv_path.parent), os.path.relpath(s.mask, csv_path.parent),
+                             s.label, s.description, split])
+    return csv_path
+
+
+@pytest.fixture(scope="module")
+def real_dir(tmp_path_factory):
+    from harness.data.demo import make_demo_dataset
+    return make_demo_dataset(tmp_path_factory.mktemp("real") / "demo", seed=0, per_class=6, min_size=32, max_size=48)
+
+
+@pytest.fixture(scope="module")
+def synth_csv(tmp_path_factory):
+    """Stands in for a generate run: another demo draw (seed 1) listed in a manifest CSV."""
+    from harness.data.demo import make_demo_dataset
+    root = tmp_path_factory.mktemp("synth")
+    folder = make_demo_dataset(root / "generated", seed=1, per_class=6, min_size=32, max_size=48)
+    return write_manifest(root / "synth.csv", folder, split="train")
+
+
+def runs_of(experiment):
+    exp = mlflow.get_experiment_by_name(experiment)
+    return [] if exp is None else mlflow.search_runs([exp.experiment_id], output_format="list")
+
+
+def artifact(run_id, path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def rescore(csv_path: Path) -> pd.DataFrame:
+    """Per fold, sklearn's macro metrics from the saved per-image predictions."""
+    df = pd.read_csv(csv_path)
+    out = []
+    for fold, part in df.groupby("fold"):
+        t, p = part["true_label"], part["predicted_label"]
+        out.append({"accuracy": 100 * skm.accuracy_score(t, p),
+                    "sensitivity": 100 * skm.recall_score(t, p, average="macro", zero_division=0),
+                    "precision": 100 * skm.precision_score(t, p, average="macro", zero_division=0),
+                    "f1": 100 * skm.f1_score(t, p, average="macro", zero_division=0)})
+    return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------------------- training sets
+def test_training_sets_sizes_proportions_and_seed(real_dir, synth_csv):
+    prepared = load_prepared(str(real_dir), progress=False)
+    real_train = prepared.dataset.split("train").samples
+    synthetic, _tags = load_synthetic(str(synth_csv))
+    n_c = {c: sum(s.label == c for s in real_train) for c in prepared.dataset.classes}
+    assert set(n_c.values()) == {5}                          # 6 per class, 1 to test
+
+    real = build_training_set("real", real_train, None, seed=42)
+    assert len(real) == 35 and set(real.sources) == {"real"}
+
+    synth = build_training_set("synth", real_train, synthetic.samples, seed=42)
+    assert len(synth) == 35 and set(synth.sources) == {"synth"}
+    assert synth.counts()["synth"] == n_c                    # same per-class counts as the real set
+
+    hybrid = build_training_set("hybrid", real_train, synthetic.samples, seed=42)
+    counts = hybrid.counts()
+    assert len(hybrid) == len(real)
+    assert counts["synth"] == {c: n // 2 for c, n in n_c.items()}              # 2 of each class
+    assert counts["real"] == {c: n - n // 2 for c, n in n_c.items()}           # 3 of each class
+    assert all(s.id.startswith("synth:") for s, src in zip(hybrid.samples, hybrid.sources) if src == "synth")
+    assert len({s.id for s in hybrid.samples}) == len(hybrid)
+    assert hybrid.metrics()["train_set/n_synth"] == 14 and hybrid.metrics()["train_set/n_real"] == 21
+
+    again = build_training_set("hybrid", real_train, synthetic.samples, seed=42)
+    other = build_training_set("hybrid", real_train, synthetic.samples, seed=7)
+    assert [s.id for s in again.samples] == [s.id for s in hybrid.samples]
+    assert [s.id for s in other.samples] != [s.id for s in hybrid.samples]
+    assert json.loads(json.dumps(hybrid.composition()))["counts"] == counts
+
+
+def test_training_set_errors(real_dir, synth_csv, tmp_path):
+    real_train = load_prepared(str(real_dir), progress=False).dataset.split("train").samples
+    synthetic = load_synthetic(str(synth_csv))[0].samples
+    for kind in ("synth", "hybrid"):
+        with pytest.raises(DownstreamError, match="needs a synthetic set"):
+            build_training_set(kind, real_train, None, seed=0)
+    alien = [replace(s, label="alien lesion") for s in synthetic[:3]]
+    with pytest.raises(DownstreamError, match="alien lesion"):
+        build_training_set("hybrid", real_train, synthetic + alien, seed=0)
+    few = [s for s in synthetic if s.label != "melanoma"] + [s for s in synthetic if s.label == "melanoma"][:1]
+    with pytest.raises(DownstreamError, match="'melanoma': needs 5, has 1"):
+        build_training_set("synth", real_train, few, seed=0)
+    repeated = build_training_set("synth", real_train, few, seed=0, allow_repeats=True)
+    mel = [s.id for s, src in zip(repeated.samples, repeated.sources) if s.label == "melanoma"]
+    assert len(mel) == 5 and len(set(mel)) == 1 and repeated.repeats == 4
+
+
+def test_synthetic_set_from_a_generate_run(synth_csv, experiment):
+    tracking.setup(experiment)
+    with mlflow.start_run() as gen:
+        mlflow.set_tag("skindualgen.output_dir", str(synth_csv.parent / "generated"))
+    with mlflow.start_run() as other:
+        pass
+    dataset, tags = load_synthetic(f"runs:/{gen.info.run_id}")
+    assert len(dataset) == 42 and all(s.id.startswith("synth:") and s.split == "train" for s in dataset.samples)
+    assert tags["skindualgen.synth_run_id"] == gen.info.run_id
+    with pytest.raises(DownstreamError, match="give the run id of a `generate` run"):
+        load_synthetic(f"runs:/{other.info.run_id}")
+
+
+def test_eval_labels_mapped_by_name_and_missing_classes_excluded(ham_dir):
+    ham = load_dataset(ham_dir).samples
+    ev = map_to_classes("ham", ham, ["Melanoma", "nevus", "dermatofibroma"])
+    assert ev.mapping == {"benign keratosis": None, "melanocytic nevus": "nevus", "melanoma": "Melanoma",
+                          "vascular lesion": None}
+    assert ev.excluded == {"benign keratosis": 6, "vascular lesion": 4}
+    assert len(ev.samples) == 20 and len(ev.all_samples) == 30
+    assert {s.label for s in ev.samples} == {"nevus", "Melanoma"}
+
+
+def test_folds_larger_than_smallest_class_is_an_error_before_any_run(real_dir, experiment):
+    cfg = ClassifyConfig(data_dir=str(real_dir), model="squeezenet1_1", folds=6, **TINY)
+    with pytest.raises(DownstreamError, match="--folds 6 needs at least 6"):
+        classify_mod.classify(cfg, experiment=experiment, progress=False)
+    assert runs_of(experiment) == []
+
+
+def test_cli_reports_missing_synthetic_set_cleanly(real_dir, experiment):
+    result = CliRunner().invoke(classify_command, ["--data-dir", str(real_dir), "--train-set", "hybrid",
+                                                   "--profile", "demo", "--experiment", experiment])
+    assert result.exit_code == 2 and "needs a synthetic set" in result.output
+
+
+def test_pretrained_weights_unavailable_is_said_clearly(monkeypatch):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(classify_mod.PretrainedUnavailable, match="could not load the ImageNet weights of resnet34"):
+        classify_mod.build_model("resnet34", 3, 32, pretrained=True)
+
+
+# ------------------------------------------------------------------------------- classify
+def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
+    result = CliRunner().invoke(classify_command, [
+        "--data-dir", str(real_dir), "--model", "squeezenet1_1", "--train-set", "real", "--eval-data", str(ham_dir),
+        "--profile", "demo", "--image-size", "32", "--epochs", "1", "--folds", "2", "--batch-size", "8",
+        "--experiment", experiment])
+    assert result.exit_code == 0, result.output
+    runs = runs_of(experiment)
+    [parent] = [r for r in runs if r.data.tags[tracking.TAG_STAGE] == "classify"]
+    folds = [r for r in runs if r.data.tags[tracking.TAG_STAGE] == "classify-fold"]
+    assert parent.info.status == "FINISHED" and len(folds) == 2
+    assert all(f.info.status == "FINISHED" and f.data.tags["mlflow.parentRunId"] == parent.info.run_id for f in folds)
+    m = parent.data.metrics
+    for key in ("accuracy", "sensitivity", "precision", "f1"):
+        for name in (key, f"{key}_std", f"ham_{key}", f"ham_{key}_std", f"val_{key}"):
+            assert name in m, name
+    assert m["ham_n"] == 30 and m["ham_n_excluded"] == 0 and m["epochs"] == 1
+    assert "sensitivity/melanoma" in m and "ham_sensitivity/vascular lesion" in m
+    assert parent.data.params["image_size"] == "32" and parent.data.params["folds"] == "2"
+
+    rid = parent.info.run_id
+    for name, prefix, n in (("test", "", 7), ("ham", "ham_", 30)):
+        table = artifact(rid, f"predictions/{name}.csv")
+        df = pd.read_csv(table)
+        assert len(df) == 2 * n and sorted(df["fold"].unique()) == [0, 1]
+        scores = rescore(table)
+        for key in ("accuracy", "sensitivity", "precision", "f1"):
+            assert m[prefix + key] == pytest.approx(scores[key].mean(), abs=1e-9)
+            assert m[prefix + key + "_std"] == pytest.approx(scores[key].std(ddof=0), abs=1e-9)
+        for f in folds:
+            k = int(f.data.tags["skindualgen.fold"])
+            assert f.data.metrics[prefix + "f1"] == pytest.approx(scores["f1"][k], abs=1e-9)
+    for name in ("confusion_test.png", "confusion_ham.png", "train_set.json", "eval_sets.json"):
+        assert artifact(rid, name).is_file()
+
+    # the best fold's model reproduces its saved test probabilities
+    model, info = classify_mod.load_classifier(rid)
+    assert info["fold"] == int(m["best_fold"]) and info["classes"] == sorted(info["classes"])
+    test = load_prepared(str(real_dir), progress=False).dataset.split("test").samples
+    images = classify_mod.decode_images(test, 32, {}, progress=False)
+    x = torch.stack([classify_mod.ImageSet(images, np.zeros(len(test), np.int64))[i][0] for i in range(len(test))])
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1).numpy()
+    df = pd.read_csv(artifact(rid, "predictions/test.csv"))
+    saved = df[df["fold"] == info["fold"]].set_index("id").loc[[s.id for s in test]]
+    assert np.allclose(probs, saved[[f"prob_{c}" for c in info["classes"]]].to_numpy(), atol=1e-5)
+
+
+def test_classify_hybrid_with_a_class_the_model_lacks_on_ham(real_dir, synth_csv, ham_dir, experiment, tmp_path):
+    # real data without "vascular lesion" (and the synthetic set likewise): HAM's 4 vascular images are excluded
+    real = write_manifest(tmp_path / "real.csv", real_dir, split="", drop_labels=("vascular lesion",))
+    synth = write_manifest(tmp_path / "synth.csv", synth_csv.parent / "generated", split="train",
+                           drop_labels=("vascular lesion",))
+    cfg = ClassifyConfig(data_dir=str(real), model="squeezenet1_1", train_set="hybrid", synth=str(synth),
+                         eval_data=str(ham_dir), folds=2, **TINY)
+    rid = classify_mod.classify(cfg, experiment=experiment, progress=False)
+    run = mlflow.get_run(rid)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert m["train_set/n"] == 30 and m["train_set/n_synth"] == 12 and m["train_set/n_real"] == 18
+    assert m["train_set/synth/melanoma"] == 2 and m["train_set/real/melanoma"] == 3
+    assert m["ham_n_excluded"] == 4 and m["ham_n"] == 26
+    assert all(k in m for k in ("accuracy", "f1", "ham_accuracy", "ham_f1"))
+    comp = json.loads(artifact(rid, "train_set.json").read_text())
+    assert comp["kind"] == "hybrid" and len(comp["ids"]["synth"]) == 12
+    ev = json.loads(artifact(rid, "eval_sets.json").read_text())
+    assert ev["ham"]["excluded"] == {"vascular lesion": 4}
+    ham = pd.read_csv(artifact(rid, "predictions/ham.csv"))
+    assert "vascular lesion" not in set(ham["true_label"]) and len(ham) == 2 * 26
+    scores = rescore(artifact(rid, "predictions/ham.csv"))
+    assert m["ham_f1"] == pytest.approx(scores["f1"].mean(), abs=1e-9)
+
+
+def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypatch):
+    calls = []
+    real_step = classify_mod.train_one_epoch
+
+    def crash_in_second_fold(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(classify_mod, "train_one_epoch", crash_in_second_fold)
+    cfg = ClassifyConfig(data_dir=str(real_dir), model="squeezenet1_1", folds=2, **TINY)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        classify_mod.classify(cfg, experiment=experiment, progress=False)
+    runs = {r.data.tags["mlflow.runName"]: r for r in runs_of(experiment)}
+    parent = next(r for r in runs.values() if r.data.tags[tracking.TAG_STAGE] == "classify")
+    assert parent.info.status == "FAILED" and "accuracy" not in parent.data.metrics
+    assert runs["fold 1"].info.status == "FAILED"
+    assert not [r for r in runs.values() if r.data.tags[tracking.TAG_STAGE] == "classify"
+                and r.info.status == "FINISHED"]
+
+
+# ------------------------------------------------------------------------------- segment
+def check_segmentation_artifacts(rid, name, n, size):
+    table = artifact(rid, f"segmentation/{name}.csv")
+    df = pd.read_csv(table)
+    assert len(df) == n
+    prepared_masks = {}
+    for row in df.itertuples():
+        pred = np.asarray(Image.open(artifact(rid, row.pred_mask))) > 0
+        assert pred.shape == (size, size)
+        prepared_masks[row.id] = pred
+    return df, prepared_masks
+
+
+def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experiment):
+    result = CliRunner().invoke(segment_command, [
+        "--data-dir", str(real_dir), "--model", "unet", "--train-set", "real", "--eval-data", str(ham_dir),
+        "--profile", "demo", "--image-size", "32", "--epochs", "1", "--experiment", experiment])
+    assert result.exit_code == 0, result.output
+    [run] = runs_of(experiment)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_STAGE] == "segment"
+    for key in ("dice", "iou", "asd", "hd", "n_empty_pred", "n_empty_gt"):
+        assert key in m and f"ham_{key}" in m
+    assert m["ham_n"] == 30 and m["n_test"] == 7 and "ham_n_excluded" not in m
+    test = load_prepared(str(real_dir), progress=False).dataset.split("test").samples
+    df, preds = check_segmentation_artifacts(run.info.run_id, "test", 7, 32)
+    for key in ("dice", "iou", "asd", "hd"):
+        assert m[key] == pytest.approx(df[key].mean(), abs=1e-9)
+    # Dice and IoU of the saved masks, recomputed with numpy from the ground truth
+    from harness.data.augment import load_pair
+    for s in test:
+        gt = load_pair(s, 32)[1] > 0
+        pred = preds[s.id]
+        inter, total = (pred & gt).sum(), pred.sum() + gt.sum()
+        row = df.set_index("id").loc[s.id]
+        assert row["dice"] == pytest.approx(200 * inter / total if total else 100.0)
+        assert row["iou"] == pytest.approx(100 * inter / (total - inter) if total else 100.0)
+    check_segmentation_artifacts(run.info.run_id, "ham", 30, 32)
+    _model, info = segment_mod.load_segmenter(run.info.run_id)
+    assert info["model"] == "unet" and info["image_size"] == 32
+
+    cfg = SegmentConfig(data_dir=str(real_dir), model="unet", train_set="hybrid", synth=str(synth_csv), **TINY)
+    rid = segment_mod.segment(cfg, experiment=experiment, progress=False)
+    hybrid = mlflow.get_run(rid)
+    assert hybrid.info.status == "FINISHED"
+    assert hybrid.data.metrics["train_set/n_synth"] == 14 and hybrid.data.metrics["train_set/n_real"] == 21
+    assert all(k in hybrid.data.metrics for k in ("dice", "iou", "asd", "hd"))
+
+
+class AllBackground(torch.nn.Module):
+    """A 'segmenter' that predicts no lesion anywhere (one trainable bias far below the threshold)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor(-30.0))
+
+    def forward(self, x):
+        return x[:, :1] * 0 + self.bias
+
+
+def test_segment_all_empty_predictions_give_defined_scores(real_dir, experiment, monkeypatch):
+    monkeypatch.setattr(segment_mod, "build_model", lambda name, pretrained=False: AllBackground())
+    cfg = SegmentConfig(data_dir=str(real_dir), model="unet", **TINY)
+    rid = segment_mod.segment(cfg, experiment=experiment, progress=False)
+    run = mlflow.get_run(rid)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert m["n_empty_pred"] == 7 and m["n_empty_gt"] == 0
+    assert m["dice"] == 0.0 and m["iou"] == 0.0
+    assert m["hd"] == pytest.approx(math.hypot(32, 32)) and m["asd"] == pytest.approx(math.hypot(32, 32))
+    df = pd.read_csv(artifact(rid, "segmentation/test.csv"))
+    assert len(df) == 7 and (df["empty_pred"] == 1).all()
+
+
+def test_segment_crash_leaves_failed_run(real_dir, experiment, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash in evaluation")
+    monkeypatch.setattr(segment_mod, "evaluate", broken)
+    cfg = SegmentConfig(data_dir=str(real_dir), model="unet", **TINY)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        segment_mod.segment(cfg, experiment=experiment, progress=False)
+    [run] = runs_of(experiment)
+    assert run.info.status == "FAILED" and "dice" not in run.data.metrics

@@ -4,6 +4,7 @@ import click
 from entrypoints.build_tiny_base import build_tiny_base
 from entrypoints.classify import classify
 from entrypoints.demo_data import demo_data
+from entrypoints.describe import describe
 from entrypoints.evaluate import evaluate
 from entrypoints.finetune import finetune
 from entrypoints.generate import generate
@@ -19,7 +20,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment):
+for command in (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment):
     cli.add_command(command)
 
 if __name__ == "__main__":

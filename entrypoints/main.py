@@ -13,12 +13,14 @@ D = PipelineConfig()
 @click.option("--base-model", default=D.base_model, help="'' = the profile's base model")
 @click.option("--env-manager", default=D.env_manager, show_default=True,
               help="env manager for the child `mlflow run`s (local, virtualenv, conda, uv)")
+@click.option("--eval-data", default=D.eval_data, help="HAM10000 folder for Table 3 ('' = none)")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
 @experiment_option
 @user_errors
-def main(profile, data_dir, base_model, env_manager, seed, experiment):
+def main(profile, data_dir, base_model, env_manager, eval_data, seed, experiment):
     from harness.pipeline import run_pipeline
-    cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager, seed=seed)
+    cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager,
+                         eval_data=eval_data, seed=seed)
     run_pipeline(cfg, experiment=experiment, log=click.echo)
 
 

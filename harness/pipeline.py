@@ -6,8 +6,9 @@ step, the parent resolves the step's full config (profile + parameters) and look
 of that step with the same params and code version: if there is one, it is reused, not redone, so an
 interrupted pipeline continues where it stopped. Outputs pass forward as run ids / model URIs.
 
-Steps built so far: prepare -> finetune -> generate. The later paper steps (evaluate, register,
-classify, segment, explain, report) join this list as they are built.
+Steps: prepare -> finetune -> generate -> evaluate (real/real, real/synth) -> register ->
+classify x models x {real, synth, hybrid} -> segment x models x sets. Not built yet, so not chained:
+describe, explain, report.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import mlflow
 
 from harness import tracking
-from harness.config import FinetuneConfig, GenerateConfig, PrepareConfig, with_profile
+from harness.config import (ClassifyConfig, EvaluateConfig, FinetuneConfig, GenerateConfig, PrepareConfig,
+                            RegisterConfig, SegmentConfig, with_profile)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -30,7 +32,14 @@ class PipelineConfig:
     data_dir: str = ""
     base_model: str = ""          # "" = the profile's (demo: tiny; paper: stabilityai/stable-diffusion-2-base)
     env_manager: str = "local"
+    eval_data: str = ""           # a HAM10000 folder for Table 3 ("" = none)
     seed: int = 42
+
+
+# The demo profile trains a subset of the downstream models (the method is unchanged).
+PAPER_MODELS = {"classify": ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"),
+                "segment": ("unet", "deeplabv3plus")}
+DEMO_MODELS = {"classify": ("squeezenet1_1", "resnet34"), "segment": ("unet",)}
 
 
 def _step_params(stage: str, cfg) -> dict[str, str]:
@@ -38,13 +47,14 @@ def _step_params(stage: str, cfg) -> dict[str, str]:
 
 
 def run_step(stage: str, cfg, cli_params: dict[str, str], pipe: PipelineConfig, experiment: str,
-             parent_id: str, log) -> mlflow.entities.Run:
-    """Reuse a FINISHED run with the same resolved params and code version, else run the entry point."""
+             parent_id: str, log, reuse: bool = True, label: str = "") -> mlflow.entities.Run:
+    """Reuse a FINISHED run with the same resolved params and code version, else run the entry point.
+    (`register` is never reused: it must look at the evaluations that exist now; it is idempotent.)"""
     start = time.perf_counter()
-    found = tracking.find_reusable_run(stage, _step_params(stage, cfg), experiment)
+    found = tracking.find_reusable_run(stage, _step_params(stage, cfg), experiment) if reuse else None
     if found is not None:
-        log(f"[{stage}] reused run {found.info.run_id} ({time.perf_counter() - start:.1f} s)")
-        mlflow.set_tag(f"skindualgen.step.{stage}", found.info.run_id)
+        log(f"[{label or stage}] reused run {found.info.run_id} ({time.perf_counter() - start:.1f} s)")
+        mlflow.set_tag(f"skindualgen.step.{label or stage}", found.info.run_id)
         return found
     if not (PROJECT_DIR / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_DIR}/MLproject not found: `main` runs from a checkout of the project")
@@ -58,9 +68,15 @@ def run_step(stage: str, cfg, cli_params: dict[str, str], pipe: PipelineConfig, 
         os.environ.update(saved)
     run_id = submitted.run_id
     mlflow.tracking.MlflowClient().set_tag(run_id, "mlflow.parentRunId", parent_id)
-    mlflow.set_tag(f"skindualgen.step.{stage}", run_id)
-    log(f"[{stage}] run {run_id} finished in {time.perf_counter() - start:.1f} s")
+    mlflow.set_tag(f"skindualgen.step.{label or stage}", run_id)
+    log(f"[{label or stage}] run {run_id} finished in {time.perf_counter() - start:.1f} s")
     return mlflow.get_run(run_id)
+
+
+def step_config(cfg_cls, stage: str, profile: str, given: dict):
+    """The config the child will resolve, and the -P parameters that make it resolve so."""
+    cfg = with_profile(cfg_cls, stage, profile, given)
+    return cfg, {"profile": profile, **{k: str(v) for k, v in given.items()}}
 
 
 def run_pipeline(pipe: PipelineConfig, experiment: str | None = None, log=print) -> str:
@@ -68,23 +84,35 @@ def run_pipeline(pipe: PipelineConfig, experiment: str | None = None, log=print)
     t0 = time.perf_counter()
     with tracking.stage_run("main", pipe, experiment=experiment) as parent:
         pid = parent.info.run_id
-        given = {"data_dir": pipe.data_dir, "seed": pipe.seed}
-        prep_cfg = PrepareConfig(data_dir=pipe.data_dir, seed=pipe.seed)
-        prep = run_step("prepare", prep_cfg, {"data_dir": pipe.data_dir, "seed": str(pipe.seed)}, pipe,
-                        experiment, pid, log)
+
+        def step(stage, cfg_cls, given, label=""):
+            cfg, params = step_config(cfg_cls, stage, pipe.profile, given)
+            return run_step(stage, cfg, params, pipe, experiment, pid, log, label=label)
+
+        common = {"data_dir": pipe.data_dir, "seed": pipe.seed}
+        prep = run_step("prepare", PrepareConfig(data_dir=pipe.data_dir, seed=pipe.seed),
+                        {"data_dir": pipe.data_dir, "seed": str(pipe.seed)}, pipe, experiment, pid, log)
         mlflow.set_tag(tracking.TAG_DIGEST, prep.data.tags.get(tracking.TAG_DIGEST, ""))
 
-        ft_given = {**given, **({"base_model": pipe.base_model} if pipe.base_model else {})}
-        ft_cfg = with_profile(FinetuneConfig, "finetune", pipe.profile, ft_given)
-        ft = run_step("finetune", ft_cfg, {"profile": pipe.profile, **{k: str(v) for k, v in ft_given.items()}},
-                      pipe, experiment, pid, log)
+        ft = step("finetune", FinetuneConfig, {**common, **({"base_model": pipe.base_model} if pipe.base_model else {})})
+        # the synthetic set has as many images per class as the largest real training class, so
+        # `synth` and `hybrid` (N_c per class) never need to repeat an image
+        per_class = int(max(v for k, v in prep.data.metrics.items() if k.startswith("train_count/")))
+        gen = step("generate", GenerateConfig, {
+            "model_uri": f"runs:/{ft.info.run_id}/model", "per_class": per_class, "seed": pipe.seed,
+            "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}-{per_class}")})
+        synth = f"runs:/{gen.info.run_id}"
 
-        model_uri = f"runs:/{ft.info.run_id}/model"
-        gen_given = {"model_uri": model_uri, "seed": pipe.seed,
-                     "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}")}
-        gen_cfg = with_profile(GenerateConfig, "generate", pipe.profile, gen_given)
-        run_step("generate", gen_cfg, {"profile": pipe.profile, **{k: str(v) for k, v in gen_given.items()}},
-                 pipe, experiment, pid, log)
+        step("evaluate", EvaluateConfig, {"real": pipe.data_dir, "seed": pipe.seed}, "evaluate.real_test")
+        step("evaluate", EvaluateConfig, {"real": pipe.data_dir, "fake": synth, "seed": pipe.seed}, "evaluate.synth")
+        run_step("register", RegisterConfig(), {}, pipe, experiment, pid, log, reuse=False)
+
+        models = DEMO_MODELS if pipe.profile == "demo" else PAPER_MODELS
+        for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig)):
+            for model in models[stage]:
+                for train_set in ("real", "synth", "hybrid"):
+                    step(stage, cfg_cls, {**common, "model": model, "train_set": train_set, "synth": synth,
+                                          "eval_data": pipe.eval_data}, f"{stage}.{model}.{train_set}")
         mlflow.log_metric("pipeline/seconds", time.perf_counter() - t0)
         log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pid})")
         return pid

@@ -40,9 +40,16 @@ def tracking_uri() -> str:
 
 
 def setup(experiment: str | None = None) -> str:
-    """Point MLflow at the store and experiment; return the experiment name."""
+    """Point MLflow at the store and experiment; return the experiment name.
+
+    Order: the argument, $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID (what
+    `mlflow run` sets for its child process), "skindualgen"."""
     mlflow.set_tracking_uri(tracking_uri())
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        exp = mlflow.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
+        name = exp.name if exp is not None else None
+    name = name or DEFAULT_EXPERIMENT
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(name)
     return name
@@ -133,9 +140,7 @@ def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None
                       code: str | None = None) -> mlflow.entities.Run | None:
     """Newest FINISHED run of `stage` whose params equal `params` (compared as strings) and whose
     code version equals `code` (default: this checkout's). None when there is none."""
-    setup(experiment)
-    exp = mlflow.get_experiment_by_name(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-                                        or DEFAULT_EXPERIMENT)
+    exp = mlflow.get_experiment_by_name(setup(experiment))
     if exp is None:
         return None
     code = code or code_version()

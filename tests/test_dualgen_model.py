@@ -11,8 +11,14 @@ from harness.config import PROMPT_TEMPLATE
 from harness.data.demo import DEMO_CLASSES, make_demo_dataset
 from harness.dualgen import base as base_module
 from harness.dualgen.base import BaseModelError, PromptCache, encode_prompts, load_base
-from harness.dualgen.lora import (add_lora, load_lora, lora_state_dict, save_lora, set_lora_state_dict,
-                                  trainable_summary)
+from harness.dualgen.lora import (
+    add_lora,
+    load_lora,
+    lora_state_dict,
+    save_lora,
+    set_lora_state_dict,
+    trainable_summary,
+)
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline
 from harness.dualgen.pretrain_tiny import build_tiny_base, load_class_images
@@ -53,9 +59,10 @@ def tiny_folder(tmp_path_factory):
 def test_tiny_tokenizer_never_needs_unknown_tokens():
     tok = build_tiny_components()["tokenizer"]
     for name in DEMO_CLASSES:
-        ids = tok(PROMPT_TEMPLATE.format(class_name=name)).input_ids
-        assert len(ids) <= 16                     # whole-word merges: about one token per word
-        assert ids.count(tok.eos_token_id) == 1   # unk is <|endoftext|>: only the final one is there
+        prompt = PROMPT_TEMPLATE.format(class_name=name)
+        ids = tok(prompt).input_ids
+        assert len(ids) == len(prompt.split()) + 2   # whole-word merges: one token per word + bos/eos
+        assert ids.count(tok.eos_token_id) == 1      # unk is <|endoftext|>: only the final one is there
     odd = "a dermoscopic lesion photo of Naevus-X2 for skin cancer diagnosis, ICD-11 2C30 (é, 😀)"
     ids = tok(odd).input_ids
     assert ids.count(tok.eos_token_id) == 1 and len(ids) < 77
@@ -104,11 +111,11 @@ def test_load_base_errors_are_clear(tmp_path, monkeypatch):
         load_base(str(tmp_path))
 
 
-def test_shipped_tiny_base_is_pretrained_and_small():
+def test_shipped_tiny_base_is_pretrained_and_small(tmp_path):
     size = sum(p.stat().st_size for p in base_module.TINY_BASE_DIR.rglob("*") if p.is_file())
     assert size < 10 * 2**20
     tiny, rand = load_base("tiny"), build_tiny_components(seed=0)
-    images, labels = load_class_images(make_demo_dataset_cached(), 64)
+    images, labels = load_class_images(make_demo_dataset(tmp_path / "demo", seed=0), 64)
     x = images[::20]                                       # 7 demo images
     with torch.no_grad():
         l1 = (tiny.vae(x, sample_posterior=False).sample - x).abs().mean().item()
@@ -124,16 +131,6 @@ def test_shipped_tiny_base_is_pretrained_and_small():
         mse_trained = (tiny.unet(noisy, t, emb).sample - noise).pow(2).mean().item()
         mse_random = (rand["unet"](noisy, t, emb).sample - noise).pow(2).mean().item()
     assert mse_trained < 0.5 * mse_random
-
-
-_DEMO = {}
-
-
-def make_demo_dataset_cached():
-    if "path" not in _DEMO:
-        import tempfile
-        _DEMO["path"] = make_demo_dataset(tempfile.mkdtemp(prefix="demo-") + "/demo", seed=0)
-    return _DEMO["path"]
 
 
 def test_prompt_embeddings_match_diffusers_and_are_cached(tiny_folder):
@@ -206,7 +203,7 @@ def test_lora_share_and_round_trips(tiny_folder, tmp_path):
     path = save_lora(b.unet, tmp_path / "lora")
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
-        assert all(k.startswith("unet.") for k in f.keys())
+        assert all(k.startswith("unet.") for k in f.keys())  # noqa: SIM118
         assert json.loads(f.metadata()["lora_adapter_metadata"])["unet.lora_alpha"] == 8.0
 
     fresh = load_base(str(tiny_folder))
@@ -283,7 +280,7 @@ def as_arrays(pairs):
 
 
 def test_generation_seeded_batch_invariant_binary_masks(dual_pipe):
-    kw = dict(num_inference_steps=4, height=32, width=32, progress=False)
+    kw = {"num_inference_steps": 4, "height": 32, "width": 32, "progress": False}
     prompts, seeds = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0]], [5, 6, 7, 8]
     batch = dual_pipe(prompts, seeds, batch_size=4, **kw)
     img, mask = batch[0]
@@ -301,7 +298,7 @@ def test_generation_seeded_batch_invariant_binary_masks(dual_pipe):
 
 
 def test_model_folder_reproduces_bytes(dual_pipe, tmp_path):
-    kw = dict(num_inference_steps=3, height=32, width=32, progress=False)
+    kw = {"num_inference_steps": 3, "height": 32, "width": 32, "progress": False}
     before = as_arrays(dual_pipe(PROMPTS, [1, 2, 3], **kw))
     dual_pipe.save(tmp_path / "model")
     meta = json.loads((tmp_path / "model" / "dualgen.json").read_text())
@@ -318,7 +315,7 @@ def test_model_folder_reproduces_bytes(dual_pipe, tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_build_tiny_base_is_reproducible(tmp_path):
     data = make_demo_dataset(tmp_path / "demo", seed=0, per_class=1, min_size=40, max_size=48)
-    kw = dict(images_dir=data, resolution=32, vae_steps=2, unet_steps=2, progress=False)
+    kw = {"images_dir": data, "resolution": 32, "vae_steps": 2, "unet_steps": 2, "progress": False}
     a = build_tiny_base(tmp_path / "a", seed=0, **kw)
     b = build_tiny_base(tmp_path / "b", seed=0, **kw)
     c = build_tiny_base(tmp_path / "c", seed=1, **kw)

@@ -28,6 +28,7 @@ Hugging Face hub (SD2 is ~5 GB; the hub id plus the commit hash identify it exac
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -81,27 +82,30 @@ class DualGenPipeline:
             from tqdm import tqdm
             starts = tqdm(starts, desc="generate", unit="batch")
         results = []
-        for start in starts:
-            batch_prompts = prompts[start:start + batch_size]
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + batch_size]]
-            latents = self.sd(
-                prompt_embeds=self.prompts(batch_prompts),
-                negative_prompt_embeds=self.prompts([""] * len(batch_prompts)),
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                height=height,
-                width=width,
-                generator=generators,
-                output_type="latent",
-            ).images
-            rgb, mask_logits = decode(self.vae, latents)
-            results += _to_pil(rgb, mask_from_logits(mask_logits, mask_threshold))
+        with _eval_mode(self.unet, self.vae, self.text_encoder):
+            for start in starts:
+                batch_prompts = prompts[start:start + batch_size]
+                generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + batch_size]]
+                latents = self.sd(
+                    prompt_embeds=self.prompts(batch_prompts),
+                    negative_prompt_embeds=self.prompts([""] * len(batch_prompts)),
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    height=height,
+                    width=width,
+                    generator=generators,
+                    output_type="latent",
+                ).images
+                rgb, mask_logits = decode(self.vae, latents)
+                results += _to_pil(rgb, mask_from_logits(mask_logits, mask_threshold))
         return results
 
     # ------------------------------------------------------------------------------------------
     # model folder
     # ------------------------------------------------------------------------------------------
     def save(self, folder, include_base: bool | None = None) -> Path:
+        if "default" not in getattr(self.unet, "peft_config", {}):
+            raise ValueError("the UNet has no LoRA adapter 'default' to save (lora.add_lora / load_lora)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if include_base is None:
@@ -133,7 +137,7 @@ class DualGenPipeline:
         return folder
 
     @classmethod
-    def from_folder(cls, folder, dtype=torch.float32) -> "DualGenPipeline":
+    def from_folder(cls, folder, dtype=torch.float32) -> DualGenPipeline:
         folder = Path(folder)
         meta_path = folder / "dualgen.json"
         if not meta_path.is_file():
@@ -154,6 +158,20 @@ class DualGenPipeline:
         vae.requires_grad_(False)
         load_lora(base.unet, folder / "lora")
         return cls(base.unet, vae, base.text_encoder, base.tokenizer, base.scheduler, base_info=recorded)
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules):
+    """Eval mode inside, the previous mode after. Train mode may pick other attention kernels (not
+    bit-identical), so validation grids made during training equal what the saved model generates."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 def _is_hub_base(info: dict) -> bool:

@@ -9,8 +9,8 @@ in a few minutes, by the same latent-diffusion recipe at toy scale:
   2. UNet: full-weight epsilon-prediction MSE on those latents, conditioned on the class prompt
      "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis" (10% empty prompts, so that
      classifier-free guidance works as in SD), DDPM noise schedule = the SD2-base DDIM settings.
-  The text encoder stays at its seeded random weights (frozen, like SD2's OpenCLIP during SD training):
-  different class names still give different embeddings, which is all the UNet needs to condition on.
+  The text encoder trains together with the UNet (SD2's OpenCLIP came pre-trained by contrastive
+  learning; ours has no other source of meaning). It is frozen again afterwards, as in SD2.
 
 Masks are not used: the base knows RGB only, like SD2. The mask comes in with the 4-channel VAE and the
 LoRA fine-tune (finetune stage). Same seed, same data, same thread settings -> same weights on CPU.
@@ -18,6 +18,8 @@ LoRA fine-tune (finetune stage). Same seed, same data, same thread settings -> s
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +31,6 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 
 from harness.config import PROMPT_TEMPLATE
-from harness.dualgen.base import PromptCache
 from harness.dualgen.tiny import RESOLUTION, build_tiny_components, count_params, save_components
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -111,14 +112,21 @@ def encode_all(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # stage 2: UNet
 # ----------------------------------------------------------------------------------------------
-def train_unet(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor,
-               prompt_embeds: torch.Tensor, empty_embed: torch.Tensor, label_ids: torch.Tensor, steps: int,
-               generator: torch.Generator, batch_size: int = 16, lr: float = 1e-3, uncond_prob: float = 0.1,
+def train_unet(unet, text_encoder, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor,
+               prompt_ids: torch.Tensor, label_ids: torch.Tensor, steps: int, generator: torch.Generator,
+               batch_size: int = 16, lr: float = 2e-3, uncond_prob: float = 0.1,
                progress: bool = True) -> list[float]:
-    """Epsilon-prediction MSE (Eq. 5) on latents already multiplied by the VAE scaling factor."""
+    """Epsilon-prediction MSE (Eq. 5) on latents already multiplied by the VAE scaling factor.
+
+    prompt_ids: token ids (P+1, 77) of the P class prompts and, last, the empty prompt; label_ids index
+    the class prompt of each latent. UNet and text encoder train together.
+    """
     unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    text_encoder.train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=50, num_training_steps=steps)
+    empty = len(prompt_ids) - 1
     losses = []
     for _ in _progress(range(steps), "tiny UNet", progress):
         idx = torch.randint(len(latent_mean), (batch_size,), generator=generator)
@@ -126,17 +134,19 @@ def train_unet(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch.Ten
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        drop = (torch.rand(batch_size, generator=generator) < uncond_prob).view(-1, 1, 1)
-        cond = torch.where(drop, empty_embed, prompt_embeds[label_ids[idx]])
+        drop = torch.rand(batch_size, generator=generator) < uncond_prob
+        which = torch.where(drop, empty, label_ids[idx])
+        cond = text_encoder(prompt_ids)[0][which]          # all prompts at once (8 x 77 tokens): cheap
         prediction = unet(noisy, timesteps, encoder_hidden_states=cond).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         lr_schedule.step()
         losses.append(loss.item())
     unet.eval()
+    text_encoder.eval()
     return losses
 
 
@@ -161,7 +171,6 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
 
     parts = build_tiny_components(seed)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
-    parts["text_encoder"].requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
 
     vae_losses = train_vae(vae, images, vae_steps, generator, progress=progress)
@@ -170,15 +179,19 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
     scaling_factor = float(1.0 / latent_mean.std())
     vae.register_to_config(scaling_factor=scaling_factor)
 
-    prompts = PromptCache(parts["tokenizer"], parts["text_encoder"])
-    prompt_embeds = prompts([PROMPT_TEMPLATE.format(class_name=name) for name in class_names])
-    empty_embed = prompts([""])
+    prompts = [PROMPT_TEMPLATE.format(class_name=name) for name in class_names] + [""]
+    prompt_ids = parts["tokenizer"](prompts, padding="max_length", max_length=parts["tokenizer"].model_max_length,
+                                    truncation=True, return_tensors="pt").input_ids
     flip_label_ids = label_ids.repeat(4)            # encode_all stacks 4 flip variants of the images
-    unet_losses = train_unet(unet, scheduler, latent_mean * scaling_factor, latent_std * scaling_factor,
-                             prompt_embeds, empty_embed, flip_label_ids, unet_steps, generator,
+    unet_losses = train_unet(unet, parts["text_encoder"], scheduler, latent_mean * scaling_factor,
+                             latent_std * scaling_factor, prompt_ids, flip_label_ids, unet_steps, generator,
                              progress=progress)
+    parts["text_encoder"].requires_grad_(False)
 
-    save_components(parts, output_dir)
+    # Write next to output_dir, then swap it in: readers of output_dir never see a half-written model.
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    save_components(parts, staging)
     report = {
         "recipe": "harness.dualgen.pretrain_tiny.build_tiny_base",
         "seed": seed, "resolution": resolution, "vae_steps": vae_steps, "unet_steps": unet_steps,
@@ -190,5 +203,13 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
         "seconds": round(time.time() - started, 1),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
-    (output_dir / "build.json").write_text(json.dumps(report, indent=1) + "\n")
+    (staging / "build.json").write_text(json.dumps(report, indent=1) + "\n")
+    os.chmod(staging, 0o755)                          # mkdtemp makes it 0700
+    if output_dir.exists():
+        old = output_dir.with_name(staging.name + "-old")
+        output_dir.rename(old)
+        staging.rename(output_dir)
+        shutil.rmtree(old)
+    else:
+        staging.rename(output_dir)
     return output_dir

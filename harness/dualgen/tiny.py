@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -27,8 +28,8 @@ TEXT_HIDDEN = 32         # SD2's OpenCLIP-H: 1024
 # Words that get whole-word BPE merges, so our prompts become short token sequences (about one token
 # per word, like the real CLIP vocab). Any other text still tokenizes, one byte-level character per
 # token: the vocab holds all 256 byte characters and their end-of-word forms, so there is never an
-# unknown token. Order matters only for reproducibility (merge ranks); do not reorder.
-MERGE_WORDS = (
+# unknown token.
+_MERGE_TEXT = (
     "a dermoscopic lesion photo of for skin cancer diagnosis "
     # HAM10000 / ISIC class names and their usual spellings
     "melanoma melanocytic nevus nevi naevus basal cell carcinoma actinic keratosis keratoses "
@@ -36,8 +37,13 @@ MERGE_WORDS = (
     "disease solar lentigo lentigines atypical "
     # frequent words of clinical descriptions
     "with and the in asymmetric irregular border borders color colour brown dark light pink red "
-    "blue black white network pattern dots globules structure scale regression area"
-).split()
+    "blue black white network pattern dots globules structure scale regression area "
+    # the rest of the demo dataset's descriptions (harness.data.demo)
+    "an by few well defined poorly slightly regular small medium sized large uniform pigmentation "
+    "waxy surface fissures pearly translucent arborizing vessels reddish scaly keratin purple lacunae "
+    "separated septa peripheral central patch overlying hairs"
+)
+MERGE_WORDS = tuple(_MERGE_TEXT.split())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,18 +55,33 @@ def _byte_alphabet() -> list[str]:
 
 
 def _word_merges(words) -> list[tuple[str, str]]:
-    """Left-to-right merges that turn each word into one `word</w>` token (CLIP BPE conventions)."""
-    merges: list[tuple[str, str]] = []
-    seen = set()
-    for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(symbols) > 1:
-            pair = (symbols[0], symbols[1])
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-            symbols = [symbols[0] + symbols[1]] + symbols[2:]
-    return merges
+    """BPE merges learned on `words` (CLIP's `</w>` end-of-word convention) until every word is one token.
+
+    Plain greedy BPE: merge the most frequent adjacent pair, ties broken alphabetically. Written out
+    because tokenizers' BpeTrainer breaks ties differently from one process to the next, and the vocab
+    ids must be the same on every build.
+    """
+    corpus = [tuple(w[:-1]) + (w[-1] + "</w>",) for w in dict.fromkeys(words)]
+    merges = []
+    while True:
+        counts = Counter(pair for symbols in corpus for pair in zip(symbols, symbols[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        corpus = [_merge_pair(symbols, best) for symbols in corpus]
+
+
+def _merge_pair(symbols: tuple, pair: tuple) -> tuple:
+    out, i = [], 0
+    while i < len(symbols):
+        if symbols[i:i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
 
 
 def build_tiny_tokenizer() -> CLIPTokenizer:
@@ -75,7 +96,7 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
     vocab = {tok: i for i, tok in enumerate(tokens)}
     with tempfile.TemporaryDirectory() as tmp:
         # transformers 5 takes vocab=/merges= as paths (or objects); files keep the format standard.
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text(
             "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
         tok = CLIPTokenizer(vocab=str(Path(tmp) / "vocab.json"), merges=str(Path(tmp) / "merges.txt"),
@@ -149,6 +170,8 @@ def build_tiny_components(seed: int = 0) -> dict:
         steps_offset=1,
         clip_sample=False,
     )
+    for model in (unet, vae, text_encoder):
+        model.eval()             # as from_pretrained returns them (train mode picks other SDPA kernels)
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
             "scheduler": scheduler}
 

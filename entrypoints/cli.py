@@ -6,6 +6,7 @@ from entrypoints.classify import classify
 from entrypoints.demo_data import demo_data
 from entrypoints.describe import describe
 from entrypoints.evaluate import evaluate
+from entrypoints.explain import explain
 from entrypoints.finetune import finetune
 from entrypoints.generate import generate
 from entrypoints.main import main
@@ -20,7 +21,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment):
+for command in (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment, explain):
     cli.add_command(command)
 
 if __name__ == "__main__":

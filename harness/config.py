@@ -189,6 +189,29 @@ class TuneConfig:
     seed: int = SEED
 
 
+@dataclass
+class ReportConfig:
+    output_dir: str = "reports"     # files go to <output_dir>/<experiment>/ (and are the report run's artifacts)
+    dataset_digest: str = ""        # read only runs tagged with this dataset digest ("" = every run of the experiment)
+    ui_url: str = ""                # MLflow UI base URL for run links ("" = the tracking URI when it is http(s))
+    generate_run: str = ""          # Figure 2's generate run ("" = Table 1's synth row's, else the newest)
+    real_data: str = ""             # Figure 2's real data ("" = data_dir of that set's finetune run; no run: the demo)
+    figure_cell: int = 128          # side (px) of one image in Figure 2
+
+
+@dataclass
+class ExplainConfig:
+    real_run: str = ""              # classify run id(s) trained on `real`, comma list; "" = picked (see explain.py)
+    hybrid_run: str = ""            # classify run id(s) trained on `hybrid`, paired with real_run by model
+    model: str = ""                 # when picking runs: comma list of models; "" = every model with both runs
+    images: str = ""                # comma list of image ids; "" = n_images seeded picks from the real test split
+    n_images: int = 2               # paper's Figure 3: 2 images (ISIC_0010034, ISIC_0030261)
+    data_dir: str = ""              # "" = the data the real run was trained on (its data_dir param)
+    occlusion_window: int = 0       # px, square; 0 = image_size // 8
+    occlusion_stride: int = 0       # px; 0 = window // 2
+    seed: int = SEED                # the default image choice
+
+
 def field_names(cfg_cls) -> list[str]:
     return [f.name for f in fields(cfg_cls)]
 
@@ -217,6 +240,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                                     "steps_max": 45}},
     "classify": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "folds": 2, "batch_size": 16}},
     "segment": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "batch_size": 8}},
+    "explain": {"paper": {}, "demo": {}},
 }
 
 

@@ -1,0 +1,26 @@
+"""`explain` entry point: GradCAM, Saliency and Occlusion heatmaps of the real-only and hybrid
+classifiers for chosen real test images (paper Figure 3)."""
+import click
+
+from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from harness.config import ExplainConfig, with_profile
+
+
+@click.command("explain")
+@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@config_options(ExplainConfig)
+@experiment_option
+@user_errors
+def explain(profile, experiment, **given):
+    from harness.downstream.explain import explain as run_explain
+    from harness.downstream.sets import DownstreamError
+    cfg = with_profile(ExplainConfig, "explain", profile, given)
+    try:
+        run_id = run_explain(cfg, experiment=experiment)
+    except DownstreamError as e:
+        raise UserError(str(e)) from e
+    click.echo(f"explain run {run_id}: Figure 3 heatmaps at runs:/{run_id}/heatmaps/figure3.png")
+
+
+if __name__ == "__main__":
+    explain()

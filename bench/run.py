@@ -11,6 +11,8 @@ hits both alike. Rows:
   generate_batch{1,4,16}    DualGenPipeline (RGB + mask) vs StableDiffusionPipeline (RGB, PIL output),
                             same size, steps, guidance and batch; images/s reported
   tracking_overhead         finetune loop time with per-step async MLflow logging vs logging off
+  evaluate_cached_real_stats  evaluate against a real set whose statistics are cached vs the first time
+  *_data_wait_*             share of an epoch spent waiting for data (classify 224 px, segment 256 px)
   peak_rss_{finetune,generate}  peak resident memory of a separate process doing 5 steps / 1 batch
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROWS: list[dict] = []
@@ -149,6 +152,66 @@ def bench_tracking(device):
         row("tracking_overhead", min(times[1]), min(times[0]), 1.03, note="(60 steps; loop seconds, best of 2)")
 
 
+def bench_evaluate_cache():
+    """`evaluate` of a fresh (uncached) fake set against a real set whose statistics are cached vs the
+    first evaluation against it (which also extracts the real train split)."""
+    import mlflow  # noqa: F401
+    from harness.config import EvaluateConfig
+    from harness.data.demo import make_demo_dataset
+    from harness.quality import evaluate
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+        real = make_demo_dataset(f"{tmp}/real", seed=0)
+        fakes = [make_demo_dataset(f"{tmp}/fake{i}", seed=i + 1, per_class=4) for i in range(2)]
+        times = []
+        for fake in fakes:
+            cfg = EvaluateConfig(real=str(real), fake=str(fake), lpips_pairs=100, cache_dir=f"{tmp}/cache")
+            t0 = time.perf_counter()
+            evaluate(cfg, experiment="bench", progress=False)
+            times.append(time.perf_counter() - t0)
+        row("evaluate_cached_real_stats", times[1], times[0], 0.55,
+            note="(second evaluation vs first; 114 real train images, 28 fake)")
+
+
+def bench_data_wait(device):
+    """Share of a training epoch spent waiting for data (decode-once caches, default workers)."""
+    import segmentation_models_pytorch as smp
+    from harness.data.augment import PairDataset, paired_augmentation
+    from harness.data.prepare import load_prepared
+    from harness.downstream import classify as C
+    from harness.downstream import runtime
+    from harness.downstream import segment as S
+    with tempfile.TemporaryDirectory() as tmp:
+        from harness.data.demo import make_demo_dataset
+        train = load_prepared(str(make_demo_dataset(f"{tmp}/d", seed=0)), progress=False).dataset.split("train")
+        dev = torch.device(device)
+        samples = train.samples[:64]
+        labels = np.array([train.classes.index(s.label) for s in samples])
+        images = C.decode_images(samples, 224, {}, progress=False)
+        model = runtime.prepare_model(C.build_model("resnet34", len(train.classes), 224), dev)
+        opt = torch.optim.Adam(model.parameters(), 1e-4)
+        scaler = runtime.grad_scaler(dev, None)
+        cls_loader = runtime.loader(C.ImageSet(images, labels, augment=True), 16, True, 0, 0, dev, train=True)
+        C.train_one_epoch(model, cls_loader, opt, scaler, dev, None)              # warm-up
+        t0 = time.perf_counter()
+        _, step = C.train_one_epoch(model, cls_loader, opt, scaler, dev, None)
+        total = time.perf_counter() - t0
+        compute = step * len(cls_loader)
+        row("classify_data_wait_224px", total - compute, total, 0.20, unit="s",
+            note="(ours = epoch time not in steps, baseline = epoch time: ratio = waiting share)")
+        seg = runtime.prepare_model(smp.Unet("resnet34", encoder_weights=None, classes=1), dev)
+        opt = torch.optim.Adam(seg.parameters(), 1e-3)
+        ds = PairDataset(samples[:32], 256, paired_augmentation(), image_norm="imagenet", seed=0)
+        seg_loader = runtime.loader(ds, 8, True, 0, 0, dev, train=True)
+        loss = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        S.train_one_epoch(seg, seg_loader, loss, opt, scaler, dev, None)           # warm-up fills the cache
+        t0 = time.perf_counter()
+        _, step = S.train_one_epoch(seg, seg_loader, loss, opt, scaler, dev, None)
+        total = time.perf_counter() - t0
+        row("segment_data_wait_256px", total - step * len(seg_loader), total, 0.20, unit="s",
+            note="(after the first epoch filled the decode cache)")
+
+
 def peak_rss(kind, device):
     code = f"import bench.run as b; b._memory_child({kind!r}, {device!r})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -183,6 +246,8 @@ def main(argv=None):
     for b in (1, 4, 16):
         bench_generate(args.device, b)
     bench_tracking(args.device)
+    bench_evaluate_cache()
+    bench_data_wait(args.device)
     base = peak_rss("baseline", args.device)
     for kind in ("finetune", "generate"):
         mb = peak_rss(kind, args.device)

@@ -12,6 +12,7 @@ from entrypoints.generate import generate
 from entrypoints.main import main
 from entrypoints.prepare import prepare
 from entrypoints.register import register
+from entrypoints.report import report
 from entrypoints.segment import segment
 from entrypoints.tune import tune
 
@@ -21,7 +22,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment, explain):
+for command in (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment, explain, report):
     cli.add_command(command)
 
 if __name__ == "__main__":

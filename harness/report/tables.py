@@ -1,0 +1,348 @@
+"""Tables 1-3: which runs and metrics fill them, and their Markdown, LaTeX (booktabs) and CSV forms.
+
+Every cell carries our value (straight from the chosen run's metric, no unit change: classify and
+segment already log % for accuracy/sensitivity/precision/F1/Dice/IoU and pixels for ASD/HD), the
+paper's value (paper_values.json), the difference ours - paper, and the run it came from. A cell
+without a value is "—" with its reason; it is never 0.
+
+CSV (one row per cell): table, section, row, model, train_set, metric, label, unit, ours, paper,
+diff, run_id, run_url, status (ok | missing), reason. Numbers in the CSV are full precision (repr);
+Markdown and LaTeX show 3 decimals like the paper.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+
+from harness.report.runs import Choice, RunIndex, choose, metric_value, param, run_link
+
+MISSING = "—"
+
+CLASSIFIERS = {"densenet121": "DenseNet121", "resnet34": "ResNet34", "squeezenet1_1": "SqueezeNet1.1",
+               "swin_tiny": "Swin Transformer"}
+SEGMENTERS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+"}
+TRAIN_SETS_T2 = {"real": "Real only", "synth": "Synth only", "hybrid": "50%Real+50%Synth"}
+TRAIN_SETS_T3 = {"real": "Real", "hybrid": "Hybrid"}
+COMPARISONS = {"real_train_vs_real_test": "Real Train vs Real Test",
+               "real_train_vs_synth_train": "Real Train vs Synth Train"}
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str          # the metric key in the paper's table (paper_values.json)
+    label: str
+    unit: str            # "%", "px" or ""
+
+
+QUALITY_COLUMNS = (Column("fid", "FID", ""), Column("lpips", "LPIPS", ""), Column("ms_ssim", "MS-SSIM", ""))
+CLASSIFY_COLUMNS = (Column("accuracy", "Accuracy", "%"), Column("sensitivity", "Sensitivity", "%"),
+                    Column("precision", "Precision", "%"), Column("f1", "F1score", "%"))
+SEGMENT_COLUMNS = (Column("dice", "Dice", "%"), Column("iou", "IoU", "%"), Column("asd", "ASD", "px"),
+                   Column("hd", "HD", "px"))
+
+
+@dataclass
+class Cell:
+    table: str
+    section: str
+    row: str                 # row key: a comparison, or "<model>/<train set>"
+    model: str
+    train_set: str
+    metric: str              # paper metric key
+    run_metric: str          # the MLflow metric read (e.g. ham_dice)
+    label: str
+    unit: str
+    ours: float | None
+    paper: float | None
+    run_id: str = ""
+    run_url: str = ""
+    reason: str = ""
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.ours is None or self.paper is None else self.ours - self.paper
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ours is not None else "missing"
+
+
+@dataclass
+class Row:
+    key: str
+    labels: tuple[str, ...]          # the row header cells (model, train set) or (comparison,)
+    cells: list[Cell]
+    choice: Choice
+
+
+@dataclass
+class Section:
+    name: str                        # quality | classification | segmentation
+    headers: tuple[str, ...]         # the row header column titles
+    columns: tuple[Column, ...]
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    key: str                         # table1 | table2 | table3
+    title: str
+    caption: str
+    sections: list[Section]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [c for s in self.sections for r in s.rows for c in r.cells]
+
+
+def paper_values() -> dict:
+    return json.loads(resources.files("harness.report").joinpath("paper_values.json").read_text("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Filling the tables from runs
+# ------------------------------------------------------------------------------------------------
+
+def _row(table: str, section: str, key: str, labels: tuple[str, ...], model: str, train_set: str,
+         columns, choice: Choice, paper: dict, prefix: str, link_base: str) -> Row:
+    cells = []
+    for col in columns:
+        run_metric = prefix + col.metric
+        cell = Cell(table, section, key, model, train_set, col.metric, run_metric, col.label, col.unit, None,
+                    paper.get(col.metric))
+        if choice.run is None:
+            cell.reason = choice.reason
+        else:
+            run = choice.run
+            cell.run_id = run.info.run_id
+            cell.run_url = run_link(link_base, run.info.experiment_id, run.info.run_id)
+            cell.ours, cell.reason = metric_value(run, run_metric)
+        cells.append(cell)
+    return Row(key, labels, cells, choice)
+
+
+def _digest_note(index: RunIndex) -> str:
+    return f" with dataset digest {index.dataset_digest}" if index.dataset_digest else ""
+
+
+def table1(index: RunIndex, paper: dict, link_base: str) -> Table:
+    section = Section("quality", ("Data for calculations",), QUALITY_COLUMNS)
+    runs = index.stage("evaluate")
+    for comparison, label in COMPARISONS.items():
+        matching = [r for r in runs if r.data.tags.get("comparison") == comparison]
+        choice = choose(matching, f"evaluate {comparison}",
+                        f"no evaluate run with comparison {comparison}{_digest_note(index)}")
+        section.rows.append(_row("table1", "quality", comparison, (label,), "", "", QUALITY_COLUMNS, choice,
+                                 paper["table1"][comparison], "", link_base))
+    return Table("table1", "Table 1: Image quality of the generated images", paper["table1"]["caption"],
+                 [section])
+
+
+def _downstream(table: str, stage: str, models: dict, train_sets: dict, columns, index: RunIndex,
+                paper: dict, link_base: str, ham: bool) -> Section:
+    name = "classification" if stage == "classify" else "segmentation"
+    section = Section(name, ("Models", "Train Dataset" if table == "table2" else "Dataset"), columns)
+    runs = index.stage(stage)
+    for model, model_label in models.items():
+        for train_set, set_label in train_sets.items():
+            matching = [r for r in runs if param(r, "model") == model and param(r, "train_set") == train_set]
+            what = f"{stage} {model}/{train_set}"
+            none_reason = f"no {stage} run of {model} on {train_set}{_digest_note(index)}"
+            if ham:
+                with_ham = [r for r in matching if param(r, "eval_data")]
+                if matching and not with_ham:
+                    none_reason = (f"no {stage} run of {model} on {train_set} with eval_data (HAM10000); "
+                                   f"{len(matching)} run(s) without it")
+                matching, what = with_ham, what + " with eval_data"
+            choice = choose(matching, what, none_reason)
+            section.rows.append(_row(table, name, f"{model}/{train_set}", (model_label, set_label), model,
+                                     train_set, columns, choice, paper[table][stage][model][train_set],
+                                     "ham_" if ham else "", link_base))
+    return section
+
+
+def table2(index: RunIndex, paper: dict, link_base: str) -> Table:
+    return Table("table2", "Table 2: Real / synthetic / hybrid training sets (real test split)",
+                 paper["table2"]["caption"],
+                 [_downstream("table2", "classify", CLASSIFIERS, TRAIN_SETS_T2, CLASSIFY_COLUMNS, index, paper,
+                              link_base, ham=False),
+                  _downstream("table2", "segment", SEGMENTERS, TRAIN_SETS_T2, SEGMENT_COLUMNS, index, paper,
+                              link_base, ham=False)])
+
+
+def table3(index: RunIndex, paper: dict, link_base: str) -> Table:
+    return Table("table3", "Table 3: Robustness on HAM10000 (the ham_* metrics of runs given eval_data)",
+                 paper["table3"]["caption"],
+                 [_downstream("table3", "classify", CLASSIFIERS, TRAIN_SETS_T3, CLASSIFY_COLUMNS, index, paper,
+                              link_base, ham=True),
+                  _downstream("table3", "segment", SEGMENTERS, TRAIN_SETS_T3, SEGMENT_COLUMNS[:2], index, paper,
+                              link_base, ham=True)])
+
+
+def build_tables(index: RunIndex, link_base: str = "") -> list[Table]:
+    paper = paper_values()
+    return [table1(index, paper, link_base), table2(index, paper, link_base), table3(index, paper, link_base)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _unit(col: Column) -> str:
+    return f" ({col.unit})" if col.unit else ""
+
+
+def _md_run(row: Row) -> str:
+    run_ids = {c.run_id for c in row.cells if c.run_id}
+    if not run_ids:
+        return MISSING
+    cell = next(c for c in row.cells if c.run_id)
+    return f"[{cell.run_id}]({cell.run_url})" if cell.run_url else f"`{cell.run_id}`"
+
+
+def to_markdown(table: Table, heading_level: int = 2) -> str:
+    intro = (f"Paper: *{table.caption}*. Each metric: ours, the paper's value, Δ = ours − paper; the run "
+             "column names the MLflow run of the whole row.")
+    out = [f"{'#' * heading_level} {table.title}", "", intro, ""]
+    for section in table.sections:
+        if len(table.sections) > 1:
+            out += [f"**{section.name.capitalize()}**", ""]
+        header = list(section.headers)
+        for col in section.columns:
+            header += [f"{col.label}{_unit(col)}", "paper", "Δ"]
+        header.append("run")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "|".join([":--"] * len(section.headers) + ["--:"] * 3 * len(section.columns) + [":--"]) + "|")
+        for row in section.rows:
+            values = [_md_escape(x) for x in row.labels]
+            for c in row.cells:
+                values += [fmt(c.ours), fmt(c.paper), fmt(c.diff, signed=True)]
+            values.append(_md_run(row))
+            out.append("| " + " | ".join(values) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _tex_num(value: float | None, signed: bool = False) -> str:
+    return "---" if value is None else f"${fmt(value, signed)}$"
+
+
+def _tex_run(row: Row) -> str:
+    cell = next((c for c in row.cells if c.run_id), None)
+    if cell is None:
+        return "---"
+    short = r"\texttt{" + cell.run_id[:8] + "}"
+    if cell.run_url:
+        url = cell.run_url.replace("\\", "").replace("#", r"\#").replace("%", r"\%")
+        return r"\href{" + url + "}{" + short + "}"
+    return short
+
+
+def to_latex(table: Table) -> str:
+    """One booktabs tabular; sections share the columns (a shorter section leaves the rest empty).
+    Run ids are shortened to 8 characters (the CSV has them in full); links need \\usepackage{hyperref}."""
+    n_head = max(len(s.headers) for s in table.sections)
+    n_metric = max(len(s.columns) for s in table.sections)
+    spec = "l" * n_head + "rrr" * n_metric + "l"
+    lines = [(f"% {table.title}. Generated by harness.report from MLflow runs; needs \\usepackage{{booktabs}}"
+              " (and hyperref for run links)."),
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\caption{" + tex_escape(table.caption) + r" (ours, paper, $\Delta$ = ours $-$ paper)}",
+             r"\label{tab:skindualgen-" + table.key + "}",
+             r"\begin{tabular}{" + spec + "}", r"\toprule"]
+    for i, section in enumerate(table.sections):
+        if i:
+            lines.append(r"\midrule")
+        heads = [tex_escape(h) for h in section.headers] + [""] * (n_head - len(section.headers))
+        groups, rules = [], []
+        for j, col in enumerate(section.columns):
+            groups.append(r"\multicolumn{3}{c}{" + tex_escape(col.label + _unit(col)) + "}")
+            start = n_head + 3 * j + 1
+            rules.append(rf"\cmidrule(lr){{{start}-{start + 2}}}")
+        groups += [r"\multicolumn{3}{c}{}"] * (n_metric - len(section.columns))
+        lines.append(" & ".join(heads + groups + ["Run"]) + r" \\")
+        lines.append(" ".join(rules))
+        sub = [""] * n_head + ["ours", "paper", r"$\Delta$"] * len(section.columns) + \
+              [""] * (3 * (n_metric - len(section.columns))) + [""]
+        lines.append(" & ".join(sub) + r" \\")
+        lines.append(r"\midrule")
+        previous = None
+        for row in section.rows:
+            labels = [tex_escape(x) for x in row.labels] + [""] * (n_head - len(row.labels))
+            if len(row.labels) > 1 and row.labels[0] == previous:
+                labels[0] = ""          # the model name once per group, as in the paper
+            previous = row.labels[0]
+            values = []
+            for c in row.cells:
+                values += [_tex_num(c.ours), _tex_num(c.paper), _tex_num(c.diff, signed=True)]
+            values += [""] * (3 * (n_metric - len(row.cells)))
+            lines.append(" & ".join(labels + values + [_tex_run(row)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ["table", "section", "row", "model", "train_set", "metric", "run_metric", "label", "unit", "ours",
+              "paper", "diff", "run_id", "run_url", "status", "reason"]
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def cell_record(c: Cell) -> dict[str, str]:
+    return {"table": c.table, "section": c.section, "row": c.row, "model": c.model, "train_set": c.train_set,
+            "metric": c.metric, "run_metric": c.run_metric, "label": c.label, "unit": c.unit,
+            "ours": _num(c.ours), "paper": _num(c.paper), "diff": _num(c.diff), "run_id": c.run_id,
+            "run_url": c.run_url, "status": c.status, "reason": c.reason}
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for c in table.cells:
+        writer.writerow(cell_record(c))
+    return buf.getvalue()
+
+
+__all__ = [
+    "CLASSIFIERS",
+    "COMPARISONS",
+    "CSV_FIELDS",
+    "MISSING",
+    "SEGMENTERS",
+    "Cell",
+    "Column",
+    "Row",
+    "Section",
+    "Table",
+    "build_tables",
+    "cell_record",
+    "fmt",
+    "paper_values",
+    "tex_escape",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+]

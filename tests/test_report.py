@@ -1,0 +1,368 @@
+"""The `report` stage on a real sqlite MLflow store: runs are logged with harness.tracking.stage_run
+exactly as the stages log them (real-looking metrics and tags, no training), then the report is
+built and every file is read back and checked against the runs it names."""
+import csv
+import json
+import os
+import re
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from harness import tracking
+from harness.config import ReportConfig
+from harness.data.demo import DEMO_CLASSES, make_demo_dataset
+from harness.data.prepare import load_prepared
+from harness.report import REPORT_FILES, paper_values, report
+from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image, panel_mask
+from harness.report.runs import run_link, strip_credentials, ui_base
+
+CELLS = {"table1": 2 * 3, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
+STAGES = ("evaluate", "classify", "segment", "generate", "finetune", "explain", "report")
+
+
+def log_run(experiment, stage, params, metrics, tags=None, digest="d" * 16, fail=False):
+    """One run as a stage logs it (stage_run: stage/code/digest tags, the config as params)."""
+    time.sleep(0.005)                     # distinct start times: "newest" is well defined
+    try:
+        with tracking.stage_run(stage, params, digest, experiment, extra_tags=tags or {}) as run:
+            mlflow.log_metrics(metrics)
+            if fail:
+                raise RuntimeError("simulated crash")
+    except RuntimeError:
+        assert fail
+    return run.info.run_id
+
+
+def clf_metrics(base, ham=False):
+    m = {"accuracy": base, "sensitivity": base + 0.5, "precision": base + 2.25, "f1": base - 0.125,
+         "accuracy_std": 1.0}
+    if ham:
+        m.update({"ham_accuracy": base / 2, "ham_sensitivity": base / 2 + 20, "ham_precision": base / 2 + 3,
+                  "ham_f1": base / 2 + 1, "ham_n_excluded": 0})
+    return m
+
+
+def stage_counts(experiment_id):
+    runs = mlflow.search_runs([experiment_id], output_format="list")
+    return {"all": len(runs), **{s: sum(r.data.tags.get(tracking.TAG_STAGE) == s for r in runs) for s in STAGES}}
+
+
+@pytest.fixture(scope="module")
+def scenario(mlflow_store, tmp_path_factory):
+    """A subset of the paper's cells as runs (re-runs, a FAILED run, a metric left out, a run without
+    eval_data), a finetune -> generate lineage with a generated folder, an explain run; then one report."""
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(key, None)
+    mlflow.set_tracking_uri(mlflow_store)
+    while mlflow.active_run():
+        mlflow.end_run()
+    exp = f"test-report-{os.getpid()}"
+    root = tmp_path_factory.mktemp("report")
+    real_dir = make_demo_dataset(root / "real", seed=0, per_class=4, min_size=32, max_size=40)
+    gen_dir = make_demo_dataset(root / "generated", seed=7, per_class=2, min_size=32, max_size=40)
+    digest = load_prepared(str(real_dir), "auto", 0.176, 42, progress=False).digest
+    ham = str(root / "HAM10000")
+    ids = {}
+
+    ids["finetune"] = log_run(exp, "finetune", {"data_dir": str(real_dir), "test_fraction": 0.176, "seed": 42,
+                                                "base_model": "stabilityai/stable-diffusion-2-base"},
+                              {"train/loss": 0.1}, digest=digest,
+                              tags={"skindualgen.base_model": "stabilityai/stable-diffusion-2-base",
+                                    "skindualgen.base_revision": "1e128c8891e52218b74cde8f26dbfc701cb99d79"})
+    ids["generate"] = log_run(exp, "generate", {"model_uri": f"runs:/{ids['finetune']}/model", "per_class": 2},
+                              {"n_generated": 14}, digest=digest,
+                              tags={"skindualgen.finetune_run_id": ids["finetune"],
+                                    "skindualgen.output_dir": str(gen_dir)})
+    ids["eval_real"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": ""},
+                               {"fid": 41.25, "lpips": 0.5125, "ms_ssim": 0.203125, "n_pairs": 100}, digest=digest,
+                               tags={"comparison": "real_train_vs_real_test",
+                                     "skindualgen.feature_extractor": "standard:inception-v3-compat",
+                                     "skindualgen.lpips_net": "standard:lpips-alex-v0.1",
+                                     "skindualgen.metrics_comparable": "true"})
+    ids["eval_synth"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": f"runs:/{ids['generate']}"},
+                                {"fid": 73.5, "lpips": 0.53125, "ms_ssim": 0.1875, "n_pairs": 100}, digest=digest,
+                                tags={"comparison": "real_train_vs_synth_train",
+                                      "skindualgen.feature_extractor": "fallback:inception-random-he-seed0",
+                                      "skindualgen.lpips_net": "fallback:lpips-alex-random-seed0",
+                                      "skindualgen.metrics_comparable": "false",
+                                      "skindualgen.generate_run_id": ids["generate"],
+                                      "skindualgen.finetune_run_id": ids["finetune"]})
+    synth = {"synth": f"runs:/{ids['generate']}"}
+    syn_tag = {"skindualgen.synth_run_id": ids["generate"]}
+    ids["dn_real_old"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "real", "eval_data": ham},
+                                 clf_metrics(60.0, ham=True), digest=digest)
+    ids["dn_real_new"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "real", "eval_data": ham},
+                                 clf_metrics(70.75, ham=True), digest=digest)
+    ids["dn_hybrid"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "hybrid", "eval_data": ham,
+                                                 **synth}, clf_metrics(79.5, ham=True), digest=digest, tags=syn_tag)
+    ids["dn_hybrid_failed"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "hybrid",
+                                                        "eval_data": ham, **synth},
+                                      clf_metrics(99.0, ham=True), digest=digest, tags=syn_tag, fail=True)
+    ids["rn_real_noham"] = log_run(exp, "classify", {"model": "resnet34", "train_set": "real", "eval_data": ""},
+                                   clf_metrics(72.5), digest=digest)
+    ids["sq_synth_failed"] = log_run(exp, "classify", {"model": "squeezenet1_1", "train_set": "synth",
+                                                       "eval_data": "", **synth},
+                                     clf_metrics(40.0), digest=digest, tags=syn_tag, fail=True)
+    ids["unet_real"] = log_run(exp, "segment", {"model": "unet", "train_set": "real", "eval_data": ham},
+                               {"dice": 78.5, "iou": 64.75, "asd": 3.25, "hd": 12.5, "ham_dice": 31.0,
+                                "ham_iou": 18.5, "ham_asd": 9.0, "ham_hd": 40.0}, digest=digest)
+    ids["dl_hybrid_nohd"] = log_run(exp, "segment", {"model": "deeplabv3plus", "train_set": "hybrid",
+                                                     "eval_data": "", **synth},
+                                    {"dice": 82.0, "iou": 70.0, "asd": 2.5}, digest=digest, tags=syn_tag)
+    # as the explain stage logs them: one run may hold several models' figures, plus figure3.png (all pairs)
+    with tracking.stage_run("explain", {"models": "resnet34,densenet121"}, digest, exp,
+                            extra_tags={"skindualgen.explain_model": "resnet34,densenet121"}) as run:
+        heat = root / "heatmaps"
+        heat.mkdir()
+        Image.fromarray(np.full((40, 90, 3), (200, 40, 40), np.uint8)).save(heat / "figure3_resnet34.png")
+        Image.fromarray(np.full((30, 60, 3), (40, 40, 200), np.uint8)).save(heat / "figure3_densenet121.png")
+        Image.fromarray(np.full((70, 90, 3), (0, 0, 0), np.uint8)).save(heat / "figure3.png")
+        mlflow.log_artifacts(str(heat), "heatmaps")
+        ids["explain"] = run.info.run_id
+
+    experiment_id = mlflow.get_experiment_by_name(exp).experiment_id
+    before = stage_counts(experiment_id)
+    out_root = root / "reports"
+    t0 = time.perf_counter()
+    run_id = report(ReportConfig(output_dir=str(out_root)), experiment=exp)
+    seconds = time.perf_counter() - t0
+    after = stage_counts(experiment_id)
+    folder = out_root / exp
+    tables = {}
+    for key in CELLS:
+        with open(folder / f"{key}.csv", newline="", encoding="utf-8") as f:
+            tables[key] = list(csv.DictReader(f))
+    return {"exp": exp, "experiment_id": experiment_id, "ids": ids, "run_id": run_id, "folder": folder,
+            "tables": tables, "before": before, "after": after, "real_dir": real_dir, "gen_dir": gen_dir,
+            "digest": digest, "md": (folder / "report.md").read_text(encoding="utf-8"),
+            "header": json.loads((folder / "report.json").read_text(encoding="utf-8")), "seconds": seconds}
+
+
+def cell(scenario, table, row, metric):
+    return next(c for c in scenario["tables"][table] if c["row"] == row and c["metric"] == metric)
+
+
+def test_every_cell_equals_the_metric_of_the_run_it_names(scenario):
+    for key, n in CELLS.items():
+        rows = scenario["tables"][key]
+        assert len(rows) == n
+        for c in rows:
+            if c["status"] != "ok":
+                continue
+            run = mlflow.get_run(c["run_id"])
+            assert float(c["ours"]) == run.data.metrics[c["run_metric"]]
+            assert run.info.status == "FINISHED"
+            stage = run.data.tags[tracking.TAG_STAGE]
+            if key == "table1":
+                assert stage == "evaluate" and run.data.tags["comparison"] == c["row"]
+            else:
+                assert stage == ("classify" if c["section"] == "classification" else "segment")
+                params = run.data.params
+                assert (params["model"], params["train_set"]) == (c["model"], c["train_set"])
+                assert c["run_metric"] == ("ham_" if key == "table3" else "") + c["metric"]
+                if key == "table3":
+                    assert params["eval_data"]
+    ok = {(k, c["row"]) for k, rows in scenario["tables"].items() for c in rows if c["status"] == "ok"}
+    assert ok == {("table1", "real_train_vs_real_test"), ("table1", "real_train_vs_synth_train"),
+                  ("table2", "densenet121/real"), ("table2", "densenet121/hybrid"), ("table2", "resnet34/real"),
+                  ("table2", "unet/real"), ("table2", "deeplabv3plus/hybrid"), ("table3", "densenet121/real"),
+                  ("table3", "densenet121/hybrid"), ("table3", "unet/real")}
+    # Markdown shows the same numbers (3 decimals) and the full run id of the row
+    md = (scenario["folder"] / "table2.md").read_text(encoding="utf-8")
+    line = next(x for x in md.splitlines() if x.startswith("| DenseNet121 | Real only |"))
+    assert f"| {70.75:.3f} | 71.257 | {70.75 - 71.257:+.3f} |" in line
+    assert scenario["ids"]["dn_real_new"] in line
+
+
+def test_newest_finished_run_wins_and_failed_runs_are_ignored(scenario):
+    ids = scenario["ids"]
+    assert cell(scenario, "table2", "densenet121/real", "accuracy")["run_id"] == ids["dn_real_new"]
+    assert float(cell(scenario, "table2", "densenet121/real", "accuracy")["ours"]) == 70.75
+    assert cell(scenario, "table3", "densenet121/real", "f1")["run_id"] == ids["dn_real_new"]
+    hybrid = cell(scenario, "table2", "densenet121/hybrid", "accuracy")
+    assert hybrid["run_id"] == ids["dn_hybrid"] and float(hybrid["ours"]) == 79.5      # not the newer FAILED 99
+    all_ids = {c["run_id"] for rows in scenario["tables"].values() for c in rows}
+    assert ids["dn_hybrid_failed"] not in all_ids and ids["sq_synth_failed"] not in all_ids
+    assert ids["dn_real_old"] not in all_ids
+    ignored = {r["run_id"]: r["status"] for r in scenario["header"]["ignored_runs"]}
+    assert ignored == {ids["dn_hybrid_failed"]: "FAILED", ids["sq_synth_failed"]: "FAILED"}
+    assert "newest FINISHED run" in scenario["md"] and "FAILED, KILLED and RUNNING runs are ignored" in scenario["md"]
+
+
+def test_missing_cells_are_dashes_with_their_reason(scenario):
+    ids, md = scenario["ids"], scenario["md"]
+    reasons = {(m["table"], m["row"], tuple(m["metrics"])): m["reason"] for m in scenario["header"]["missing"]}
+    sq = reasons[("table2", "squeezenet1_1/synth", ("Accuracy", "Sensitivity", "Precision", "F1score"))]
+    assert "FAILED" in sq and ids["sq_synth_failed"] in sq
+    assert reasons[("table2", "swin_tiny/real", ("Accuracy", "Sensitivity", "Precision", "F1score"))] == \
+        "no classify run of swin_tiny on real"
+    assert reasons[("table2", "deeplabv3plus/hybrid", ("HD",))] == \
+        f"metric `hd` absent in run {ids['dl_hybrid_nohd']}"
+    assert "eval_data" in reasons[("table3", "resnet34/real", ("Accuracy", "Sensitivity", "Precision", "F1score"))]
+    n_missing = sum(c["status"] == "missing" for rows in scenario["tables"].values() for c in rows)
+    assert scenario["header"]["cells_missing"] == n_missing == sum(CELLS.values()) - (6 + 4 * 3 + 4 + 3 + 4 * 2 + 2)
+    assert f"**Missing cells:** {n_missing} of {sum(CELLS.values())}" in md
+    for rows in scenario["tables"].values():
+        for c in rows:
+            if c["status"] == "missing":
+                assert c["ours"] == "" and c["diff"] == "" and c["reason"]
+                assert f"{c['reason']}" in md
+    hd = cell(scenario, "table2", "deeplabv3plus/hybrid", "hd")
+    assert hd["run_id"] == ids["dl_hybrid_nohd"] and hd["ours"] == ""
+    table2 = (scenario["folder"] / "table2.md").read_text(encoding="utf-8")
+    swin = next(x for x in table2.splitlines() if x.startswith("| Swin Transformer | Synth only |"))
+    assert swin.count("| — | 57.143 | — |") == 1 and "0.000" not in swin
+
+
+def test_paper_values_beside_ours_with_the_differences(scenario):
+    paper = paper_values()
+    n = 0
+    for key, rows in scenario["tables"].items():
+        for c in rows:
+            if key == "table1":
+                expected = paper["table1"][c["row"]][c["metric"]]
+            else:
+                stage = "classify" if c["section"] == "classification" else "segment"
+                expected = paper[key][stage][c["model"]][c["train_set"]][c["metric"]]
+            assert float(c["paper"]) == expected
+            if c["status"] == "ok":
+                assert abs(float(c["diff"]) - (float(c["ours"]) - expected)) < 1e-9
+                n += 1
+    assert n == 6 + 12 + 4 + 3 + 8 + 2
+    # spot checks of the transcription against the paper's text
+    assert paper["table1"]["real_train_vs_synth_train"] == {"fid": 68.601, "lpips": 0.524, "ms_ssim": 0.210}
+    assert paper["table2"]["segment"]["deeplabv3plus"]["hybrid"] == {"dice": 81.951, "iou": 69.425, "asd": 56.023,
+                                                                     "hd": 89.778}
+    assert paper["table3"]["classify"]["resnet34"]["hybrid"]["accuracy"] == 34.333
+    t1 = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
+    assert f"| Real Train vs Synth Train | 73.500 | 68.601 | {73.5 - 68.601:+.3f} |" in t1
+
+
+def tex_width(line: str) -> int:
+    """Columns a LaTeX table line spans: its cells, a \\multicolumn{n} counting n."""
+    cells = re.split(r"(?<!\\)&", line.removesuffix(r"\\"))
+    return sum(int(m.group(1)) if (m := re.match(r"\s*\\multicolumn\{(\d+)\}", c)) else 1 for c in cells)
+
+
+def test_files_exist_and_parse(scenario):
+    folder = scenario["folder"]
+    for key in CELLS:
+        with open(folder / f"{key}.csv", newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f))
+        assert {"ours", "paper", "diff", "run_id", "run_url", "status", "reason"} <= set(header)
+        tex = (folder / f"{key}.tex").read_text(encoding="utf-8")
+        for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}"):
+            assert rule in tex
+        spec = re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1)
+        body = [x for x in tex.splitlines() if x.endswith(r"\\")]
+        assert body and all(tex_width(x) == len(spec) for x in body)
+        assert "_" not in tex.replace(r"\_", "").split(r"\begin{tabular}")[1]      # escaped
+        md = (folder / f"{key}.md").read_text(encoding="utf-8")
+        tables = [x for x in md.splitlines() if x.startswith("|")]
+        widths = {x.count(" | ") for x in tables if not x.startswith("|:")}
+        assert len(widths) <= 2 and tables
+    assert r"\texttt{" + scenario["ids"]["unet_real"][:8] + "}" in (folder / "table2.tex").read_text()
+
+
+def test_figure2_one_row_per_class(scenario):
+    from harness.data.layouts import load_dataset
+    info = json.loads((scenario["folder"] / "figure2.json").read_text())
+    classes = sorted(DEMO_CLASSES)
+    assert [r["class"] for r in info["rows"]] == classes
+    cell_px = ReportConfig().figure_cell
+    with Image.open(scenario["folder"] / "figure2.png") as im:
+        fig = np.asarray(im.convert("RGB"))
+    assert (fig.shape[1], fig.shape[0]) == figure2_size(len(classes), cell_px)
+    gen = {s.id: s for s in load_dataset(scenario["gen_dir"]).samples}
+    prepared = load_prepared(str(scenario["real_dir"]), "auto", 0.176, 42, progress=False)
+    real = {s.id: s for s in prepared.dataset.samples}
+    for r, row in enumerate(info["rows"]):
+        assert real[row["real_id"]].label == gen[row["generated_id"]].label == row["class"]
+        assert real[row["real_id"]].split == "train"
+        expected = [panel_image(real[row["real_id"]].image, cell_px), panel_mask(real[row["real_id"]].mask, cell_px),
+                    panel_image(gen[row["generated_id"]].image, cell_px),
+                    panel_mask(gen[row["generated_id"]].mask, cell_px)]
+        for c, panel in enumerate(expected):
+            x0, y0, x1, y1 = cell_box(r, c, cell_px)
+            assert np.array_equal(fig[y0:y1, x0:x1], np.asarray(panel))
+    assert f"generate run {scenario['ids']['generate']}" in scenario["md"]
+
+
+def test_figure3_stacks_the_explain_figures(scenario):
+    with Image.open(scenario["folder"] / "figure3.png") as im:
+        im = im.convert("RGB")
+        assert im.size == (90, LABEL_H + 30 + LABEL_H + 40)          # paper's model order: DenseNet121 first
+        assert im.getpixel((30, LABEL_H + 15)) == (40, 40, 200)
+        assert im.getpixel((45, 2 * LABEL_H + 30 + 20)) == (200, 40, 40)
+    rows = scenario["header"]["figure3"]["rows"]
+    assert [r["model"] for r in rows] == ["densenet121", "resnet34"]
+    assert {r["run_id"] for r in rows} == {scenario["ids"]["explain"]}
+
+
+def test_header_names_versions_base_model_digests_and_the_fallback(scenario):
+    md, h = scenario["md"], scenario["header"]
+    assert "NOT comparable with published numbers" in md
+    assert "fallback:inception-random-he-seed0" in md and "standard:inception-v3-compat" in md
+    assert "`stabilityai/stable-diffusion-2-base` @ `1e128c8891e52218b74cde8f26dbfc701cb99d79`" in md
+    assert h["base_models"][0]["finetune_run_id"] == scenario["ids"]["finetune"]
+    assert list(h["dataset_digests"]) == [scenario["digest"]]
+    assert f"`{tracking.code_version()}`" in md
+    assert "in %; ASD and HD in pixels" in md
+
+
+def test_report_run_is_finished_with_the_files_and_creates_no_other_run(scenario):
+    run = mlflow.get_run(scenario["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_STAGE] == "report"
+    assert run.data.tags[tracking.TAG_DIGEST] == scenario["digest"]
+    assert run.data.tags["skindualgen.metrics_comparable"] == "false"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(scenario["run_id"])}
+    assert artifacts == set(REPORT_FILES) == {p.name for p in scenario["folder"].iterdir()}
+    before, after = scenario["before"], scenario["after"]
+    assert after == {**before, "report": before["report"] + 1, "all": before["all"] + 1}
+    assert run.data.metrics["cells_missing"] == scenario["header"]["cells_missing"]
+
+
+def test_links_and_credentials():
+    assert ui_base("sqlite:///x/mlflow.db") == ""
+    assert ui_base("https://user:secret@mlflow.example.org/") == "https://mlflow.example.org"
+    assert ui_base("sqlite:///x.db", "http://localhost:5000/") == "http://localhost:5000"
+    assert run_link("http://h:5000", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
+    assert run_link("", "3", "abc") == ""
+    assert strip_credentials("file:///tmp/a@b") == "file:///tmp/a@b"
+
+
+def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_path):
+    """An experiment with no stage runs: every cell missing, no figures, a FINISHED report run. Then the
+    CLI with --ui-url and --dataset-digest: only runs of that digest count, cells link into the UI."""
+    from entrypoints.report import report as report_cmd
+    tracking.setup(experiment)
+    run_id = report(ReportConfig(output_dir=str(tmp_path)), experiment=experiment)
+    folder = tmp_path / experiment
+    h = json.loads((folder / "report.json").read_text())
+    assert h["cells_missing"] == h["cells"] == sum(CELLS.values())
+    assert h["figure2"]["reason"] == "no generate run" and h["figure3"]["reason"] == "no explain run"
+    assert not (folder / "figure2.png").exists() and mlflow.get_run(run_id).info.status == "FINISHED"
+
+    keep = log_run(experiment, "classify", {"model": "resnet34", "train_set": "synth"}, clf_metrics(50.0),
+                   digest="a" * 16)
+    log_run(experiment, "classify", {"model": "resnet34", "train_set": "synth"}, clf_metrics(55.0), digest="b" * 16)
+    result = CliRunner().invoke(report_cmd, ["--experiment", experiment, "--output-dir", str(tmp_path / "cli"),
+                                             "--ui-url", "https://user:secret@mlflow.example.org/",
+                                             "--dataset-digest", "a" * 16])
+    assert result.exit_code == 0, result.output
+    assert "cells: 4 of 118 filled" in result.output
+    folder = tmp_path / "cli" / experiment
+    rows = list(csv.DictReader(open(folder / "table2.csv", newline="", encoding="utf-8")))
+    c = next(r for r in rows if r["row"] == "resnet34/synth" and r["metric"] == "accuracy")
+    exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    assert c["run_id"] == keep and float(c["ours"]) == 50.0
+    assert c["run_url"] == f"https://mlflow.example.org/#/experiments/{exp_id}/runs/{keep}"
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    assert f"[{keep}](https://mlflow.example.org/#/experiments/{exp_id}/runs/{keep})" in md
+    assert "secret" not in md and "secret" not in (folder / "table2.tex").read_text()
+    assert "\\href{https://mlflow.example.org/\\#/experiments/" in (folder / "table2.tex").read_text()

@@ -255,7 +255,7 @@ def main(argv=None):
             note="(baseline: the same process after imports only)")
     if args.device != "cuda":
         print("  peak_gpu_sd2_512px_batch4: unmeasured (no GPU here; target < 16 GB with bf16 + checkpointing)")
-    print(f"\n| benchmark | ours | baseline | ratio | target | ok |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| benchmark | ours | baseline | ratio | target | ok |\n| --- | --- | --- | --- | --- | --- |")
     for r in ROWS:
         tgt = "-" if r["target"] is None else f"<= {r['target']}"
         print(f"| {r['name']} | {r['ours']:.4g}{r['unit']} | {r['baseline']:.4g}{r['unit']} | {r['ratio']:.3f} | {tgt} | "

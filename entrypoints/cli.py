@@ -22,7 +22,9 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-for command in (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune, classify, segment, explain, report):
+COMMANDS = (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune,
+            classify, segment, explain, report)
+for command in COMMANDS:
     cli.add_command(command)
 
 if __name__ == "__main__":

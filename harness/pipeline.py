@@ -7,8 +7,8 @@ of that step with the same params and code version: if there is one, it is reuse
 interrupted pipeline continues where it stopped. Outputs pass forward as run ids / model URIs.
 
 Steps: prepare -> finetune -> generate -> evaluate (real/real, real/synth) -> register ->
-classify x models x {real, synth, hybrid} -> segment x models x sets. Not built yet, so not chained:
-describe, explain, report.
+classify x models x {real, synth, hybrid} -> segment x models x sets -> explain -> report.
+`describe` is not chained: the paper's descriptions come with its dataset (run it on new data).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import mlflow
 
 from harness import tracking
-from harness.config import (ClassifyConfig, EvaluateConfig, FinetuneConfig, GenerateConfig, PrepareConfig,
-                            RegisterConfig, SegmentConfig, with_profile)
+from harness.config import (ClassifyConfig, EvaluateConfig, ExplainConfig, FinetuneConfig, GenerateConfig,
+                            PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,8 @@ def run_pipeline(pipe: PipelineConfig, experiment: str | None = None, log=print)
                         {"data_dir": pipe.data_dir, "seed": str(pipe.seed)}, pipe, experiment, pid, log)
         mlflow.set_tag(tracking.TAG_DIGEST, prep.data.tags.get(tracking.TAG_DIGEST, ""))
 
-        ft = step("finetune", FinetuneConfig, {**common, **({"base_model": pipe.base_model} if pipe.base_model else {})})
+        base = {"base_model": pipe.base_model} if pipe.base_model else {}
+        ft = step("finetune", FinetuneConfig, {**common, **base})
         # the synthetic set has as many images per class as the largest real training class, so
         # `synth` and `hybrid` (N_c per class) never need to repeat an image
         per_class = int(max(v for k, v in prep.data.metrics.items() if k.startswith("train_count/")))
@@ -108,11 +109,19 @@ def run_pipeline(pipe: PipelineConfig, experiment: str | None = None, log=print)
         run_step("register", RegisterConfig(), {}, pipe, experiment, pid, log, reuse=False)
 
         models = DEMO_MODELS if pipe.profile == "demo" else PAPER_MODELS
+        trained: dict[tuple[str, str], str] = {}
         for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig)):
             for model in models[stage]:
                 for train_set in ("real", "synth", "hybrid"):
-                    step(stage, cfg_cls, {**common, "model": model, "train_set": train_set, "synth": synth,
-                                          "eval_data": pipe.eval_data}, f"{stage}.{model}.{train_set}")
+                    run = step(stage, cfg_cls, {**common, "model": model, "train_set": train_set, "synth": synth,
+                                                "eval_data": pipe.eval_data}, f"{stage}.{model}.{train_set}")
+                    trained[(model, train_set)] = run.info.run_id
+        classifiers = models["classify"]
+        step("explain", ExplainConfig, {"real_run": ",".join(trained[(m, "real")] for m in classifiers),
+                                        "hybrid_run": ",".join(trained[(m, "hybrid")] for m in classifiers),
+                                        "seed": pipe.seed})
+        # the report reads whatever runs exist now: never reused, it only reads MLflow
+        run_step("report", ReportConfig(), {}, pipe, experiment, pid, log, reuse=False)
         mlflow.log_metric("pipeline/seconds", time.perf_counter() - t0)
         log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pid})")
         return pid

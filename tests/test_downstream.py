@@ -69,7 +69,7 @@ def rescore(csv_path: Path) -> pd.DataFrame:
     """Per fold, sklearn's macro metrics from the saved per-image predictions."""
     df = pd.read_csv(csv_path)
     out = []
-    for fold, part in df.groupby("fold"):
+    for _fold, part in df.groupby("fold"):
         t, p = part["true_label"], part["predicted_label"]
         out.append({"accuracy": 100 * skm.accuracy_score(t, p),
                     "sensitivity": 100 * skm.recall_score(t, p, average="macro", zero_division=0),

@@ -60,7 +60,7 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
         registered = client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         names = [r.name for r in client.search_registered_models()]
-        raise ModelURIError(f"{uri}: no registered model {name!r}; registered: {', '.join(names) or 'none'}")
+        raise ModelURIError(f"{uri}: no registered model {name!r}; registered: {', '.join(names) or 'none'}") from None
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     if m["version"]:
         if int(m["version"]) not in versions:
@@ -102,7 +102,7 @@ def load_settings_from_run(cfg: GenerateConfig) -> GenerateConfig:
         cfg.num_inference_steps = int(params["best_num_inference_steps"])
         cfg.guidance_scale = float(params["best_guidance_scale"])
     except KeyError as e:
-        raise ValueError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?")
+        raise ValueError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?") from e
     return cfg
 
 

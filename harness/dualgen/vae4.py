@@ -57,7 +57,7 @@ def widen_vae(vae):
 def mask_trainable_parameters(vae) -> list[nn.Parameter]:
     """Freeze the VAE except encoder.conv_in and decoder.conv_out; return those (they train with LoRA).
 
-    Tiny VAE: ~2 K parameters; SD2's VAE: ~6 K of its 84 M.
+    Tiny VAE: 1,172 parameters; SD2's VAE: 9,348 of its 84 M.
     """
     if vae.encoder.conv_in.in_channels != 4:
         raise ValueError("widen_vae(vae) first: the VAE still has 3 input channels")

@@ -1,0 +1,121 @@
+"""End to end, as a user runs it: `skindualgen main` on the embedded demo defaults (shipped
+pre-trained tiny base), then the same command again. Checks the parent/child runs, step reuse, that
+the combined loss falls, and that the generated pairs look like the real lesions they imitate."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import tracking
+from harness.data import load_dataset
+from harness.data.prepare import load_prepared
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("main")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(key, None)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "entrypoints.cli", "main", "--experiment", "e2e"],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+        times.append(time.perf_counter() - t0)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    return work, runs, times, proc.stdout
+
+
+def by_stage(runs, stage):
+    return [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == stage]
+
+
+def test_children_finished_under_parents_and_second_run_reuses(pipeline_runs):
+    work, runs, times, second_out = pipeline_runs
+    parents = by_stage(runs, "main")
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    expected = {"prepare": 1, "finetune": 1, "generate": 1, "evaluate": 2, "classify": 6, "segment": 3, "explain": 1}
+    for stage, n in expected.items():
+        children = by_stage(runs, stage)             # the second pipeline made no new run of these
+        assert len(children) == n, stage
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert child.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+            assert f"reused run {child.info.run_id}" in second_out
+    registers = by_stage(runs, "register")           # register looks again each time; same version
+    assert len(registers) == 2 and len({r.data.tags["skindualgen.registered"] for r in registers}) == 1
+    for p in parents:
+        assert p.data.tags["skindualgen.step.finetune"] == by_stage(runs, "finetune")[0].info.run_id
+    assert times[1] < 0.25 * times[0]
+
+
+def test_combined_loss_falls(pipeline_runs):
+    _, runs, _, _ = pipeline_runs
+    [ft] = by_stage(runs, "finetune")
+    from harness.dualgen.train import summarize_losses
+    s = summarize_losses(ft.info.run_id)
+    assert s["n"] == 300
+    assert s["last"] < 0.8 * s["first"], s
+    assert ft.data.tags["skindualgen.base_model"] == "tiny"
+
+
+def region_stats(samples):
+    """Mean RGB inside and outside the mask over a set of (image, mask) files at 64 px."""
+    inside, outside = [], []
+    for image, mask in samples:
+        img = np.asarray(Image.open(image).convert("RGB").resize((64, 64), Image.LANCZOS), dtype=float)
+        m = np.asarray(Image.open(mask).convert("L").resize((64, 64), Image.NEAREST)) > 0
+        if m.any() and (~m).any():
+            inside.append(img[m].mean(0))
+            outside.append(img[~m].mean(0))
+    return np.array(inside), np.array(outside)
+
+
+def test_generated_pairs_look_like_the_real_lesions(pipeline_runs):
+    """Tolerance: the mean lesion colour and the mean skin colour of the generated set are each within
+    30 levels (per channel, 0-255) of the real test set's; lesion and skin differ by at least half as
+    much as in real images; at least 80 % of the generated masks are non-empty, not full."""
+    work, runs, _, _ = pipeline_runs
+    [gen] = by_stage(runs, "generate")
+    synth = load_dataset(Path(gen.data.tags["skindualgen.output_dir"]) / "manifest.csv")
+    from harness.data.demo import make_demo_dataset   # same seed -> the same demo set the pipeline used
+    real = load_prepared(str(make_demo_dataset(work / "demo-copy")), progress=False).dataset.split("test")
+    s_in, s_out = region_stats([(s.image, s.mask) for s in synth])
+    r_in, r_out = region_stats([(s.image, s.mask) for s in real])
+    assert len(s_in) >= 0.8 * len(synth)
+    assert np.abs(s_in.mean(0) - r_in.mean(0)).max() < 30, (s_in.mean(0), r_in.mean(0))
+    assert np.abs(s_out.mean(0) - r_out.mean(0)).max() < 30, (s_out.mean(0), r_out.mean(0))
+    real_contrast = np.linalg.norm(r_in.mean(0) - r_out.mean(0))
+    synth_contrast = np.linalg.norm(s_in.mean(0) - s_out.mean(0))
+    assert synth_contrast > 0.5 * real_contrast    # the mask sits on the lesion, not on skin
+
+
+def test_report_cells_name_their_runs(pipeline_runs):
+    import csv
+    _, runs, _, _ = pipeline_runs
+    reports = by_stage(runs, "report")
+    assert len(reports) == 2 and all(r.info.status == "FINISHED" for r in reports)
+    newest = max(reports, key=lambda r: r.info.start_time)
+    path = mlflow.artifacts.download_artifacts(run_id=newest.info.run_id, artifact_path="table2.csv")
+    rows = list(csv.DictReader(open(path)))
+    filled = [r for r in rows if r["ours"] not in ("", "—")]
+    demo_rows = {(r["model"], r["train_set"]) for r in filled}
+    assert {("squeezenet1_1", s) for s in ("real", "synth", "hybrid")} <= demo_rows
+    assert {("unet", s) for s in ("real", "synth", "hybrid")} <= demo_rows
+    for r in filled:                                   # every number is the metric of the run it names
+        assert float(r["ours"]) == pytest.approx(mlflow.get_run(r["run_id"]).data.metrics[r["run_metric"]], rel=1e-3)
+    assert all(r["paper"] not in ("", "—") for r in rows)   # the paper's value beside every cell
+    path1 = mlflow.artifacts.download_artifacts(run_id=newest.info.run_id, artifact_path="table1.csv")
+    assert all(r["ours"] not in ("", "—") for r in csv.DictReader(open(path1)))

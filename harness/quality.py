@@ -90,7 +90,6 @@ TAG_LPIPS_NET = "skindualgen.lpips_net"
 TAG_COMPARABLE = "skindualgen.metrics_comparable"
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
-TAG_OUTPUT_DIR = "skindualgen.output_dir"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,23 +399,11 @@ def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int,
 
 def resolve_fake(spec: str) -> tuple[Path, dict[str, str], mlflow.entities.Run | None]:
     """A dataset folder / manifest, or `runs:/<generate run id>` -> (path, lineage tags, the run)."""
-    if not spec.startswith("runs:/"):
-        return Path(spec).expanduser().resolve(), {}, None
-    run_id = spec[len("runs:/"):].strip("/").split("/")[0]
-    try:
-        run = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException as e:
-        raise DataError(f"{spec}: no such run in {tracking.tracking_uri()} ({e})") from e
-    out = run.data.tags.get(TAG_OUTPUT_DIR)
-    if not out:
-        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage "
-                        f"{run.data.tags.get(tracking.TAG_STAGE, '?')!r}, status {run.info.status}); "
-                        "give a FINISHED generate run or the generated folder")
-    path = Path(out)
-    if not path.exists():
-        raise DataError(f"{path}: output folder of generate run {run_id} does not exist (moved or on "
-                        "another machine?); pass the folder with --fake")
-    tags = {TAG_GENERATE_RUN: run_id}
+    from harness.dualgen.generate import generated_set
+    path, run = generated_set(spec)
+    if run is None:
+        return path, {}, None
+    tags = {TAG_GENERATE_RUN: run.info.run_id}
     if run.data.tags.get(TAG_FINETUNE_RUN):
         tags[TAG_FINETUNE_RUN] = run.data.tags[TAG_FINETUNE_RUN]
     return path, tags, run

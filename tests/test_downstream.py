@@ -135,7 +135,7 @@ def test_synthetic_set_from_a_generate_run(synth_csv, experiment):
     dataset, tags = load_synthetic(f"runs:/{gen.info.run_id}")
     assert len(dataset) == 42 and all(s.id.startswith("synth:") and s.split == "train" for s in dataset.samples)
     assert tags["skindualgen.synth_run_id"] == gen.info.run_id
-    with pytest.raises(DownstreamError, match="give the run id of a `generate` run"):
+    with pytest.raises(DownstreamError, match="has no tag skindualgen.output_dir.*give a FINISHED generate run"):
         load_synthetic(f"runs:/{other.info.run_id}")
 
 

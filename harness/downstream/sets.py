@@ -43,7 +43,6 @@ TRAIN_SETS = ("real", "synth", "hybrid")
 SYNTH_PREFIX = "synth:"
 TAG_SYNTH_DIR = "skindualgen.synth_dir"
 TAG_SYNTH_RUN = "skindualgen.synth_run_id"
-TAG_OUTPUT_DIR = "skindualgen.output_dir"     # set by the generate stage
 
 # Eval labels are matched to the model's classes by name after normalising case, "_"/"-" and spaces;
 # these aliases are the other common spellings of HAM10000's classes (applied on both sides).
@@ -66,25 +65,12 @@ class DownstreamError(ValueError):
 
 def resolve_synth(spec: str) -> tuple[Path, dict[str, str]]:
     """`runs:/<id>[/...]`, a folder or a CSV -> (path, tags recording where it came from)."""
-    spec = spec.strip()
-    tags: dict[str, str] = {}
-    if spec.startswith("runs:/"):
-        run_id = spec[len("runs:/"):].strip("/").split("/")[0]
-        try:
-            run = mlflow.get_run(run_id)
-        except mlflow.exceptions.MlflowException as e:
-            raise DownstreamError(f"--synth {spec}: no such run in {mlflow.get_tracking_uri()} ({e})") from e
-        out = run.data.tags.get(TAG_OUTPUT_DIR)
-        if not out:
-            raise DownstreamError(f"--synth {spec}: run {run_id} has no tag {TAG_OUTPUT_DIR}; "
-                                  "give the run id of a `generate` run, or the generated folder")
-        tags[TAG_SYNTH_RUN] = run_id
-        path = Path(out)
-        if not path.exists():
-            raise DownstreamError(f"--synth {spec}: the generated folder {path} (tag {TAG_OUTPUT_DIR} of run "
-                                  f"{run_id}) does not exist on this machine; copy it here and pass its path")
-    else:
-        path = Path(spec).expanduser().resolve()
+    from harness.dualgen.generate import generated_set
+    try:
+        path, run = generated_set(spec)
+    except DataError as e:
+        raise DownstreamError(f"--synth {e}") from e
+    tags = {TAG_SYNTH_RUN: run.info.run_id} if run is not None else {}
     tags[TAG_SYNTH_DIR] = str(path)
     return path, tags
 

@@ -31,6 +31,7 @@ from harness.dualgen.train import TRAINING_JSON, pair_grid
 TAG_MODEL_URI = "skindualgen.model_uri"
 TAG_MODEL_VERSION = "skindualgen.model_version"
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
+TAG_OUTPUT_DIR = "skindualgen.output_dir"
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -106,6 +107,28 @@ def load_settings_from_run(cfg: GenerateConfig) -> GenerateConfig:
     return cfg
 
 
+def generated_set(spec: str) -> tuple[Path, mlflow.entities.Run | None]:
+    """A generated set given as `runs:/<generate run id>` (its tag skindualgen.output_dir), a folder
+    or a manifest CSV -> (path, the generate run or None). Raise DataError saying what is wrong."""
+    from harness.data.records import DataError
+    spec = spec.strip()
+    if not spec.startswith("runs:/"):
+        return Path(spec).expanduser().resolve(), None
+    run_id = spec[len("runs:/"):].strip("/").split("/")[0]
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise DataError(f"{spec}: no such run in {tracking.tracking_uri()} ({e})") from e
+    out = run.data.tags.get(TAG_OUTPUT_DIR)
+    if not out:
+        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage {run.data.tags.get(tracking.TAG_STAGE, '?')!r},"
+                        f" status {run.info.status}); give a FINISHED generate run or the generated folder")
+    if not Path(out).exists():
+        raise DataError(f"{out}: output folder of generate run {run_id} does not exist on this machine "
+                        "(moved?); copy it here and pass its path")
+    return Path(out), run
+
+
 def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool = True) -> tuple[str, Path]:
     """Generate, write the dataset atomically, log the run. Returns (run id, output folder)."""
     tracking.setup(experiment)
@@ -156,5 +179,5 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
             for (label, _), pair in zip(jobs, pairs):
                 per_class.setdefault(label, pair)
             mlflow.log_image(pair_grid(list(per_class.values())), "samples.png")
-        mlflow.set_tag("skindualgen.output_dir", str(out))
+        mlflow.set_tag(TAG_OUTPUT_DIR, str(out))
         return run.info.run_id, out

@@ -57,6 +57,31 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+class MetricBuffer:
+    """Per-step metrics sent to MLflow in batches: one asynchronous log_batch call per `every` steps
+    (or `seconds`), instead of one call per step. Every step's values are still logged with their
+    step; a per-step call cost ~6 ms here, 13 % of a 64-px tiny step (bench/: tracking_overhead)."""
+
+    def __init__(self, run_id: str, every: int = 50, seconds: float = 10.0):
+        self.run_id, self.every, self.seconds = run_id, every, seconds
+        self.pending: list = []
+        self.steps = 0
+        self.last = time.monotonic()
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.steps += 1
+        if self.steps >= self.every or time.monotonic() - self.last > self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):           # MLflow's per-call limit
+            mlflow.tracking.MlflowClient().log_batch(self.run_id, metrics=self.pending[i:i + 1000],
+                                                     synchronous=False)
+        self.pending, self.steps, self.last = [], 0, time.monotonic()
+
+
 def output_dir_for(cfg: FinetuneConfig) -> Path:
     """cfg.output_dir, or outputs/finetune-<hash of the config fields a resume must keep>: runs with
     different configs never share checkpoints, and re-running the same config finds its own."""
@@ -278,47 +303,52 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         epoch = start_epoch
         unet.train()
         t0 = time.perf_counter()
-        while step < max_steps:
-            dataset.set_epoch(epoch)
-            batches = epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed, epoch)
-            for b, indices in enumerate(batches):
-                if epoch == start_epoch and b < skip_batches:
-                    continue
-                batch = torch.utils.data.default_collate([dataset[i] for i in indices])
-                with accelerator.accumulate(unet):
-                    losses = training_step(batch, unet, vae, scheduler, prompt_cache,
-                                           cfg, step, device)
-                    if not torch.isfinite(losses["loss"]):
-                        raise NonFiniteLossError(
-                            f"non-finite loss at step {step}: " +
-                            ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()) +
-                            " (lower --learning-rate, or use bf16 instead of fp16)")
-                    accelerator.backward(losses["loss"])
-                    if accelerator.num_processes > 1:
-                        for p in mask_params:
-                            if p.grad is not None:
-                                p.grad = accelerator.reduce(p.grad, reduction="mean")
-                    optimizer.step()
-                    lr_sched.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
-                if is_main and cfg.log_every and step % cfg.log_every == 0:
-                    mlflow.log_metrics({f"train/{k}": v.item() for k, v in losses.items()} |
-                                       {"train/lr": lr_sched.get_last_lr()[0]}, step=step, synchronous=False)
-                if is_main and cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                    save_checkpoint(out, step, epoch, b + 1, accelerator.unwrap_model(unet),
-                                    vae, optimizer, lr_sched, cfg, prepared.digest)
-                if stop_after_step is not None and step >= stop_after_step:
-                    raise KeyboardInterrupt(f"stopped after step {step}")
-                if step >= max_steps:
-                    break
-            epoch += 1
-            if is_main and cfg.validation_epochs and epoch % cfg.validation_epochs == 0 and step < max_steps:
-                _log_validation(accelerator, unet, vae, base, classes, cfg, step)
+        metrics = MetricBuffer(run.info.run_id) if is_main else None
+        try:
+            while step < max_steps:
+                dataset.set_epoch(epoch)
+                batches = epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed, epoch)
+                for b, indices in enumerate(batches):
+                    if epoch == start_epoch and b < skip_batches:
+                        continue
+                    batch = torch.utils.data.default_collate([dataset[i] for i in indices])
+                    with accelerator.accumulate(unet):
+                        losses = training_step(batch, unet, vae, scheduler, prompt_cache,
+                                               cfg, step, device)
+                        if not torch.isfinite(losses["loss"]):
+                            raise NonFiniteLossError(
+                                f"non-finite loss at step {step}: " +
+                                ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()) +
+                                " (lower --learning-rate, or use bf16 instead of fp16)")
+                        accelerator.backward(losses["loss"])
+                        if accelerator.num_processes > 1:
+                            for p in mask_params:
+                                if p.grad is not None:
+                                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+                        optimizer.step()
+                        lr_sched.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+                    if is_main and cfg.log_every and step % cfg.log_every == 0:
+                        metrics.add({f"train/{k}": v.item() for k, v in losses.items()} |
+                                    {"train/lr": lr_sched.get_last_lr()[0]}, step)
+                    if is_main and cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                        save_checkpoint(out, step, epoch, b + 1, accelerator.unwrap_model(unet),
+                                        vae, optimizer, lr_sched, cfg, prepared.digest)
+                    if stop_after_step is not None and step >= stop_after_step:
+                        raise KeyboardInterrupt(f"stopped after step {step}")
+                    if step >= max_steps:
+                        break
+                epoch += 1
+                if is_main and cfg.validation_epochs and epoch % cfg.validation_epochs == 0 and step < max_steps:
+                    _log_validation(accelerator, unet, vae, base, classes, cfg, step)
+        finally:
+            if metrics is not None:
+                metrics.flush()                      # also after a NaN stop or an interrupt
         bar.close()
         if not is_main:
             return ""

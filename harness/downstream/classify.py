@@ -183,25 +183,11 @@ class ImageSet(torch.utils.data.Dataset):
 
 def train_one_epoch(model, loader, optimizer, scaler, device, amp_dtype, bar=None) -> tuple[float, float]:
     """One pass over the loader: cross-entropy, Adam. Returns (mean loss, mean seconds per step)."""
-    model.train()
-    losses, seconds = [], []
-    for x, y in loader:
-        t0 = time.perf_counter()
-        x, y = runtime.to_device(x, device), y.to(device)
+    def compute_loss(batch):
+        x, y = runtime.to_device(batch[0], device), batch[1].to(device)
         with runtime.autocast(device, amp_dtype):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-        seconds.append(time.perf_counter() - t0)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if not np.isfinite(losses).all():
-        raise FloatingPointError(f"non-finite training loss {losses}")
-    return float(np.mean(losses)), float(np.mean(seconds))
+            return nn.functional.cross_entropy(model(x), y)
+    return runtime.run_epoch(model, loader, compute_loss, optimizer, scaler, bar)
 
 
 @torch.no_grad()

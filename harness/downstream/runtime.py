@@ -7,7 +7,9 @@ CUDA only (on CPU they make nothing faster and fp16 is not supported everywhere)
 from __future__ import annotations
 
 import contextlib
+import time
 
+import numpy as np
 import torch
 
 from harness.downstream.sets import DownstreamError
@@ -60,3 +62,25 @@ def loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
         num_workers=num_workers,
         pin_memory=device.type == "cuda", drop_last=train and len(dataset) % batch_size == 1)
+
+
+def run_epoch(model, loader, compute_loss, optimizer, scaler, bar=None) -> tuple[float, float]:
+    """One training pass shared by classify and segment: `compute_loss(batch)` gives the loss, then
+    zero_grad / (scaled) backward / step. Returns (mean loss, mean seconds per step, data wait excluded)."""
+    model.train()
+    losses, seconds = [], []
+    for batch in loader:
+        t0 = time.perf_counter()
+        loss = compute_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if not np.isfinite(losses).all():
+        raise FloatingPointError(f"non-finite training loss {losses}")
+    return float(np.mean(losses)), float(np.mean(seconds))

@@ -95,26 +95,12 @@ class StreamingPairs(PairDataset):
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, amp_dtype, bar=None) -> tuple[float, float]:
     """One pass: Dice loss on the lesion logit, Adam. Returns (mean loss, mean seconds per step)."""
-    model.train()
-    losses, seconds = [], []
-    for batch in loader:
-        t0 = time.perf_counter()
+    def compute_loss(batch):
         x, y = runtime.to_device(batch["image"], device), batch["mask"].to(device)
         with runtime.autocast(device, amp_dtype):
             logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-        seconds.append(time.perf_counter() - t0)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if not np.isfinite(losses).all():
-        raise FloatingPointError(f"non-finite training loss {losses}")
-    return float(np.mean(losses)), float(np.mean(seconds))
+        return loss_fn(logits.float(), y)
+    return runtime.run_epoch(model, loader, compute_loss, optimizer, scaler, bar)
 
 
 @torch.no_grad()

@@ -263,6 +263,49 @@ def test_bce_and_dice_by_hand():
     assert math.isclose(losses["loss"].item(), 1.0 + 2 * math.log(2) + 3 * 0.4, rel_tol=1e-6)
 
 
+def test_training_step_mask_subset_is_the_full_loss_in_expectation():
+    """`mask_loss_samples` = 1 computes BCE/Dice on one seeded sample; averaged over which sample is
+    picked, that is exactly the whole-batch loss (both are per-sample means), and the diffusion term
+    always covers the whole batch. Checked against an independent forward pass written out here."""
+    from dataclasses import replace
+
+    from harness.config import FinetuneConfig
+    from harness.dualgen.train import training_step
+    parts = build_tiny_components(seed=0)
+    unet, vae, sch = parts["unet"], widen_vae(parts["vae"]), parts["scheduler"]
+    add_lora(unet)
+    perturb_lora(unet)
+    cache = PromptCache(parts["tokenizer"], parts["text_encoder"])
+    g = torch.Generator().manual_seed(3)
+    n, size = 3, 32
+    batch = {"image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
+             "mask": (torch.rand(n, 1, size, size, generator=g) > 0.6).float(), "caption": PROMPTS}
+    cfg, step = FinetuneConfig(seed=5), 7
+    # the same draws as training_step, in the same order, from (seed, step)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    pick = torch.randperm(n, generator=gen)[:1]
+    lat_shape = (n, 4, size // 4, size // 4)
+    eps, noise = torch.randn(lat_shape, generator=gen), torch.randn(lat_shape, generator=gen)
+    t = torch.randint(0, 1000, (n,), generator=gen)
+    with torch.no_grad():
+        dist = vae.encode(torch.cat([batch["image"], batch["mask"] * 2 - 1], 1)).latent_dist
+        latents = (dist.mean + dist.std * eps) * vae.config.scaling_factor
+        pred = unet(sch.add_noise(latents, noise, t), t, encoder_hidden_states=cache(PROMPTS)).sample
+        _, logits = decode(vae, predict_x0(sch, sch.add_noise(latents, noise, t), pred, t))
+        full = training_step(batch, unet, vae, sch, cache, replace(cfg, mask_loss_samples=0), step, "cpu")
+        one = training_step(batch, unet, vae, sch, cache, cfg, step, "cpu")
+    mse = torch.nn.functional.mse_loss(pred, noise)
+    per_bce = [bce_loss(logits[i:i + 1], batch["mask"][i:i + 1]) for i in range(n)]
+    per_dice = [dice_loss(logits[i:i + 1], batch["mask"][i:i + 1]) for i in range(n)]
+    for losses in (full, one):
+        assert math.isclose(losses["loss_diffusion"].item(), mse.item(), rel_tol=1e-4)
+    assert math.isclose(full["loss_bce"].item(), sum(per_bce).item() / n, rel_tol=1e-4)
+    assert math.isclose(full["loss_dice"].item(), sum(per_dice).item() / n, rel_tol=1e-4)
+    assert math.isclose(one["loss_bce"].item(), per_bce[pick.item()].item(), rel_tol=1e-4)
+    assert math.isclose(one["loss_dice"].item(), per_dice[pick.item()].item(), rel_tol=1e-4)
+    assert len({round(b.item(), 5) for b in per_bce}) == n       # the samples differ: the pick matters
+
+
 # ------------------------------------------------------------------------------------------------
 # generation
 # ------------------------------------------------------------------------------------------------

@@ -135,15 +135,21 @@ def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig
     eps = torch.randn(shape, generator=g).to(device)        # posterior sample
     noise = torch.randn(shape, generator=g).to(device)      # diffusion noise
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g).to(device)
-    with torch.no_grad():                                   # the diffusion path: encoder frozen
-        latents = _latents(vae, rgb, mask01, eps)
+    # encode: the picked samples with gradients (the encoder's mask layer learns from the mask path),
+    # the others without; the diffusion path sees all of them detached (encoder frozen there)
+    latents_k = _latents(vae, rgb[pick], mask01[pick], eps[pick])
+    latents = torch.empty((n, *latents_k.shape[1:]), dtype=latents_k.dtype, device=latents_k.device)
+    latents[pick] = latents_k.detach()
+    if k < n:
+        rest = torch.ones(n, dtype=torch.bool, device=pick.device)
+        rest[pick] = False
+        with torch.no_grad():
+            latents[rest] = _latents(vae, rgb[rest], mask01[rest], eps[rest])
     noisy = scheduler.add_noise(latents, noise, t)
     text = prompt_cache(list(batch["caption"])).to(device)
     pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype)).sample.float()
     target = diffusion_target(scheduler, latents, noise, t)
-    # the mask path: re-encode the subset with gradients (the encoder's mask layer learns from here),
-    # predicted clean latent -> VAE decode -> channel 4 logits
-    latents_k = _latents(vae, rgb[pick], mask01[pick], eps[pick])
+    # the mask path: predicted clean latent of the picked samples -> VAE decode -> channel 4 logits
     noisy_k = scheduler.add_noise(latents_k, noise[pick], t[pick])
     x0 = predict_x0(scheduler, noisy_k, pred[pick], t[pick])
     _, mask_logits = decode(vae, x0)

@@ -7,6 +7,10 @@ Each row times ours and the baseline interleaved (A B A B ...) and compares medi
 hits both alike. Rows:
   finetune_step_{64,256}px  our 4-channel step (diffusion + BCE + Dice) vs a plain diffusers-style
                             LoRA step (3-channel VAE, MSE only), batch 4, tiny SD2-shaped model
+  mask_subset_*             the demo fine-tune (300 steps, 64 px) with the mask loss on one sample per
+                            batch (our default; the same loss in expectation) vs on the whole batch:
+                            the mask loss at the end, per step and at equal loop time, and the loop
+                            time; no target (evidence, not a gate); curves -> bench/results/*.png
   text_encoder_cache        PromptCache lookup vs encoding the batch's prompts every step
   generate_batch{1,4,16}    DualGenPipeline (RGB + mask) vs StableDiffusionPipeline (RGB, PIL output),
                             same size, steps, guidance and batch; images/s reported
@@ -26,6 +30,7 @@ import tempfile
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")       # STACK-NOTES: the stable choice on 2 cores; --threads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -152,6 +157,67 @@ def bench_tracking(device):
         row("tracking_overhead", min(times[1]), min(times[0]), 1.03, note="(60 steps; loop seconds, best of 2)")
 
 
+def bench_mask_subset_curves(out_dir, steps=300):
+    """Training curves of the demo fine-tune with `mask_loss_samples` = 1 (default) and 0 (whole batch),
+    same seed and data. Each logged BCE/Dice of the subset is an unbiased estimate of that step's
+    whole-batch value, but its gradient is noisier: per step the mask loss falls more slowly, per second
+    of training it falls as fast or faster. Both views are printed and plotted."""
+    import mlflow
+    from pathlib import Path
+
+    from harness.config import FinetuneConfig
+    from harness.data.demo import make_demo_dataset
+    from harness.dualgen.train import finetune
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+        data = make_demo_dataset(f"{tmp}/demo", seed=0)
+        curves, seconds = {}, {}
+        for k in (1, 0):
+            cfg = FinetuneConfig(data_dir=str(data), base_model="tiny", resolution=64, max_train_steps=steps,
+                                 validation_epochs=0, checkpointing_steps=0, mask_loss_samples=k,
+                                 output_dir=f"{tmp}/o{k}")
+            run_id = finetune(cfg, experiment="bench", progress=False)
+            client = mlflow.tracking.MlflowClient()
+            curves[k] = {m: np.array([x.value for x in sorted(client.get_metric_history(run_id, f"train/{m}"),
+                                                               key=lambda x: x.step)])
+                         for m in ("loss_diffusion", "loss_bce", "loss_dice")}
+            seconds[k] = mlflow.get_run(run_id).data.metrics["train/seconds"]
+    fifths = lambda a: [float(c.mean()) for c in np.array_split(a, 5)]   # noqa: E731
+    print("    mean per fifth of training (1 sample | whole batch):")
+    for m in ("loss_diffusion", "loss_bce", "loss_dice"):
+        print(f"      {m:15s} " + "  ".join(f"{a:.3f}|{b:.3f}" for a, b in zip(fifths(curves[1][m]), fifths(curves[0][m]))))
+    mask = {k: c["loss_bce"] + c["loss_dice"] for k, c in curves.items()}
+    same_time = round(steps * seconds[1] / seconds[0])        # whole-batch steps done in the subset's loop time
+    row("mask_subset_mask_loss_per_step", float(mask[1][-steps // 5:].mean()), float(mask[0][-steps // 5:].mean()), None,
+        unit="", note=f"(BCE + Dice, steps {steps - steps // 5}-{steps}: 1 sample vs whole batch, same steps)")
+    row("mask_subset_mask_loss_same_time", float(mask[1][-steps // 5:].mean()),
+        float(mask[0][same_time - steps // 5:same_time].mean()), None, unit="",
+        note=f"(whole batch at steps {same_time - steps // 5}-{same_time}, reached in the same loop time)")
+    row("mask_subset_finetune_time", seconds[1], seconds[0], None, note=f"(loop time of the same {steps} steps)")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    smooth = lambda a, w=15: np.convolve(a, np.ones(w) / w, mode="valid")   # noqa: E731
+    for ax, m in zip(axes, ("loss_diffusion", "loss_bce", "loss_dice")):
+        for k, label in ((1, "mask loss on 1 sample / batch (default)"), (0, "mask loss on the whole batch")):
+            ax.plot(smooth(curves[k][m]), label=label)
+        ax.set_title(f"train/{m} (moving mean of 15 steps)")
+        ax.set_xlabel("step")
+    for k in (1, 0):
+        mm = smooth(mask[k])
+        axes[3].plot(np.arange(len(mm)) * seconds[k] / steps, mm)
+    axes[3].set_title("BCE + Dice against loop time")
+    axes[3].set_xlabel("seconds")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "mask_subset_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"    curves: {path}")
+
+
 def bench_evaluate_cache():
     """`evaluate` of a fresh (uncached) fake set against a real set whose statistics are cached vs the
     first evaluation against it (which also extracts the real train split)."""
@@ -236,8 +302,12 @@ def _memory_child(kind, device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=int(os.environ["OMP_NUM_THREADS"]),
+                    help="torch CPU threads (default 1: 2 threads on 2 cores were unstable, STACK-NOTES)")
+    ap.add_argument("--out", default="bench/results", help="where plots go")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}", flush=True)
@@ -245,6 +315,7 @@ def main(argv=None):
     bench_finetune_step(args.device, 256, max(2, args.repeats // 2))
     for b in (1, 4, 16):
         bench_generate(args.device, b)
+    bench_mask_subset_curves(args.out)
     bench_tracking(args.device)
     bench_evaluate_cache()
     bench_data_wait(args.device)

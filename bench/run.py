@@ -17,7 +17,11 @@ hits both alike. Rows:
   tracking_overhead         finetune loop time with per-step async MLflow logging vs logging off
   evaluate_cached_real_stats  evaluate against a real set whose statistics are cached vs the first time
   *_data_wait_*             share of an epoch spent waiting for data (classify 224 px, segment 256 px)
-  peak_rss_{finetune,generate}  peak resident memory of a separate process doing 5 steps / 1 batch
+  peak_{rss,gpu_alloc}_*     peak memory of two finetune steps / generation calls at 256 px (ours vs the
+                            same baselines) above what the process held before them, each in a fresh
+                            process (imports alone hold ~2.9 GB here, so absolute peaks would hide it)
+  peak_gpu_sd2_512px_batch4 (--device cuda only) `finetune` on an SD2-base-shaped model, bf16 +
+                            gradient checkpointing, 512 px, batch 4: peak allocated, target < 16 GiB
 """
 from __future__ import annotations
 
@@ -67,7 +71,8 @@ def tiny(device):
 PROMPT = "a dermoscopic lesion photo of melanoma for skin cancer diagnosis"
 
 
-def bench_finetune_step(device, resolution, repeats):
+def finetune_step_pair(device, resolution):
+    """(ours, baseline, extras): one training step each, batch 4, on copies of the same tiny base."""
     from harness.config import FinetuneConfig
     from harness.dualgen.base import PromptCache
     from harness.dualgen.lora import add_lora
@@ -99,6 +104,11 @@ def bench_finetune_step(device, resolution, repeats):
         pred = base3["unet"](sch.add_noise(lat, noise, t), t, encoder_hidden_states=cache(batch["caption"])).sample
         torch.nn.functional.mse_loss(pred, noise).backward(); opt3.step(); opt3.zero_grad()   # noqa: E702
 
+    return ours, baseline, (c, cache, batch)
+
+
+def bench_finetune_step(device, resolution, repeats):
+    ours, baseline, (c, cache, batch) = finetune_step_pair(device, resolution)
     ours_t, base_t = interleaved(ours, baseline, repeats)
     row(f"finetune_step_{resolution}px", ours_t, base_t, 1.5)
     if resolution == 64:
@@ -109,7 +119,8 @@ def bench_finetune_step(device, resolution, repeats):
         row("text_encoder_cache", a, b, 1.0, note="(cached lookup vs encoding each step; SD2's encoder is ~350M params)")
 
 
-def bench_generate(device, batch, steps=20, resolution=64):
+def generate_pair(device, batch, steps=20, resolution=64):
+    """(ours, baseline): one generation call each, same prompts, seeds, steps, guidance and size."""
     from diffusers import StableDiffusionPipeline
     from harness.dualgen.lora import add_lora
     from harness.dualgen.pipeline import DualGenPipeline
@@ -132,7 +143,11 @@ def bench_generate(device, batch, steps=20, resolution=64):
         sd(prompts, num_inference_steps=steps, guidance_scale=1.22, height=resolution, width=resolution,
            generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
 
-    a, b = interleaved(ours, baseline, 3 if batch < 16 else 2)
+    return ours, baseline
+
+
+def bench_generate(device, batch, steps=20, resolution=64):
+    a, b = interleaved(*generate_pair(device, batch, steps, resolution), 3 if batch < 16 else 2)
     row(f"generate_batch{batch}", a, b, 1.05, note=f"({batch / a:.1f} images/s ours, {batch / b:.1f} baseline)")
 
 
@@ -147,14 +162,14 @@ def bench_tracking(device):
         base = save_components(build_tiny_components(0), f"{tmp}/base")
         data = make_demo_dataset(f"{tmp}/demo", seed=0, per_class=4, min_size=32, max_size=48)
         times = {0: [], 1: []}
-        for rep in range(2):
+        for rep in range(3):
             for log_every in (1, 0):
-                cfg = FinetuneConfig(data_dir=str(data), base_model=str(base), resolution=32, max_train_steps=60,
+                cfg = FinetuneConfig(data_dir=str(data), base_model=str(base), resolution=32, max_train_steps=120,
                                      validation_epochs=0, checkpointing_steps=0, log_every=log_every,
                                      output_dir=f"{tmp}/o{rep}{log_every}", test_fraction=0.25)
                 run_id = finetune(cfg, experiment="bench", progress=False)
                 times[log_every].append(mlflow.get_run(run_id).data.metrics["train/seconds"])
-        row("tracking_overhead", min(times[1]), min(times[0]), 1.03, note="(60 steps; loop seconds, best of 2)")
+        row("tracking_overhead", min(times[1]), min(times[0]), 1.03, note="(120 steps; loop seconds, best of 3, interleaved)")
 
 
 def bench_mask_subset_curves(out_dir, steps=300):
@@ -278,25 +293,93 @@ def bench_data_wait(device):
             note="(after the first epoch filled the decode cache)")
 
 
-def peak_rss(kind, device):
-    code = f"import bench.run as b; b._memory_child({kind!r}, {device!r})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+def peak_memory(kind, side, device):
+    """Peak memory of one side's work above what the process held just before it (model weights,
+    imports), in a fresh process: MiB of resident memory (CPU: the kernel's VmHWM, reset first) or
+    of allocated CUDA memory."""
+    code = f"import bench.run as b; b._memory_child({kind!r}, {side!r}, {device!r})"
+    # A fixed mmap threshold: every large tensor is mapped and unmapped at once, so VmHWM is the peak of
+    # live memory (glibc's adaptive threshold otherwise keeps freed blocks; peaks then varied +-40 %).
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode:
+        raise RuntimeError(f"memory benchmark {kind}/{side} failed:\n{out.stderr[-3000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _memory_child(kind, device):
-    import resource
-    if kind == "baseline":
-        import harness.dualgen.tiny  # noqa: F401  (imports only)
-    elif kind == "finetune":
-        bench_finetune_step(device, 64, 2)
-    elif kind == "generate":
-        bench_generate(device, 4, steps=5)
+def _rss_mib(field):
+    import re
+    return int(re.search(rf"{field}:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+
+
+def _memory_child(kind, side, device):
+    torch.set_num_threads(1)
+    ours, baseline = (finetune_step_pair(device, 256)[:2] if kind == "finetune_step_256px" else
+                      generate_pair(device, 4, steps=5, resolution=256))
+    work = ours if side == "ours" else baseline
     if device == "cuda":
-        print(torch.cuda.max_memory_allocated() / 2**20)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        work(0), work(1)
+        print((torch.cuda.max_memory_allocated() - before) / 2**20)
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
+            f.write("5")
+        before = _rss_mib("VmRSS")
+        work(0), work(1)
+        print(_rss_mib("VmHWM") - before)
+
+
+def sd2_shaped_components(seed=0) -> dict:
+    """SD2-base's architecture (stabilityai/stable-diffusion-2-base configs) with random weights:
+    memory and speed are those of the real model; no download."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from harness.dualgen.tiny import build_tiny_components
+    parts = build_tiny_components(seed)           # tokenizer (ids fit SD2's vocabulary) and scheduler
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024, use_linear_projection=True)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512))
+    return parts | {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def bench_sd2_memory(device, resolution=512, batch=4, steps=3):
+    """The real `finetune` on an SD2-base-shaped model: bf16, gradient checkpointing, batch 4, 512 px;
+    peak allocated CUDA memory (target < 16 GiB)."""
+    from harness.config import FinetuneConfig
+    from harness.data.demo import make_demo_dataset
+    from harness.dualgen.tiny import save_components
+    from harness.dualgen.train import finetune
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+        base = save_components(sd2_shaped_components(), f"{tmp}/sd2")
+        data = make_demo_dataset(f"{tmp}/demo", seed=0, per_class=4)
+        cfg = FinetuneConfig(data_dir=str(data), base_model=str(base), resolution=resolution, train_batch_size=batch,
+                             max_train_steps=steps, mixed_precision="bf16" if device == "cuda" else "no",
+                             gradient_checkpointing=True, validation_epochs=0, validation_steps=2,
+                             checkpointing_steps=0, output_dir=f"{tmp}/out", test_fraction=0.25)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        finetune(cfg, experiment="bench", progress=False)
+        seconds = time.perf_counter() - t0
+        if device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20, seconds
+        return _rss_mib("VmHWM"), seconds
 
 
 def main(argv=None):
@@ -311,7 +394,7 @@ def main(argv=None):
     torch.manual_seed(0)
     t0 = time.perf_counter()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}", flush=True)
-    bench_finetune_step(args.device, 64, args.repeats)
+    bench_finetune_step(args.device, 64, 3 * args.repeats)          # 0.1 s steps: more repeats, steadier median
     bench_finetune_step(args.device, 256, max(2, args.repeats // 2))
     for b in (1, 4, 16):
         bench_generate(args.device, b)
@@ -319,13 +402,18 @@ def main(argv=None):
     bench_tracking(args.device)
     bench_evaluate_cache()
     bench_data_wait(args.device)
-    base = peak_rss("baseline", args.device)
-    for kind in ("finetune", "generate"):
-        mb = peak_rss(kind, args.device)
-        row(f"peak_{'gpu_alloc' if args.device == 'cuda' else 'rss'}_{kind}", mb, base, None, unit=" MiB",
-            note="(baseline: the same process after imports only)")
-    if args.device != "cuda":
-        print("  peak_gpu_sd2_512px_batch4: unmeasured (no GPU here; target < 16 GB with bf16 + checkpointing)")
+    for kind in ("finetune_step_256px", "generate_batch4_256px"):
+        ours, baseline = (peak_memory(kind, side, args.device) for side in ("ours", "baseline"))
+        row(f"peak_{'gpu_alloc' if args.device == 'cuda' else 'rss'}_{kind}", ours, baseline, None, unit=" MiB",
+            note="(2 calls, above the process's memory just before them: activations, gradients, optimizer state)")
+    if args.device == "cuda":
+        mib, seconds = bench_sd2_memory(args.device)
+        row("peak_gpu_sd2_512px_batch4", mib, 16 * 1024, 1.0, unit=" MiB",
+            note=f"(SD2-base-shaped finetune, bf16 + gradient checkpointing, 3 steps + validation, {seconds:.0f} s; "
+                 "baseline = the 16 GiB target)")
+    else:
+        print("  peak_gpu_sd2_512px_batch4: unmeasured (no GPU here; --device cuda runs the real finetune on an "
+              "SD2-base-shaped model, target < 16 GiB)")
     print("\n| benchmark | ours | baseline | ratio | target | ok |\n| --- | --- | --- | --- | --- | --- |")
     for r in ROWS:
         tgt = "-" if r["target"] is None else f"<= {r['target']}"

@@ -3,34 +3,41 @@
     python -m bench.run                 # CPU, demo sizes, prints a table, exit 1 if a target is missed
     python -m bench.run --device cuda   # the same on a GPU (adds the SD2-size memory row)
 
-Each row times ours and the baseline interleaved (A B A B ...) and compares medians, so machine load
-hits both alike. Rows:
+Timed rows run ours and the baseline interleaved (A B A B ...) and compare medians, so the machine's
+drifting speed hits both alike; each section prints its own wall time. Rows:
   finetune_step_{64,256}px  our 4-channel step (diffusion + BCE + Dice) vs a plain diffusers-style
                             LoRA step (3-channel VAE, MSE only), batch 4, tiny SD2-shaped model
-  mask_subset_*             the demo fine-tune (300 steps, 64 px) with the mask loss on one sample per
-                            batch (our default; the same loss in expectation) vs on the whole batch:
-                            the mask loss at the end, per step and at equal loop time, and the loop
-                            time; no target (evidence, not a gate); curves -> bench/results/*.png
   text_encoder_cache        PromptCache lookup vs encoding the batch's prompts every step
   generate_batch{1,4,16}    DualGenPipeline (RGB + mask) vs StableDiffusionPipeline (RGB, PIL output),
                             same size, steps, guidance and batch; images/s reported
-  tracking_overhead         finetune loop time with per-step async MLflow logging vs logging off
+  mask_subset_*             the demo fine-tune (64 px, --curve-steps) with the mask loss on one sample
+                            per batch (our default; the same loss in expectation) vs on the whole batch:
+                            the mask loss at the end, per step and at equal loop time, and the loop
+                            time; no target (evidence, not a gate); curves -> bench/results/*.png
+  tracking_overhead         per-step async MLflow logging in real finetune runs: their time with the
+                            logging's cost (training-thread calls + all background-thread CPU) vs
+                            without it; tracking_overhead_on_vs_off: against runs with logging off
+                            (runs taking turns step by step, see bench_tracking)
   evaluate_cached_real_stats  evaluate against a real set whose statistics are cached vs the first time
   *_data_wait_*             share of an epoch spent waiting for data (classify 224 px, segment 256 px)
   peak_{rss,gpu_alloc}_*     peak memory of two finetune steps / generation calls at 256 px (ours vs the
                             same baselines) above what the process held before them, each in a fresh
                             process (imports alone hold ~2.9 GB here, so absolute peaks would hide it)
-  peak_gpu_sd2_512px_batch4 (--device cuda only) `finetune` on an SD2-base-shaped model, bf16 +
-                            gradient checkpointing, 512 px, batch 4: peak allocated, target < 16 GiB
+  peak_gpu_sd2_512px_batch4 `finetune` on an SD2-base-shaped model, bf16 + gradient checkpointing,
+                            512 px, batch 4: peak allocated, target < 16 GiB (--device cuda; on CPU the
+                            row says unmeasured)
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import multiprocessing
 import os
+import resource
 import statistics
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -51,13 +58,19 @@ def row(name, ours, baseline, target, unit="s", note=""):
           f"{'' if target is None else f' (target <= {target})'} {note}", flush=True)
 
 
-def interleaved(fa, fb, repeats):
+def interleaved(fa, fb, repeats, seed=0):
+    """Median seconds of fa(i) and fb(i), i = 1..repeats, each pair run in a seeded random order. With a
+    fixed order the position itself showed: two runs of the same function came out 0.94-0.99 apart
+    in the order A B A B ..., and 1.02-1.05 apart in A B B A A B ..."""
     fa(0), fb(0)                                     # warm-up
-    ta, tb = [], []
+    times = ([], [])
+    coin = np.random.default_rng(seed)
     for i in range(1, repeats + 1):
-        t0 = time.perf_counter(); fa(i); ta.append(time.perf_counter() - t0)   # noqa: E702
-        t0 = time.perf_counter(); fb(i); tb.append(time.perf_counter() - t0)   # noqa: E702
-    return statistics.median(ta), statistics.median(tb)
+        for k in ((0, 1) if coin.random() < 0.5 else (1, 0)):
+            t0 = time.perf_counter()
+            (fa, fb)[k](i)
+            times[k].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def tiny(device):
@@ -72,18 +85,20 @@ PROMPT = "a dermoscopic lesion photo of melanoma for skin cancer diagnosis"
 
 
 def finetune_step_pair(device, resolution):
-    """(ours, baseline, extras): one training step each, batch 4, on copies of the same tiny base."""
+    """(ours, baseline, extras): one training step each, batch 4, on the same tiny base. Both train the
+    same UNet object (with LoRA; each its own optimizer): two copies of one model ran up to a few % apart
+    here, whatever the code, so only the VAEs (4 channels / 3 channels) are separate objects."""
     from harness.config import FinetuneConfig
     from harness.dualgen.base import PromptCache
     from harness.dualgen.lora import add_lora
     from harness.dualgen.train import training_step
     from harness.dualgen.vae4 import mask_trainable_parameters, widen_vae
-    c, base3 = tiny(device), tiny(device)
+    c, vae3 = tiny(device), tiny(device)["vae"]
     unet, vae, sch = c["unet"], widen_vae(c["vae"]), c["scheduler"]
     add_lora(unet)
-    add_lora(base3["unet"])
-    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad] + mask_trainable_parameters(vae), 1e-4)
-    opt3 = torch.optim.AdamW([p for p in base3["unet"].parameters() if p.requires_grad], 1e-4)
+    lora = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(lora + mask_trainable_parameters(vae), 1e-4)
+    opt3 = torch.optim.AdamW(lora, 1e-4)
     cache = PromptCache(c["tokenizer"], c["text_encoder"])
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(4, 3, resolution, resolution, generator=g) * 2 - 1,
@@ -97,11 +112,11 @@ def finetune_step_pair(device, resolution):
     def baseline(step):      # diffusers' train_text_to_image_lora.py step, 3 channels, MSE only
         gen = torch.Generator().manual_seed(step)
         with torch.no_grad():
-            lat = base3["vae"].encode(batch["image"].to(device)).latent_dist.sample(generator=gen)
-            lat = lat * base3["vae"].config.scaling_factor
+            lat = vae3.encode(batch["image"].to(device)).latent_dist.sample(generator=gen)
+            lat = lat * vae3.config.scaling_factor
         noise = torch.randn(lat.shape, generator=gen).to(device)
         t = torch.randint(0, 1000, (4,), generator=gen).to(device)
-        pred = base3["unet"](sch.add_noise(lat, noise, t), t, encoder_hidden_states=cache(batch["caption"])).sample
+        pred = unet(sch.add_noise(lat, noise, t), t, encoder_hidden_states=cache(batch["caption"])).sample
         torch.nn.functional.mse_loss(pred, noise).backward(); opt3.step(); opt3.zero_grad()   # noqa: E702
 
     return ours, baseline, (c, cache, batch)
@@ -120,17 +135,17 @@ def bench_finetune_step(device, resolution, repeats):
 
 
 def generate_pair(device, batch, steps=20, resolution=64):
-    """(ours, baseline): one generation call each, same prompts, seeds, steps, guidance and size."""
+    """(ours, baseline): one generation call each, same prompts, seeds, steps, guidance and size, the
+    same UNet and text encoder objects (see finetune_step_pair); the VAEs are 4- and 3-channel."""
     from diffusers import StableDiffusionPipeline
     from harness.dualgen.lora import add_lora
     from harness.dualgen.pipeline import DualGenPipeline
     from harness.dualgen.vae4 import widen_vae
-    c, c3 = tiny(device), tiny(device)
+    c, vae3 = tiny(device), tiny(device)["vae"]
     add_lora(c["unet"])
-    add_lora(c3["unet"])
     ours_pipe = DualGenPipeline(c["unet"], widen_vae(c["vae"]), c["text_encoder"], c["tokenizer"], c["scheduler"])
-    sd = StableDiffusionPipeline(vae=c3["vae"], text_encoder=c3["text_encoder"], tokenizer=c3["tokenizer"],
-                                 unet=c3["unet"], scheduler=ours_pipe.scheduler.__class__.from_config(c3["scheduler"].config),
+    sd = StableDiffusionPipeline(vae=vae3, text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                                 unet=c["unet"], scheduler=ours_pipe.scheduler.__class__.from_config(c["scheduler"].config),
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.set_progress_bar_config(disable=True)
     prompts = [PROMPT] * batch
@@ -143,66 +158,201 @@ def generate_pair(device, batch, steps=20, resolution=64):
         sd(prompts, num_inference_steps=steps, guidance_scale=1.22, height=resolution, width=resolution,
            generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
 
-    return ours, baseline
+    return ours, baseline, c["unet"]
 
 
 def bench_generate(device, batch, steps=20, resolution=64):
-    a, b = interleaved(*generate_pair(device, batch, steps, resolution), 3 if batch < 16 else 2)
+    ours, baseline, _ = generate_pair(device, batch, steps, resolution)
+    a, b = interleaved(ours, baseline, {1: 5, 4: 4}.get(batch, 2))
     row(f"generate_batch{batch}", a, b, 1.05, note=f"({batch / a:.1f} images/s ours, {batch / b:.1f} baseline)")
 
 
-def bench_tracking(device):
+class TakeTurns:
+    """Threads that run one training step at a time, in turn (A B A B ...). The machine's speed here
+    drifts by +-15 % within seconds, so two runs timed one after the other differed by +-10 %; taking
+    turns every step makes the drift hit both alike. Each thread's time is the sum of its turns (from
+    the start of one of its steps to the start of its next, so data loading and logging are in it);
+    the first step waits until every thread has arrived, the last one is not timed. Also measured:
+    the CPU time the whole process spent while the turns ran, so that work done meanwhile by other
+    threads (MLflow's asynchronous logging) can be counted too."""
+
+    def __init__(self, names, on_close=None, timeout=900):
+        self.names, self.turn, self.timeout, self.on_close = list(names), 0, timeout, on_close
+        self.cond = threading.Condition()
+        self.arrived, self.finished = set(), set()
+        self.wall, self.cpu = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        self.turns = {name: [] for name in names}        # seconds of each turn
+        self.t0 = self.c0 = self.process_cpu0 = None
+        self.window_cpu = 0.0
+        self.aborted = False
+
+    def abort(self) -> None:
+        """A thread failed: the others go on without taking turns (their times are then meaningless)."""
+        with self.cond:
+            self.aborted = True
+            self.cond.notify_all()
+
+    def _wait(self, ready):
+        if not self.cond.wait_for(lambda: self.aborted or ready(), self.timeout):
+            raise TimeoutError("TakeTurns: the other thread never took its turn (did it fail?)")
+
+    def _pass_turn(self):
+        for _ in self.names:
+            self.turn = (self.turn + 1) % len(self.names)
+            if self.names[self.turn] not in self.finished:
+                break
+        self.cond.notify_all()
+
+    def step(self, name: str, last: bool) -> None:
+        with self.cond:
+            if self.aborted:
+                return
+            if self.t0 is not None and self.names[self.turn] == name:       # this thread's turn ends
+                self.turns[name].append(time.perf_counter() - self.t0)
+                self.wall[name] += self.turns[name][-1]
+                self.cpu[name] += time.thread_time() - self.c0
+                self.t0 = None
+                self._pass_turn()
+            if name not in self.arrived:
+                self.arrived.add(name)
+                if len(self.arrived) == len(self.names):
+                    self.process_cpu0 = _process_cpu()
+                self.cond.notify_all()
+                self._wait(lambda: len(self.arrived) == len(self.names))
+            if last:
+                self.finished.add(name)
+                if len(self.finished) == len(self.names):
+                    if self.on_close is not None:
+                        self.on_close()              # e.g. let background threads finish what the turns queued
+                    self.window_cpu = _process_cpu() - self.process_cpu0
+                if self.names[self.turn] == name:
+                    self._pass_turn()
+                self.cond.notify_all()
+                self._wait(lambda: len(self.finished) == len(self.names))
+                return
+            self._wait(lambda: self.names[self.turn] == name)
+            self.t0, self.c0 = time.perf_counter(), time.thread_time()
+
+
+def _process_cpu() -> float:
+    """User + system CPU seconds of every thread of this process, those that ended included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def finetunes_taking_turns(configs: dict, turns: TakeTurns | None = None) -> TakeTurns:
+    """Run `finetune(cfg)` for each {thread name: cfg} in its own thread, one training step at a time
+    in turn (the dict's order). Returns the TakeTurns with each run's time in its turns."""
+    from harness.dualgen import train as T
+    turns, errors = turns or TakeTurns(list(configs)), {}
+    original = T.training_step
+
+    def step_in_turn(batch, unet, vae, scheduler, cache, cfg, step, dev):
+        turns.step(threading.current_thread().name, last=step == cfg.max_train_steps - 1)
+        return original(batch, unet, vae, scheduler, cache, cfg, step, dev)
+
+    def run(name):
+        try:
+            T.finetune(configs[name], experiment="bench", progress=False)
+        except BaseException as e:               # noqa: B036 (re-raised in the main thread)
+            errors[name] = e
+            turns.abort()
+
+    T.training_step = step_in_turn
+    try:
+        threads = [threading.Thread(target=run, name=name, args=(name,)) for name in configs]
+        for t in threads:                # one set-up at a time: model loading is not thread-safe
+            t.start()
+            with turns.cond:
+                turns._wait(lambda t=t: t.name in turns.arrived)
+        for t in threads:
+            t.join()
+    finally:
+        T.training_step = original
+    if errors:
+        raise next(iter(errors.values()))
+    return turns
+
+
+def bench_tracking(device, steps=51):
+    """Per-step MLflow logging (async, log_every=1) in a real `finetune`, against logging off.
+
+    Two runs, logging on and off, in two threads of one process taking turns every step
+    (`finetunes_taking_turns`); twice, the order swapped. Their times are an evidence row
+    (`tracking_overhead_on_vs_off`), but their difference cannot resolve a 1 % effect here: a step's
+    duration varies by ~15 % from one turn to the next (two identical runs taking turns differed by up
+    to 3.4 % over 60 steps). The gated row measures the cost itself, in the logging runs: ours = their
+    time in their turns + all CPU time other threads (MLflow's asynchronous logging) spent while the
+    turns ran, the queue drained at the end (counted as if it were on the training thread's path: an
+    upper bound); baseline = the same time minus what the training thread spent inside the logging
+    calls (MetricBuffer.add/flush), i.e. those runs with their logging taken out.
+    MetricBuffer's 10-second flush is off here: taking turns doubles each run's wall time, which would
+    double its flushes; it flushes every 50 steps, as a real run does at these step times. With 50k + 1
+    steps, every step's metrics but the last one's are sent and written while the turns run."""
+    import mlflow
+
+    from harness import tracking
     from harness.config import FinetuneConfig
     from harness.data.demo import make_demo_dataset
+    from harness.dualgen import train as T
     from harness.dualgen.tiny import build_tiny_components, save_components
-    import mlflow
+    inside, active = [0.0], {}
+
+    def timed(method):
+        def wrapper(buffer, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(buffer, *args, **kwargs)
+            finally:
+                turns = active["turns"]
+                if len(turns.finished) < len(turns.names):          # a call made during a turn
+                    inside[0] += time.perf_counter() - t0
+        return wrapper
+
+    def init(buffer, run_id, every=50, seconds=10.0):
+        original_init(buffer, run_id, every, float("inf"))
+
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
-        from harness.dualgen.train import finetune
         base = save_components(build_tiny_components(0), f"{tmp}/base")
         data = make_demo_dataset(f"{tmp}/demo", seed=0, per_class=4, min_size=32, max_size=48)
-        # pairs of runs, logging on and off, the order alternating; the median of the pair ratios
-        # (run-to-run noise here is +-4 %, the effect measured is ~0.5 %: a min over runs was noise)
-        ratios, times = [], {0: [], 1: []}
-        for rep in range(5):
-            for log_every in ((1, 0) if rep % 2 == 0 else (0, 1)):
-                cfg = FinetuneConfig(data_dir=str(data), base_model=str(base), resolution=32, max_train_steps=60,
-                                     validation_epochs=0, checkpointing_steps=0, log_every=log_every,
-                                     output_dir=f"{tmp}/o{rep}{log_every}", test_fraction=0.25)
-                run_id = finetune(cfg, experiment="bench", progress=False)
-                times[log_every].append(mlflow.get_run(run_id).data.metrics["train/seconds"])
-            ratios.append(times[1][-1] / times[0][-1])
-        print(f"    loop seconds, logging on: {[round(t, 2) for t in times[1]]}, off: {[round(t, 2) for t in times[0]]}")
-        i = ratios.index(statistics.median(ratios))
-        row("tracking_overhead", times[1][i], times[0][i], 1.03,
-            note="(60-step runs, the median of 5 on/off pairs, order alternating)")
+        tracking.setup("bench")                   # the experiment exists before two threads look for it
+        on = off = background = 0.0
+        original_init, add, flush = T.MetricBuffer.__init__, T.MetricBuffer.add, T.MetricBuffer.flush
+        T.MetricBuffer.__init__, T.MetricBuffer.add, T.MetricBuffer.flush = init, timed(add), timed(flush)
+        try:
+            for order in (("on", "off"), ("off", "on")):
+                active["turns"] = TakeTurns(list(order), on_close=mlflow.flush_async_logging)
+                turns = finetunes_taking_turns({name: FinetuneConfig(
+                    data_dir=str(data), base_model=str(base), resolution=32, max_train_steps=steps,
+                    validation_epochs=0, checkpointing_steps=0, log_every=int(name == "on"),
+                    output_dir=f"{tmp}/{name}-{order[0]}", test_fraction=0.25) for name in order}, active["turns"])
+                on, off = on + turns.wall["on"], off + turns.wall["off"]
+                background += max(0.0, turns.window_cpu - sum(turns.cpu.values()))
+                print(f"    {' then '.join(order)}: on {turns.wall['on']:.2f} s, off {turns.wall['off']:.2f} s")
+        finally:
+            T.MetricBuffer.__init__, T.MetricBuffer.add, T.MetricBuffer.flush = original_init, add, flush
+        row("tracking_overhead", on + background, on - inside[0], 1.03,
+            note=f"(logging runs: {on:.2f} s in their turns, of which {inside[0]:.3f} s in the logging calls, "
+                 f"+ {background:.3f} s CPU of other threads; 2 runs of {steps} steps)")
+        row("tracking_overhead_on_vs_off", on, off, None,
+            note="(the same logging runs against the runs with logging off, taking turns; noise +-3 %)")
 
 
-def bench_mask_subset_curves(out_dir, steps=300):
+def bench_mask_subset_curves(out_dir, steps=200):
     """Training curves of the demo fine-tune with `mask_loss_samples` = 1 (default) and 0 (whole batch),
-    same seed and data. Each logged BCE/Dice of the subset is an unbiased estimate of that step's
-    whole-batch value, but its gradient is noisier: per step the mask loss falls more slowly, per second
-    of training it falls as fast or faster. Both views are printed and plotted."""
-    import mlflow
+    same seed and data, the two runs side by side in two processes (one core each). Each logged
+    BCE/Dice of the subset is an unbiased estimate of that step's whole-batch value, but its gradient
+    is noisier: per step the mask loss falls more slowly, per second of training it falls as fast or
+    faster. Both views are printed and plotted."""
     from pathlib import Path
 
-    from harness.config import FinetuneConfig
     from harness.data.demo import make_demo_dataset
-    from harness.dualgen.train import finetune
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
         data = make_demo_dataset(f"{tmp}/demo", seed=0)
-        curves, seconds = {}, {}
-        for k in (1, 0):
-            cfg = FinetuneConfig(data_dir=str(data), base_model="tiny", resolution=64, max_train_steps=steps,
-                                 validation_epochs=0, checkpointing_steps=0, mask_loss_samples=k,
-                                 output_dir=f"{tmp}/o{k}")
-            run_id = finetune(cfg, experiment="bench", progress=False)
-            client = mlflow.tracking.MlflowClient()
-            curves[k] = {m: np.array([x.value for x in sorted(client.get_metric_history(run_id, f"train/{m}"),
-                                                               key=lambda x: x.step)])
-                         for m in ("loss_diffusion", "loss_bce", "loss_dice")}
-            seconds[k] = mlflow.get_run(run_id).data.metrics["train/seconds"]
+        results = dict(zip((1, 0), forked(_curves_run, [(k, str(data), tmp, steps) for k in (1, 0)])))
+    curves = {k: {m: np.array(v) for m, v in r["curves"].items()} for k, r in results.items()}
+    seconds = {k: r["seconds"] for k, r in results.items()}
     fifths = lambda a: [float(c.mean()) for c in np.array_split(a, 5)]   # noqa: E731
     print("    mean per fifth of training (1 sample | whole batch):")
     for m in ("loss_diffusion", "loss_bce", "loss_dice"):
@@ -214,7 +364,8 @@ def bench_mask_subset_curves(out_dir, steps=300):
     row("mask_subset_mask_loss_same_time", float(mask[1][-steps // 5:].mean()),
         float(mask[0][same_time - steps // 5:same_time].mean()), None, unit="",
         note=f"(whole batch at steps {same_time - steps // 5}-{same_time}, reached in the same loop time)")
-    row("mask_subset_finetune_time", seconds[1], seconds[0], None, note=f"(loop time of the same {steps} steps)")
+    row("mask_subset_finetune_time", seconds[1], seconds[0], None,
+        note=f"(loop time of the same {steps} steps, the two runs at once on one core each)")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     import matplotlib
     matplotlib.use("Agg")
@@ -239,6 +390,23 @@ def bench_mask_subset_curves(out_dir, steps=300):
     print(f"    curves: {path}")
 
 
+def _curves_run(k, data, tmp, steps) -> dict:
+    """One demo fine-tune of `bench_mask_subset_curves` (its own MLflow store): its curves, loop time."""
+    import mlflow
+
+    from harness.config import FinetuneConfig
+    from harness.dualgen.train import finetune
+    torch.set_num_threads(1)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m{k}.db"
+    cfg = FinetuneConfig(data_dir=data, base_model="tiny", resolution=64, max_train_steps=steps, validation_epochs=0,
+                         checkpointing_steps=0, mask_loss_samples=k, output_dir=f"{tmp}/o{k}")
+    run_id = finetune(cfg, experiment="bench", progress=False)
+    client = mlflow.tracking.MlflowClient()
+    curves = {m: [x.value for x in sorted(client.get_metric_history(run_id, f"train/{m}"), key=lambda x: x.step)]
+              for m in ("loss_diffusion", "loss_bce", "loss_dice")}
+    return {"curves": curves, "seconds": mlflow.get_run(run_id).data.metrics["train/seconds"]}
+
+
 def bench_evaluate_cache():
     """`evaluate` of a fresh (uncached) fake set against a real set whose statistics are cached vs the
     first evaluation against it (which also extracts the real train split)."""
@@ -246,8 +414,11 @@ def bench_evaluate_cache():
     from harness.config import EvaluateConfig
     from harness.data.demo import make_demo_dataset
     from harness.quality import evaluate
+    import harness.dualgen.generate  # noqa: F401  (imported by evaluate; ~14 s once, not part of either timing)
+    from harness import tracking
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+        tracking.setup("bench")                   # creating the store's tables (seconds) is not evaluation either
         real = make_demo_dataset(f"{tmp}/real", seed=0)
         fakes = [make_demo_dataset(f"{tmp}/fake{i}", seed=i + 1, per_class=4) for i in range(2)]
         times = []
@@ -272,13 +443,13 @@ def bench_data_wait(device):
         from harness.data.demo import make_demo_dataset
         train = load_prepared(str(make_demo_dataset(f"{tmp}/d", seed=0)), progress=False).dataset.split("train")
         dev = torch.device(device)
-        samples = train.samples[:64]
+        samples = train.samples[:16]             # 2 steps of 8 (classify), 2 of 4 (segment)
         labels = np.array([train.classes.index(s.label) for s in samples])
         images = C.decode_images(samples, 224, {}, progress=False)
         model = runtime.prepare_model(C.build_model("resnet34", len(train.classes), 224), dev)
         opt = torch.optim.Adam(model.parameters(), 1e-4)
         scaler = runtime.grad_scaler(dev, None)
-        cls_loader = runtime.loader(C.ImageSet(images, labels, augment=True), 16, True, 0, 0, dev, train=True)
+        cls_loader = runtime.loader(C.ImageSet(images, labels, augment=True), 8, True, 0, 0, dev, train=True)
         C.train_one_epoch(model, cls_loader, opt, scaler, dev, None)              # warm-up
         t0 = time.perf_counter()
         _, step = C.train_one_epoch(model, cls_loader, opt, scaler, dev, None)
@@ -288,8 +459,8 @@ def bench_data_wait(device):
             note="(ours = epoch time not in steps, baseline = epoch time: ratio = waiting share)")
         seg = runtime.prepare_model(smp.Unet("resnet34", encoder_weights=None, classes=1), dev)
         opt = torch.optim.Adam(seg.parameters(), 1e-3)
-        ds = PairDataset(samples[:32], 256, paired_augmentation(), image_norm="imagenet", seed=0)
-        seg_loader = runtime.loader(ds, 8, True, 0, 0, dev, train=True)
+        ds = PairDataset(samples[:8], 256, paired_augmentation(), image_norm="imagenet", seed=0)
+        seg_loader = runtime.loader(ds, 4, True, 0, 0, dev, train=True)
         loss = smp.losses.DiceLoss(mode="binary", from_logits=True)
         S.train_one_epoch(seg, seg_loader, loss, opt, scaler, dev, None)           # warm-up fills the cache
         t0 = time.perf_counter()
@@ -299,19 +470,34 @@ def bench_data_wait(device):
             note="(after the first epoch filled the decode cache)")
 
 
-def peak_memory(kind, side, device):
-    """Peak memory of one side's work above what the process held just before it (model weights,
-    imports), in a fresh process: MiB of resident memory (CPU: the kernel's VmHWM, reset first) or
-    of allocated CUDA memory."""
-    code = f"import bench.run as b; b._memory_child({kind!r}, {side!r}, {device!r})"
-    # A fixed mmap threshold: every large tensor is mapped and unmapped at once, so VmHWM is the peak of
-    # live memory (glibc's adaptive threshold otherwise keeps freed blocks; peaks then varied +-40 %).
-    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if out.returncode:
-        raise RuntimeError(f"memory benchmark {kind}/{side} failed:\n{out.stderr[-3000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+def forked(fn, jobs: list[tuple], processes: int = 2, clean: bool = False) -> list:
+    """fn(*job) for each job, each in its own process, `processes` at a time; the results in the jobs'
+    order. The process is forked from this one (imports done, so a job starts at once), or with
+    `clean` from a fork server that has only imported the modules: this process's heap, full of
+    blocks freed by earlier benchmarks, would otherwise serve the job's allocations without raising
+    its resident memory (peaks then read 15x too low)."""
+    if clean:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["bench.run", "harness.dualgen.train", "harness.dualgen.pipeline"])
+    else:
+        ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(processes, maxtasksperchild=1) as pool:
+        return pool.starmap(fn, jobs, chunksize=1)
+
+
+def bench_peak_memory(device):
+    """Peak memory of each side's work above what its process held just before it (model weights,
+    imports): on CPU the kernel's VmHWM of a fresh process (reset first; see `forked`), on CUDA the allocator's
+    peak allocated bytes (exact in this process). MiB."""
+    kinds = ("finetune_step_256px", "generate_batch4_256px")
+    jobs = [(kind, side, device) for kind in kinds for side in ("ours", "baseline")]
+    from bench import run as this                 # by module name: the fork server has no __main__ of ours
+    peaks = [_memory_work(*job) for job in jobs] if device == "cuda" else forked(this._memory_work, jobs, clean=True)
+    mib = {job[:2]: peak for job, peak in zip(jobs, peaks)}
+    for kind in kinds:
+        row(f"peak_{'gpu_alloc' if device == 'cuda' else 'rss'}_{kind}", mib[kind, "ours"], mib[kind, "baseline"],
+            None, unit=" MiB",
+            note="(2 calls, above the process's memory just before them: activations, gradients, optimizer state)")
 
 
 def _rss_mib(field):
@@ -319,23 +505,25 @@ def _rss_mib(field):
     return int(re.search(rf"{field}:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
 
 
-def _memory_child(kind, side, device):
+def _memory_work(kind, side, device) -> float:
     torch.set_num_threads(1)
     ours, baseline = (finetune_step_pair(device, 256)[:2] if kind == "finetune_step_256px" else
-                      generate_pair(device, 4, steps=5, resolution=256))
+                      generate_pair(device, 4, steps=5, resolution=256)[:2])
     work = ours if side == "ours" else baseline
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         work(0), work(1)
-        print((torch.cuda.max_memory_allocated() - before) / 2**20)
-    else:
-        with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
-            f.write("5")
-        before = _rss_mib("VmRSS")
-        work(0), work(1)
-        print(_rss_mib("VmHWM") - before)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    # A fixed mmap threshold: every large tensor is mapped and unmapped at once, so VmHWM is the peak of
+    # live memory (glibc's adaptive threshold otherwise keeps freed blocks; peaks then varied +-40 %).
+    ctypes.CDLL("libc.so.6").mallopt(-3, 65536)        # M_MMAP_THRESHOLD
+    with open("/proc/self/clear_refs", "w") as f:       # resets VmHWM to the current RSS
+        f.write("5")
+    before = _rss_mib("VmRSS")
+    work(0), work(1)
+    return _rss_mib("VmHWM") - before
 
 
 def sd2_shaped_components(seed=0) -> dict:
@@ -383,9 +571,10 @@ def bench_sd2_memory(device, resolution=512, batch=4, steps=3):
         t0 = time.perf_counter()
         finetune(cfg, experiment="bench", progress=False)
         seconds = time.perf_counter() - t0
-        if device == "cuda":
-            return torch.cuda.max_memory_allocated() / 2**20, seconds
-        return _rss_mib("VmHWM"), seconds
+    mib = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mib("VmHWM")
+    row("peak_gpu_sd2_512px_batch4", mib, 16 * 1024, 1.0, unit=" MiB",
+        note=f"(SD2-base-shaped finetune, bf16 + gradient checkpointing, {steps} steps + validation, {seconds:.0f} s; "
+             "baseline = the 16 GiB target)")
 
 
 def main(argv=None):
@@ -395,34 +584,39 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=int(os.environ["OMP_NUM_THREADS"]),
                     help="torch CPU threads (default 1: 2 threads on 2 cores were unstable, STACK-NOTES)")
     ap.add_argument("--out", default="bench/results", help="where plots go")
+    ap.add_argument("--curve-steps", type=int, default=200,
+                    help="steps of each demo fine-tune for the mask-loss curves (the demo profile trains 300)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}", flush=True)
-    bench_finetune_step(args.device, 64, 3 * args.repeats)          # 0.1 s steps: more repeats, steadier median
-    bench_finetune_step(args.device, 256, max(2, args.repeats // 2))
-    for b in (1, 4, 16):
-        bench_generate(args.device, b)
-    bench_mask_subset_curves(args.out)
-    bench_tracking(args.device)
-    bench_evaluate_cache()
-    bench_data_wait(args.device)
-    for kind in ("finetune_step_256px", "generate_batch4_256px"):
-        ours, baseline = (peak_memory(kind, side, args.device) for side in ("ours", "baseline"))
-        row(f"peak_{'gpu_alloc' if args.device == 'cuda' else 'rss'}_{kind}", ours, baseline, None, unit=" MiB",
-            note="(2 calls, above the process's memory just before them: activations, gradients, optimizer state)")
+    sections = [
+        ("finetune step 64 px", lambda: bench_finetune_step(args.device, 64, 5 * args.repeats)),   # 0.2 s steps
+        ("finetune step 256 px", lambda: bench_finetune_step(args.device, 256, max(2, args.repeats // 3))),
+        ("generation", lambda: [bench_generate(args.device, b) for b in (1, 4, 16)]),
+        ("mask-loss curves", lambda: bench_mask_subset_curves(args.out, args.curve_steps)),
+        ("tracking", lambda: bench_tracking(args.device)),
+        ("evaluation", bench_evaluate_cache),
+        ("data wait", lambda: bench_data_wait(args.device)),
+        ("peak memory", lambda: bench_peak_memory(args.device)),
+    ]
     if args.device == "cuda":
-        mib, seconds = bench_sd2_memory(args.device)
-        row("peak_gpu_sd2_512px_batch4", mib, 16 * 1024, 1.0, unit=" MiB",
-            note=f"(SD2-base-shaped finetune, bf16 + gradient checkpointing, 3 steps + validation, {seconds:.0f} s; "
-                 "baseline = the 16 GiB target)")
-    else:
-        print("  peak_gpu_sd2_512px_batch4: unmeasured (no GPU here; --device cuda runs the real finetune on an "
-              "SD2-base-shaped model, target < 16 GiB)")
+        sections.append(("SD2-size memory", lambda: bench_sd2_memory(args.device)))
+    for name, run in sections:
+        start = time.perf_counter()
+        print(f"[{name}]", flush=True)
+        run()
+        print(f"    ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.device != "cuda":
+        ROWS.append(dict(name="peak_gpu_sd2_512px_batch4", unmeasured=True, target=1.0, ok=True,
+                         note="no GPU here: --device cuda runs the real finetune on an SD2-base-shaped model"))
     print("\n| benchmark | ours | baseline | ratio | target | ok |\n| --- | --- | --- | --- | --- | --- |")
     for r in ROWS:
         tgt = "-" if r["target"] is None else f"<= {r['target']}"
+        if r.get("unmeasured"):
+            print(f"| {r['name']} | unmeasured | | | {tgt} | ({r['note']}) |")
+            continue
         print(f"| {r['name']} | {r['ours']:.4g}{r['unit']} | {r['baseline']:.4g}{r['unit']} | {r['ratio']:.3f} | {tgt} | "
               f"{'yes' if r['ok'] else 'NO'} |")
     print(f"\n{time.perf_counter() - t0:.0f} s in all")

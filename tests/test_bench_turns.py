@@ -1,0 +1,67 @@
+"""The turn-taking used by the tracking benchmark (bench/run.py): threads run one step at a time, in
+turn, and a failing thread never leaves the others waiting. No timings are asserted."""
+import threading
+
+import pytest
+
+from bench.run import TakeTurns
+
+
+def _run(turns, name, steps, log, fail_at=None):
+    for step in range(steps):
+        turns.step(name, last=step == steps - 1)
+        if fail_at == step:
+            turns.abort()
+            raise RuntimeError("boom")
+        log.append((name, step))
+
+
+def test_threads_alternate_step_by_step_and_their_turns_are_summed():
+    turns, log = TakeTurns(["a", "b"], timeout=60), []
+    threads = [threading.Thread(target=_run, args=(turns, n, 6, log)) for n in ("b", "a")]   # b starts first
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    # a goes first (the names' order), then strictly a b a b ...; both last steps come after every turn
+    timed = log[:10]
+    assert timed == [(n, s) for s in range(5) for n in ("a", "b")]
+    assert sorted(log[10:]) == [("a", 5), ("b", 5)]
+    # 5 timed turns each (the last step is not timed), each turn's seconds kept and summed
+    assert [len(turns.turns[n]) for n in ("a", "b")] == [5, 5]
+    for n in ("a", "b"):
+        assert turns.wall[n] == pytest.approx(sum(turns.turns[n]))
+        assert turns.cpu[n] >= 0
+    assert turns.window_cpu >= 0
+
+
+def test_a_failing_thread_releases_the_other():
+    turns, log = TakeTurns(["a", "b"], timeout=60), []
+    errors = []
+
+    def failing():
+        try:
+            _run(turns, "a", 6, log, fail_at=2)
+        except RuntimeError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=failing), threading.Thread(target=_run, args=(turns, "b", 6, log))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors and turns.aborted
+    assert [s for n, s in log if n == "b"] == list(range(6))     # b went on to the end
+
+
+def test_close_hook_runs_once_when_every_thread_has_finished():
+    calls = []
+    turns = TakeTurns(["a", "b"], on_close=lambda: calls.append(len(turns.finished)), timeout=60)
+    threads = [threading.Thread(target=_run, args=(turns, n, 3, [])) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert calls == [2]

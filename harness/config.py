@@ -75,6 +75,7 @@ class GenerateConfig:
     model_uri: str = ""
     per_class: int = 0
     balance: bool = False
+    match_real: bool = False        # N_c per class = the real training split's counts (what synth/hybrid use)
     classes: str = ""               # comma list; "" = all classes the model knows
     num_inference_steps: int = 45
     guidance_scale: float = 1.22
@@ -244,9 +245,17 @@ PROFILES: dict[str, dict[str, dict]] = {
 }
 
 
+# A profile value that gives way when one of these options is given: they choose another mode
+# (`generate --profile demo --balance` tops classes up instead of making the demo's 4 per class).
+PROFILE_YIELDS: dict[str, dict[str, tuple[str, ...]]] = {"generate": {"per_class": ("balance", "match_real")}}
+
+
 def with_profile(cfg_cls, stage: str, profile: str, given: dict):
     """Build a config: paper defaults, then the profile's values, then the options given (non-None)."""
     if profile not in PROFILES[stage]:
         raise ValueError(f"unknown profile {profile!r}; choose {', '.join(PROFILES[stage])}")
-    values = {**PROFILES[stage][profile], **{k: v for k, v in given.items() if v is not None}}
+    given = {k: v for k, v in given.items() if v is not None}
+    profile_values = {k: v for k, v in PROFILES[stage][profile].items()
+                      if not any(given.get(o) for o in PROFILE_YIELDS.get(stage, {}).get(k, ()))}
+    values = {**profile_values, **given}
     return cfg_cls(**values)

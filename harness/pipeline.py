@@ -96,12 +96,11 @@ def run_pipeline(pipe: PipelineConfig, experiment: str | None = None, log=print)
 
         base = {"base_model": pipe.base_model} if pipe.base_model else {}
         ft = step("finetune", FinetuneConfig, {**common, **base})
-        # the synthetic set has as many images per class as the largest real training class, so
-        # `synth` and `hybrid` (N_c per class) never need to repeat an image
-        per_class = int(max(v for k, v in prep.data.metrics.items() if k.startswith("train_count/")))
+        # the synthetic set has N_c images of class c, as many as the real training split: what
+        # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
         gen = step("generate", GenerateConfig, {
-            "model_uri": f"runs:/{ft.info.run_id}/model", "per_class": per_class, "seed": pipe.seed,
-            "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}-{per_class}")})
+            "model_uri": f"runs:/{ft.info.run_id}/model", "match_real": True, "seed": pipe.seed,
+            "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}-match-real")})
         synth = f"runs:/{gen.info.run_id}"
 
         step("evaluate", EvaluateConfig, {"real": pipe.data_dir, "seed": pipe.seed}, "evaluate.real_test")

@@ -133,12 +133,16 @@ def test_generate_writes_a_dataset_and_is_seeded(finetuned, experiment, tmp_path
     assert run.data.metrics["n_generated"] == 14
 
 
-def test_balance_plan_tops_classes_up_to_the_largest():
+def test_plan_balance_tops_up_match_real_copies_counts_per_class_fixed():
     training = {"classes": ["a", "b", "c"], "class_counts": {"a": 10, "b": 4, "c": 7}}
     assert plan(training, GenerateConfig(balance=True)) == [("a", 0), ("b", 6), ("c", 3)]
+    assert plan(training, GenerateConfig(match_real=True)) == [("a", 10), ("b", 4), ("c", 7)]
+    assert plan(training, GenerateConfig(match_real=True, classes="c,a")) == [("c", 7), ("a", 10)]
     assert plan(training, GenerateConfig(per_class=2, classes="b")) == [("b", 2)]
-    with pytest.raises(ValueError, match="exactly one of --per-class N or --balance"):
-        plan(training, GenerateConfig(per_class=2, balance=True))
+    for bad in (GenerateConfig(per_class=2, balance=True), GenerateConfig(balance=True, match_real=True),
+                GenerateConfig(per_class=2, match_real=True), GenerateConfig()):
+        with pytest.raises(ValueError, match="exactly one of --per-class N, --balance or --match-real"):
+            plan(training, bad)
     with pytest.raises(ValueError, match=r"class\(es\) \['z'\] unknown"):
         plan(training, GenerateConfig(per_class=1, classes="z"))
 
@@ -167,3 +171,17 @@ def test_registry_uris_resolve_or_list_what_exists(finetuned, experiment):
         resolve_model_uri(f"models:/{name}/9")
     with pytest.raises(ModelURIError, match=f"no registered model 'nope'.*{name}"):
         resolve_model_uri("models:/nope@champion")
+
+
+def test_demo_profile_per_class_gives_way_to_balance_and_match_real():
+    from harness.config import with_profile
+    training = {"classes": ["a", "b"], "class_counts": {"a": 5, "b": 2}}
+    demo = with_profile(GenerateConfig, "generate", "demo", {})
+    assert (demo.per_class, demo.resolution) == (4, 64)
+    match = with_profile(GenerateConfig, "generate", "demo", {"match_real": True, "per_class": None})
+    assert (match.per_class, match.resolution) == (0, 64) and plan(training, match) == [("a", 5), ("b", 2)]
+    balance = with_profile(GenerateConfig, "generate", "demo", {"balance": True})
+    assert plan(training, balance) == [("a", 0), ("b", 3)]
+    both = with_profile(GenerateConfig, "generate", "demo", {"match_real": True, "per_class": 3})
+    with pytest.raises(ValueError, match="exactly one of"):      # an explicit count still conflicts
+        plan(training, both)

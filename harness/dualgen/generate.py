@@ -79,17 +79,21 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
 
 
 def plan(training: dict, cfg: GenerateConfig) -> list[tuple[str, int]]:
-    """[(class, count)]: --per-class N for every class, or --balance: top each class up to the
-    largest class's training count (the paper's use against class imbalance)."""
+    """[(class, count)]: --per-class N for every class; --balance: top each class up to the largest
+    class's training count (the paper's use against class imbalance); or --match-real: as many as the
+    real training split has of each class (N_c), the synthetic set "of identical scale" that the
+    downstream `synth` and `hybrid` sets take (paper Sec. 4.2), and nothing they would not use."""
     classes = [c.strip() for c in cfg.classes.split(",") if c.strip()] or training["classes"]
     unknown = [c for c in classes if c not in training["classes"]]
     if unknown:
         raise ValueError(f"class(es) {unknown} unknown to this model; it knows {training['classes']}")
-    if cfg.balance == bool(cfg.per_class):
-        raise ValueError("give exactly one of --per-class N or --balance")
+    if sum((bool(cfg.per_class), cfg.balance, cfg.match_real)) != 1:
+        raise ValueError("give exactly one of --per-class N, --balance or --match-real")
     if cfg.per_class:
         return [(c, cfg.per_class) for c in classes]
     counts = training["class_counts"]
+    if cfg.match_real:
+        return [(c, counts.get(c, 0)) for c in classes]
     top = max(counts.values())
     return [(c, top - counts.get(c, 0)) for c in classes]
 

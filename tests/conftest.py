@@ -146,3 +146,10 @@ def manifest_csv(tmp_path):
 
 def all_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow end-to-end files first: with `-n 2 --dist loadfile` one worker starts the ~9-minute
+    pipeline test at once while the other runs every other file, so the suite takes about as long
+    as that one test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -186,7 +186,7 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
     assert all(f.info.status == "FINISHED" and f.data.tags["mlflow.parentRunId"] == parent.info.run_id for f in folds)
     m = parent.data.metrics
     for key in ("accuracy", "sensitivity", "precision", "f1"):
-        for name in (key, f"{key}_std", f"ham_{key}", f"ham_{key}_std", f"val_{key}"):
+        for name in (key, f"{key}_std", f"ham_{key}", f"ham_{key}_std", f"val/{key}"):
             assert name in m, name
     assert m["ham_n"] == 30 and m["ham_n_excluded"] == 0 and m["epochs"] == 1
     assert "sensitivity/melanoma" in m and "ham_sensitivity/vascular lesion" in m

@@ -20,8 +20,9 @@ It cannot happen once the check "folds <= images of the smallest class" passes, 
 training: StratifiedKFold puts floor or ceil of n_c / folds images of class c in each held-out fold,
 so each training part keeps n_c - ceil(n_c / folds) >= 1 of them.
 
-Logged: params (the config), one nested run per fold (per-epoch `train/loss`, `val/loss`, `val/f1`;
-the fold's `val_*`, test and `ham_*` metrics), on the parent the mean/std metrics, per-class
+Logged: params (the config), one nested run per fold named "<model> <train_set> fold <k>" (per-epoch
+`train/loss`, `val/loss`, `val/f1`, the last epoch's `val/<metric>`, the fold's test and `ham_*`
+metrics), on the parent the mean/std metrics (`val/<metric>` for the validation folds), per-class
 sensitivity, composition of the training set, confusion matrices (figure + JSON), per-image
 predictions (`predictions/{val,test,ham}.csv`: fold, id, true_label, predicted_label, prob_<class>)
 and the model of the best fold by validation macro F1 (`model/model.pt` + `model/model.json`;
@@ -241,34 +242,56 @@ def _write_csv(path: Path, rows: list[dict], classes: list[str]) -> None:
         writer.writerows(rows)
 
 
-def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y, val_images, val_y,
-             eval_images: dict[str, np.ndarray], cfg: ClassifyConfig, epochs: int, device, amp_dtype,
-             progress: bool) -> dict:
-    """Train fold k's model from scratch; return its validation and eval-set probabilities."""
-    torch.manual_seed(cfg.seed + k)
-    model = runtime.prepare_model(build_model(model_name, len(classes), cfg.image_size, cfg.pretrained), device)
+def train_classifier(name: str, classes: list[str], images: np.ndarray, y: np.ndarray, cfg: ClassifyConfig,
+                     epochs: int, device, amp_dtype, progress: bool, seed: int, on_epoch=None,
+                     desc: str = "train") -> tuple[nn.Module, float]:
+    """Train `name` from scratch (seeded) on decoded uint8 images with the paper's recipe (Adam,
+    cross-entropy, torchvision augmentation); return the model and the mean step time.
+    `on_epoch(model, epoch, loss)` runs after every epoch (a fold validates and logs there)."""
+    torch.manual_seed(seed)
+    model = runtime.prepare_model(build_model(name, len(classes), cfg.image_size, cfg.pretrained), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     scaler = runtime.grad_scaler(device, amp_dtype)
-    train_ds = ImageSet(train_images, train_y, augment=True, seed=cfg.seed + k)
-    train_dl = runtime.loader(train_ds, cfg.batch_size, True, cfg.seed + k, cfg.num_workers, device, train=True)
-    val_dl = runtime.loader(ImageSet(val_images, val_y), cfg.batch_size, False, 0, cfg.num_workers, device)
+    train_ds = ImageSet(images, y, augment=True, seed=seed)
+    train_dl = runtime.loader(train_ds, cfg.batch_size, True, seed, cfg.num_workers, device, train=True)
     step_seconds = []
-    bar = tqdm(total=epochs * len(train_dl), desc=f"fold {k}", unit="step", disable=not progress)
+    bar = tqdm(total=epochs * len(train_dl), desc=desc, unit="step", disable=not progress)
     for epoch in range(epochs):
         train_ds.set_epoch(epoch)
         loss, sec = train_one_epoch(model, train_dl, optimizer, scaler, device, amp_dtype, bar)
         step_seconds.append(sec)
-        val_probs = predict(model, val_dl, device, amp_dtype)
-        val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)),
-                                                torch.from_numpy(val_y)))
-        val_f1 = classification_metrics(val_y, val_probs.argmax(1), classes)["f1"]
-        mlflow.log_metrics({"train/loss": loss, "val/loss": val_loss, "val/f1": val_f1}, step=epoch + 1)
+        if on_epoch is not None:
+            on_epoch(model, epoch, loss)
     bar.close()
-    probs = {name: predict(model, runtime.loader(ImageSet(imgs, np.zeros(len(imgs), np.int64)), cfg.batch_size,
-                                                 False, 0, cfg.num_workers, device), device, amp_dtype)
-             for name, imgs in eval_images.items()}
+    return model, float(np.mean(step_seconds)) if step_seconds else 0.0
+
+
+def predict_images(model, images: np.ndarray, cfg: ClassifyConfig, device, amp_dtype) -> np.ndarray:
+    """Softmax probabilities (N, classes) of decoded uint8 images (N, S, S, 3)."""
+    dl = runtime.loader(ImageSet(images, np.zeros(len(images), np.int64)), cfg.batch_size, False, 0,
+                        cfg.num_workers, device)
+    return predict(model, dl, device, amp_dtype)
+
+
+def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y, val_images, val_y,
+             eval_images: dict[str, np.ndarray], cfg: ClassifyConfig, epochs: int, device, amp_dtype,
+             progress: bool) -> dict:
+    """Train fold k's model from scratch; return its validation and eval-set probabilities."""
+    val_dl = runtime.loader(ImageSet(val_images, val_y), cfg.batch_size, False, 0, cfg.num_workers, device)
+    last = {}
+
+    def validate(model, epoch, loss):
+        last["val"] = predict(model, val_dl, device, amp_dtype)
+        val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(last["val"]).clamp_min(1e-12)),
+                                                torch.from_numpy(val_y)))
+        val_f1 = classification_metrics(val_y, last["val"].argmax(1), classes)["f1"]
+        mlflow.log_metrics({"train/loss": loss, "val/loss": val_loss, "val/f1": val_f1}, step=epoch + 1)
+
+    model, step_seconds = train_classifier(model_name, classes, train_images, train_y, cfg, epochs, device,
+                                           amp_dtype, progress, cfg.seed + k, validate, desc=f"fold {k}")
+    probs = {name: predict_images(model, imgs, cfg, device, amp_dtype) for name, imgs in eval_images.items()}
     state = {key: v.detach().cpu().clone() for key, v in model.state_dict().items()}
-    return {"val": val_probs, **probs, "state_dict": state, "step_seconds": float(np.mean(step_seconds))}
+    return {"val": last["val"], **probs, "state_dict": state, "step_seconds": step_seconds}
 
 
 def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool = True) -> str:
@@ -308,7 +331,8 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
         best, step_seconds = None, []
         t_start = time.perf_counter()
         for k, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
-            with mlflow.start_run(run_name=f"fold {k}", nested=True, experiment_id=run.info.experiment_id,
+            with mlflow.start_run(run_name=f"{cfg.model} {cfg.train_set} fold {k}", nested=True,
+                                  experiment_id=run.info.experiment_id,
                                   tags={**tracking.run_tags("classify-fold", data.prepared.digest), **tags,
                                         "skindualgen.fold": str(k)}):
                 mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va)})
@@ -320,9 +344,10 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
                                epochs, device, amp_dtype, progress)
                 fold_metrics = {}
                 val_samples = [train.samples[i] for i in va]
-                m = classification_metrics(y[va], out["val"].argmax(1), classes)
-                fold_metrics.update({f"val_{key}": v for key, v in m.items()})
-                per_fold["val"].append(m)
+                val_m = classification_metrics(y[va], out["val"].argmax(1), classes)
+                # the validation curve's last point: `val/<metric>` at step = epochs (one name per metric)
+                mlflow.log_metrics({f"val/{key}": val_m[key] for key in METRICS}, step=epochs)
+                per_fold["val"].append(val_m)
                 rows["val"] += _prediction_rows(k, val_samples, out["val"], classes)
                 for name, e in evals.items():
                     pred = out[name].argmax(1)
@@ -334,13 +359,13 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
                 fold_metrics["time/step_seconds"] = out["step_seconds"]
                 step_seconds.append(out["step_seconds"])
                 mlflow.log_metrics(fold_metrics)
-                if best is None or fold_metrics["val_f1"] > best["val_f1"]:
-                    best = {"fold": k, "val_f1": fold_metrics["val_f1"], "state_dict": out["state_dict"]}
+                if best is None or val_m["f1"] > best["val_f1"]:
+                    best = {"fold": k, "val_f1": val_m["f1"], "state_dict": out["state_dict"]}
 
         summary = {"best_fold": best["fold"], "time/train_seconds": time.perf_counter() - t_start,
                    "time/step_seconds": float(np.mean(step_seconds))}
         for name, folds in per_fold.items():
-            prefix = "" if name == "test" else f"{name}_"
+            prefix = {"test": "", "val": "val/"}.get(name, f"{name}_")
             if name == "val":     # the folds' validation sets differ: only the headline numbers
                 folds = [{key: m[key] for key in METRICS} for m in folds]
             summary.update({prefix + key: v for key, v in mean_and_std(folds).items()})

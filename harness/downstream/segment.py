@@ -11,8 +11,10 @@ mask). The training set is one of real / synth / hybrid (sets.py); no cross-vali
 describes k-fold for classification only). The final model is evaluated on the real test split and
 optionally on `--eval-data` (HAM10000, every image: the lesion class does not matter here).
 
-Evaluation: predicted mask = sigmoid(logit) > 0.5, compared with the ground-truth mask resized
-(nearest) to image_size, so distances are in pixels of the image_size x image_size grid. Per image:
+Evaluation at the ground truth's resolution: the model sees the image resized to image_size; its
+logits are resized back (bilinear) to the ground-truth mask's own size, thresholded there
+(sigmoid(logit) > 0.5) and compared with the mask as it is on disk, so Dice, IoU, ASD and HD (in
+pixels of the original mask) do not depend on the training size. Per image:
 dice, iou (%), asd, hd (px) with the empty-mask rule of metrics.py, which never crashes and never
 drops an image: both empty -> dice = iou = 100, asd = hd = 0; exactly one empty -> dice = iou = 0,
 asd = hd = the image diagonal. Images whose prediction / ground truth is empty are counted in
@@ -21,7 +23,8 @@ asd = hd = the image diagonal. Images whose prediction / ground truth is empty a
 Logged: params (the config), per-epoch `train/loss`, `time/step_seconds`; `dice`, `iou`, `asd`, `hd`,
 `n_empty_pred`, `n_empty_gt` (and `ham_*`); per-image scores `segmentation/{test,ham}.csv`;
 predicted masks `pred_masks/{test,ham}/<id>.png` (0/255); the model `model/model.pt` + `model.json`
-(`load_segmenter(run_id)` rebuilds it); the training-set composition.
+(`load_segmenter(run_id)` rebuilds it); the training-set composition. `train_segmenter` and
+`predict_masks` are the units the run is made of (reference.py reuses them).
 """
 from __future__ import annotations
 
@@ -103,25 +106,75 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, amp_dtype
     return runtime.run_epoch(model, loader, compute_loss, optimizer, scaler, bar)
 
 
+def train_segmenter(name: str, samples: list[Sample], cfg: SegmentConfig, device, amp_dtype, progress: bool,
+                    seed: int, on_epoch=None) -> tuple[nn.Module, dict]:
+    """Train `name` from scratch (seeded) on `samples` (image + mask) with the paper's recipe; return the
+    model and {"losses": per-epoch mean Dice loss, "step_seconds": mean step time}. `on_epoch(epoch,
+    loss)` is called after every epoch (the run logs its curve there)."""
+    import segmentation_models_pytorch as smp
+    torch.manual_seed(seed)
+    model = runtime.prepare_model(build_model(name, cfg.pretrained), device)
+    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    scaler = runtime.grad_scaler(device, amp_dtype)
+    train_ds = PairDataset(samples, cfg.image_size, augment=paired_augmentation("paper"),
+                           image_norm="imagenet", seed=seed)
+    # decode + resize once, before loader workers copy the dataset (PIL releases the GIL: threads help)
+    with ThreadPoolExecutor(max(1, cfg.num_workers)) as pool:
+        list(tqdm(pool.map(train_ds.pair, range(len(train_ds))), total=len(train_ds), desc="decode train",
+                  unit="img", disable=not progress))
+    train_dl = runtime.loader(train_ds, cfg.batch_size, True, seed, cfg.num_workers, device, train=True)
+    losses, step_seconds = [], []
+    bar = tqdm(total=cfg.epochs * len(train_dl), desc=f"segment {name}", unit="step", disable=not progress)
+    for epoch in range(cfg.epochs):
+        train_ds.set_epoch(epoch)
+        loss, sec = train_one_epoch(model, train_dl, loss_fn, optimizer, scaler, device, amp_dtype, bar)
+        losses.append(loss)
+        step_seconds.append(sec)
+        if on_epoch is not None:
+            on_epoch(epoch, loss)
+    bar.close()
+    return model, {"losses": losses, "step_seconds": float(np.mean(step_seconds))}
+
+
+def load_mask(sample: Sample) -> np.ndarray:
+    """The ground-truth mask as on disk, bool (H, W)."""
+    with Image.open(sample.mask) as mk:
+        return np.asarray(mk.convert("L")) > 0
+
+
 @torch.no_grad()
+def predict_masks(model, samples: list[Sample], image_size: int, sizes: list[tuple[int, int]], device, amp_dtype,
+                  batch_size: int = 8, num_workers: int = 0, progress: bool = False,
+                  desc: str = "predict") -> list[np.ndarray]:
+    """Predicted masks (bool, one (H, W) per sample, H x W = `sizes[i]`): the image at image_size through
+    the model, the logits resized (bilinear) to sizes[i], then sigmoid > THRESHOLD."""
+    model.eval()
+    ds = StreamingPairs(samples, image_size, augment=None, image_norm="imagenet")
+    dl = runtime.loader(ds, batch_size, False, 0, num_workers, device)
+    out: list[np.ndarray | None] = [None] * len(samples)
+    for batch in tqdm(dl, desc=desc, unit="batch", disable=not progress):
+        with runtime.autocast(device, amp_dtype):
+            logits = model(runtime.to_device(batch["image"], device)).float()      # (B, 1, S, S)
+        for i, logit in zip(batch["index"].tolist(), logits):
+            full = nn.functional.interpolate(logit[None], size=sizes[i], mode="bilinear", align_corners=False)
+            out[i] = (torch.sigmoid(full[0, 0]) > THRESHOLD).cpu().numpy()
+    return out
+
+
 def evaluate(model, samples: list[Sample], name: str, cfg: SegmentConfig, device, amp_dtype, out_dir: Path,
              progress: bool = True) -> tuple[list[dict], dict[str, float]]:
-    """Predict, score and save the mask of every image of `samples`. Returns (per-image rows, summary)."""
-    model.eval()
-    ds = StreamingPairs(samples, cfg.image_size, augment=None, image_norm="imagenet")
-    dl = runtime.loader(ds, cfg.batch_size, False, 0, cfg.num_workers, device)
+    """Predict, score and save the mask of every image of `samples` at its ground truth's resolution.
+    Returns (per-image rows, summary)."""
+    gts = [load_mask(s) for s in samples]
+    preds = predict_masks(model, samples, cfg.image_size, [g.shape for g in gts], device, amp_dtype,
+                          cfg.batch_size, cfg.num_workers, progress, desc=f"evaluate {name}")
     (out_dir / "pred_masks" / name).mkdir(parents=True, exist_ok=True)
     rows = []
-    for batch in tqdm(dl, desc=f"evaluate {name}", unit="batch", disable=not progress):
-        with runtime.autocast(device, amp_dtype):
-            logits = model(runtime.to_device(batch["image"], device))
-        preds = (torch.sigmoid(logits.float()) > THRESHOLD).squeeze(1).cpu().numpy()
-        gts = batch["mask"].squeeze(1).numpy() > 0.5
-        for i, pred, gt in zip(batch["index"].tolist(), preds, gts):
-            s = samples[i]
-            path = Path("pred_masks") / name / f"{s.id}.png"
-            Image.fromarray(pred.astype(np.uint8) * 255).save(out_dir / path)
-            rows.append({"id": s.id, "label": s.label, **segmentation_scores(pred, gt), "pred_mask": path.as_posix()})
+    for s, pred, gt in zip(samples, preds, gts):
+        path = Path("pred_masks") / name / f"{s.id}.png"
+        Image.fromarray(pred.astype(np.uint8) * 255).save(out_dir / path)
+        rows.append({"id": s.id, "label": s.label, **segmentation_scores(pred, gt), "pred_mask": path.as_posix()})
     return rows, summarize_segmentation(rows)
 
 
@@ -178,30 +231,10 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
     with tracking.stage_run("segment", cfg, data.prepared.digest, experiment,
                             run_name=f"segment {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
         log_inputs(data, eval_by_class=False)
-        torch.manual_seed(cfg.seed)
-        model = runtime.prepare_model(build_model(cfg.model, cfg.pretrained), device)
-        import segmentation_models_pytorch as smp
-        loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-        scaler = runtime.grad_scaler(device, amp_dtype)
-
-        train_ds = PairDataset(data.train.samples, cfg.image_size, augment=paired_augmentation("paper"),
-                               image_norm="imagenet", classes=data.train.classes, seed=cfg.seed)
-        # decode + resize once, before loader workers copy the dataset (PIL releases the GIL: threads help)
-        with ThreadPoolExecutor(max(1, cfg.num_workers)) as pool:
-            list(tqdm(pool.map(train_ds.pair, range(len(train_ds))), total=len(train_ds), desc="decode train",
-                      unit="img", disable=not progress))
-        train_dl = runtime.loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, device, train=True)
-
-        t_start, step_seconds = time.perf_counter(), []
-        bar = tqdm(total=cfg.epochs * len(train_dl), desc=f"segment {cfg.model}", unit="step", disable=not progress)
-        for epoch in range(cfg.epochs):
-            train_ds.set_epoch(epoch)
-            loss, sec = train_one_epoch(model, train_dl, loss_fn, optimizer, scaler, device, amp_dtype, bar)
-            step_seconds.append(sec)
-            mlflow.log_metrics({"train/loss": loss}, step=epoch + 1)
-        bar.close()
-        summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": float(np.mean(step_seconds))}
+        t_start = time.perf_counter()
+        model, history = train_segmenter(cfg.model, data.train.samples, cfg, device, amp_dtype, progress, cfg.seed,
+                                         on_epoch=lambda e, loss: mlflow.log_metrics({"train/loss": loss}, step=e + 1))
+        summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": history["step_seconds"]}
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -216,7 +249,8 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
             (tmp / "model" / "model.json").write_text(json.dumps(
                 {"model": cfg.model, "architecture": arch, "encoder": encoder, "image_size": cfg.image_size,
                  "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
-                 "resize": "LANCZOS to image_size x image_size"}, indent=1))
+                 "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
+                indent=1))
             mlflow.log_artifacts(str(tmp))
         mlflow.log_metrics(summary)
         return run.info.run_id

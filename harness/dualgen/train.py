@@ -43,7 +43,7 @@ from harness.data.augment import PairDataset, paired_augmentation
 from harness.data.prepare import load_prepared, log_dataset_input
 from harness.dualgen.base import PromptCache, load_base
 from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict, trainable_summary
-from harness.dualgen.losses import diffusion_target, dual_loss, predict_x0
+from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
 
@@ -104,10 +104,18 @@ def captions_for(samples, cfg: FinetuneConfig) -> list[str]:
     raise ValueError(f"caption_source must be template or description, got {cfg.caption_source!r}")
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batch order of one epoch, from (seed, epoch) only; the last short batch is kept."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, labels: list[str] | None = None) -> list[list[int]]:
+    """The batch order of one epoch, from (seed, epoch) only; the last short batch is kept.
+    With `labels` (class-balanced): n draws with replacement, every class equally likely, then
+    uniform within the class; otherwise a permutation of range(n)."""
+    g = torch.Generator().manual_seed(seed * 10_007 + epoch)
+    if labels is None:
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        counts = {c: labels.count(c) for c in set(labels)}
+        weights = torch.tensor([1.0 / counts[c] for c in labels], dtype=torch.float64)
+        order = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _latents(vae, rgb, mask01, eps):
@@ -146,7 +154,8 @@ def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig
         with torch.no_grad():
             latents[rest] = _latents(vae, rgb[rest], mask01[rest], eps[rest])
     noisy = scheduler.add_noise(latents, noise, t)
-    text = prompt_cache(list(batch["caption"])).to(device)
+    drop = (torch.rand(n, generator=g) < cfg.prompt_dropout).tolist()     # classifier-free guidance training
+    text = prompt_cache(["" if d else c for c, d in zip(batch["caption"], drop)]).to(device)
     pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype)).sample.float()
     target = diffusion_target(scheduler, latents, noise, t)
     # the mask path: predicted clean latent of the picked samples -> VAE decode -> channel 4 logits
@@ -154,7 +163,39 @@ def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig
     x0 = predict_x0(scheduler, noisy_k, pred[pick], t[pick])
     _, mask_logits = decode(vae, x0)
     return dual_loss(pred, target, mask_logits.float(), mask01[pick],
-                     lambdas=(cfg.lambda_diffusion, cfg.lambda_bce, cfg.lambda_dice), smooth=cfg.dice_smooth)
+                     lambdas=(cfg.lambda_diffusion, cfg.lambda_bce, cfg.lambda_dice), smooth=cfg.dice_smooth,
+                     weights=mask_weights(scheduler, t[pick], cfg.mask_loss_weighting))
+
+
+def warm_up_mask_channels(vae, dataset, mask_params, cfg: FinetuneConfig, device) -> list[float]:
+    """Teach the widened VAE its new mask weights before the LoRA starts: `mask_warmup_steps` steps of
+    BCE + Dice between channel 4 of VAE.decode(VAE.encode(rgb, mask)) and the mask, on the training
+    pairs (seeded batches), only the mask weights training (Adam, lr `mask_warmup_lr`). The VAE is
+    then a working 4-channel autoencoder, so the mask terms of the joint loss start from a decoder
+    that reads masks instead of pushing the UNet to repaint images for a mask row that cannot.
+    Returns the per-step losses."""
+    if not mask_params or cfg.mask_warmup_steps <= 0:
+        return []
+    optimizer = torch.optim.Adam(mask_params, lr=cfg.mask_warmup_lr)
+    losses, step, epoch = [], 0, 0
+    while step < cfg.mask_warmup_steps:
+        for indices in epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed + 7919, epoch):
+            batch = torch.utils.data.default_collate([dataset[i] for i in indices])
+            rgb, mask01 = batch["image"].to(device), batch["mask"].to(device)
+            x = torch.cat([rgb, mask01 * 2 - 1], dim=1).to(vae.dtype)
+            _, logits = decode(vae, vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
+            loss = bce_loss(logits.float(), mask01) + dice_loss(logits.float(), mask01, cfg.dice_smooth)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+            if step >= cfg.mask_warmup_steps:
+                break
+        epoch += 1
+    for p in mask_params:
+        p.grad = None
+    return losses
 
 
 def mask_state_dict(vae) -> dict[str, torch.Tensor]:
@@ -273,7 +314,9 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
                           image_norm="minus1_1", classes=classes, captions=captions, seed=cfg.seed)
     updates_per_epoch = math.ceil(math.ceil(len(dataset) / cfg.train_batch_size) / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_train_steps or cfg.epochs * updates_per_epoch
-    optimizer = torch.optim.AdamW(lora_params + mask_params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    # no weight decay on the VAE layers: it would shrink their frozen RGB parts (their gradient is 0)
+    optimizer = torch.optim.AdamW([{"params": lora_params}, {"params": mask_params, "weight_decay": 0.0}],
+                                  lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                              num_training_steps=max_steps)
     # The VAE is not wrapped (only its two mask layers train); with several processes their gradients
@@ -283,11 +326,15 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
 
     step, start_epoch, skip_batches = 0, 0, 0
+    warmup_losses = []
     if cfg.resume_from_checkpoint:
         ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)
         state = load_checkpoint(ckpt, accelerator.unwrap_model(unet), vae, optimizer,
                                 lr_sched, cfg, prepared.digest)
         step, start_epoch, skip_batches = state["global_step"], state["epoch"], state["batch_in_epoch"]
+    else:   # a resumed run has its warmed-up (and since trained) mask weights from the checkpoint
+        vae.to(device)
+        warmup_losses = warm_up_mask_channels(vae, dataset, mask_params, cfg, device)
 
     is_main = accelerator.is_main_process
     run_ctx = tracking.stage_run("finetune", cfg, prepared.digest, experiment) if is_main else _null()
@@ -300,6 +347,10 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
             if cfg.resume_from_checkpoint:
                 mlflow.set_tag("skindualgen.resumed_from", str(ckpt))
             log_dataset_input(prepared, context="training")
+            if warmup_losses:
+                mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=[
+                    mlflow.entities.Metric("train/mask_warmup_loss", v, int(time.time() * 1000), i + 1)
+                    for i, v in enumerate(warmup_losses)])
             mlflow.log_metrics({"params/trainable": counts["trainable"], "params/total": counts["total"],
                                 "params/trainable_share_pct": 100 * counts["trainable_share"],
                                 "params/reduction_pct": counts["reduction_pct"],
@@ -313,7 +364,8 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         try:
             while step < max_steps:
                 dataset.set_epoch(epoch)
-                batches = epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed, epoch)
+                batches = epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed, epoch,
+                                        [s.label for s in train.samples] if cfg.class_balanced else None)
                 for b, indices in enumerate(batches):
                     if epoch == start_epoch and b < skip_batches:
                         continue

@@ -49,10 +49,17 @@ class FinetuneConfig:
     lambda_bce: float = 1.0
     lambda_dice: float = 1.0
     dice_smooth: float = 1.0
+    mask_loss_weighting: str = "alpha_bar"   # none (every t alike) | alpha_bar (mask terms x alpha_bar_t, see losses.py)
     mask_loss_samples: int = 1      # samples per batch whose x0 is decoded for BCE/Dice (0 = all); a
                                     # seeded random subset: the same loss in expectation, ~2x cheaper
     train_mask_channels: bool = True   # the widened VAE mask weights train with LoRA (see README)
+    mask_warmup_steps: int = 200    # steps teaching the VAE's new mask weights to autoencode masks before
+                                    # the LoRA starts (0 = none; train.warm_up_mask_channels)
+    mask_warmup_lr: float = 1e-3
     caption_source: str = "template"   # template | description
+    prompt_dropout: float = 0.1     # share of captions replaced by "" (as SD was trained: keeps classifier-free
+                                    # guidance meaningful; 0 = never)
+    class_balanced: bool = False    # batches drawn class-uniformly (with replacement) instead of a shuffle
     prompt_template: str = PROMPT_TEMPLATE
     augment: bool = True
     gradient_accumulation_steps: int = 1
@@ -84,6 +91,12 @@ class GenerateConfig:
     mask_threshold: float = 0.5
     settings_from_run: str = ""     # a tune run id: take steps/guidance from it
     output_dir: str = ""            # "" = outputs/generate/<run id>
+    # beyond the paper: keep only pairs whose mask agrees with a real-trained segmenter (0 = keep all)
+    min_consistency: float = 0.0    # Dice in [0, 1] of the pair's mask vs the segmenter's mask for its image
+    consistency_model: str = "unet"
+    reference_profile: str = "paper"   # the segment settings the judging segmenter is trained with
+    reference_cache_dir: str = ".cache/skindualgen/reference"
+    max_rounds: int = 10            # generation rounds (new seeds each) to replace dropped pairs
     seed: int = SEED
 
 
@@ -98,8 +111,13 @@ class EvaluateConfig:
     lpips_size: int = 256
     batch_size: int = 32
     cache_dir: str = ".cache/skindualgen/features"   # real-set feature statistics (mu, sigma)
+    # beyond the paper: CAS and mask consistency, judged by models trained on the real train split
+    cas_model: str = "resnet34"     # the classify model that judges CAS ("" = no CAS)
+    consistency_model: str = "unet"   # the segment model that judges mask consistency ("" = none)
+    reference_profile: str = "paper"   # the classify/segment settings they are trained with
+    reference_cache_dir: str = ".cache/skindualgen/reference"   # trained once per dataset digest
     test_fraction: float = 0.176    # the real set's train/test split, as in finetune (same seed)
-    seed: int = SEED                # split seed and the seed of the LPIPS/MS-SSIM pairs
+    seed: int = SEED                # split seed, the seed of the LPIPS/MS-SSIM pairs and of the judges
 
 
 @dataclass
@@ -234,9 +252,9 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "generate": {
         "paper": {},
-        "demo": {"resolution": 64, "per_class": 4},
+        "demo": {"resolution": 64, "per_class": 4, "reference_profile": "demo"},
     },
-    "evaluate": {"paper": {}, "demo": {"lpips_pairs": 100}},
+    "evaluate": {"paper": {}, "demo": {"lpips_pairs": 100, "reference_profile": "demo"}},
     "tune": {"paper": {}, "demo": {"trials": 4, "per_class": 2, "resolution": 64, "steps_min": 10,
                                     "steps_max": 45}},
     "classify": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "folds": 2, "batch_size": 16}},

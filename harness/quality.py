@@ -54,7 +54,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -90,6 +90,8 @@ TAG_LPIPS_NET = "skindualgen.lpips_net"
 TAG_COMPARABLE = "skindualgen.metrics_comparable"
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
+TAG_CAS_MODEL = "skindualgen.cas_model"
+TAG_CONSISTENCY_MODEL = "skindualgen.consistency_model"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,6 +306,7 @@ class ImageSet:
     split: str                 # "train" | "test" | "all"
     cacheable: bool            # real splits: (mu, sigma) cached by digest + split + extractor
     source: str                # what was given, for messages
+    samples: list = field(default_factory=list)   # the records (label, mask) behind `paths`, same order
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -394,6 +397,38 @@ def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int,
 
 
 # ------------------------------------------------------------------------------------------------
+# Beyond the paper: CAS and mask consistency (harness.downstream.reference)
+# ------------------------------------------------------------------------------------------------
+
+def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: bool = True) -> dict[str, float]:
+    """`cas`, `cas/<class>` (the reference classifier's accuracy on the set's labels) and
+    `mask_consistency`, `mask_consistency/<class>`, `mask_nonempty` of the compared set (a generated set
+    or the real test split), judged by models trained on the real train split (trained once per digest).
+    Classes the real data lacks are an error; samples without a mask are left out of consistency."""
+    from harness.downstream.reference import cas, mask_consistency, reference_classifier, reference_segmenter
+    classes = prepared.dataset.split("train").classes
+    unknown = sorted({s.label for s in fake.samples} - set(classes))
+    if unknown:
+        raise DataError(f"{fake.source}: class(es) {unknown} are not classes of the real train split {classes}; "
+                        "CAS needs the generated set's classes to be the real ones")
+    out: dict[str, float] = {}
+    if cfg.cas_model:
+        clf = reference_classifier(prepared, cfg.cas_model, cfg.reference_profile, cfg.reference_cache_dir,
+                                   cfg.seed, progress)
+        out.update(cas(clf, fake.samples))
+        mlflow.set_tags({TAG_CAS_MODEL: clf.info["key"], "skindualgen.cas_model_cached": str(clf.cached).lower()})
+    with_mask = [s for s in fake.samples if s.mask is not None]
+    if cfg.consistency_model and with_mask:
+        seg = reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
+                                  cfg.seed, progress)
+        scores, _ = mask_consistency(seg, with_mask)
+        out.update(scores)
+        mlflow.set_tags({TAG_CONSISTENCY_MODEL: seg.info["key"],
+                         "skindualgen.consistency_model_cached": str(seg.cached).lower()})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # Inputs and the stage
 # ------------------------------------------------------------------------------------------------
 
@@ -417,13 +452,13 @@ def load_fake_set(path: Path, progress: bool = True) -> ImageSet:
     if not shas:
         shas = {k: (v.image_sha256, v.mask_sha256) for k, v in validate(dataset, progress=progress).items()}
     return ImageSet(paths=[s.image for s in dataset.samples], digest=dataset_digest(dataset, shas),
-                    split="all", cacheable=False, source=str(path))
+                    split="all", cacheable=False, source=str(path), samples=list(dataset.samples))
 
 
 def real_split(prepared: Prepared, split: str) -> ImageSet:
     part = prepared.dataset.split(split)
     return ImageSet(paths=[s.image for s in part.samples], digest=prepared.digest, split=split,
-                    cacheable=True, source=str(prepared.dataset.root))
+                    cacheable=True, source=str(prepared.dataset.root), samples=list(part.samples))
 
 
 def resolve_comparison(cfg: EvaluateConfig) -> str:
@@ -482,6 +517,7 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
         metrics.update(paired_metrics(real.paths, fake.paths, cfg.lpips_pairs, cfg.seed, lpips_net,
                                       cfg.lpips_size, cfg.msssim_size, cfg.batch_size, progress))
         metrics.update({"n_real": len(real), "n_fake": len(fake)})
+        metrics.update(judge(prepared, fake, cfg, progress))
         fake_cache = "hit" if fake_hit else ("miss" if fake.cacheable else "off")
         mlflow.set_tags({"skindualgen.real_stats_cache": "hit" if real_hit else "miss",
                          "skindualgen.fake_stats_cache": fake_cache})

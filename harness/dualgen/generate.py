@@ -17,9 +17,11 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.tracking import MlflowClient
 
 from harness import tracking
@@ -133,50 +135,137 @@ def generated_set(spec: str) -> tuple[Path, mlflow.entities.Run | None]:
     return Path(out), run
 
 
+def generate_pairs(pipe: DualGenPipeline, template: str, jobs: list[tuple[str, int]], seeds: list[int],
+                   cfg: GenerateConfig, progress: bool = True) -> list:
+    """One (image, mask) pair per job (class, k) with its seed."""
+    prompts = [template.format(class_name=c) for c, _ in jobs]
+    return pipe(prompts, seeds, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                height=cfg.resolution, width=cfg.resolution, batch_size=cfg.batch_size,
+                mask_threshold=cfg.mask_threshold, progress=progress)
+
+
+def consistency_judge(training: dict, cfg: GenerateConfig, progress: bool = True):
+    """The real-trained segmenter that scores pairs for --min-consistency (reference.py), trained on the
+    real train split of the data the model was fine-tuned on (its dataset digest is checked)."""
+    from harness.data.prepare import load_prepared
+    from harness.downstream.reference import reference_segmenter
+    ft = training.get("config", {})
+    prepared = load_prepared(ft.get("data_dir", ""), "auto", ft.get("test_fraction", 0.176), ft.get("seed", 42),
+                             progress=progress)
+    if prepared.digest != training["dataset_digest"]:
+        raise ValueError(f"--min-consistency: the model's training data {ft.get('data_dir') or '(demo)'} now has "
+                         f"dataset digest {prepared.digest}, not {training['dataset_digest']} as when it was "
+                         "fine-tuned; the judging segmenter must learn from the same real data")
+    return reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
+                               cfg.seed, progress)
+
+
+def pair_consistency(judge, labels: list[str], pairs: list) -> list[float]:
+    """Dice in [0, 1] of each pair's mask vs the judge's mask for its image (files in a temp folder)."""
+    from harness.data.records import Sample
+    from harness.downstream.reference import consistency_scores
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = []
+        for i, (label, (image, mask)) in enumerate(zip(labels, pairs)):
+            image.save(Path(tmp) / f"{i}.png")
+            mask.save(Path(tmp) / f"{i}_mask.png")
+            samples.append(Sample(str(i), Path(tmp) / f"{i}.png", Path(tmp) / f"{i}_mask.png", label))
+        return consistency_scores(judge, samples)[0].tolist()
+
+
+def generate_consistent(pipe, template: str, todo: list[tuple[str, int]], cfg: GenerateConfig, judge,
+                        progress: bool = True) -> tuple[list[tuple[str, int]], list[int], list, dict]:
+    """Generate `todo` = [(class, count)]; with a judge, drop pairs whose consistency is below
+    cfg.min_consistency and generate replacements with the next seeds, round after round, until every
+    class has its count. Seeds are seed + 0, 1, 2, ... in the order pairs are made, so a kept pair's seed
+    regenerates it alone. Returns (jobs, seeds, pairs, stats) of the kept pairs."""
+    need = dict(todo)
+    kept: dict[str, list] = {c: [] for c in need}
+    next_seed, rounds, dropped, scores = cfg.seed, 0, {c: 0 for c in need}, []
+    while any(len(kept[c]) < n for c, n in need.items()):
+        if rounds == max(1, cfg.max_rounds):
+            short = {c: f"{len(kept[c])}/{n}" for c, n in need.items() if len(kept[c]) < n}
+            raise ValueError(f"--min-consistency {cfg.min_consistency}: after {rounds} rounds these classes still lack "
+                             f"pairs that pass (kept/needed): {short}; lower --min-consistency or raise --max-rounds")
+        jobs = [(c, len(kept[c]) + k) for c, n in need.items() for k in range(n - len(kept[c]))]
+        seeds = list(range(next_seed, next_seed + len(jobs)))
+        next_seed += len(jobs)
+        pairs = generate_pairs(pipe, template, jobs, seeds, cfg, progress)
+        ok = [1.0] * len(pairs)
+        if judge is not None:
+            ok = pair_consistency(judge, [c for c, _ in jobs], pairs)
+            scores += ok
+        for (c, _), seed, pair, score in zip(jobs, seeds, pairs, ok):
+            if judge is None or score >= cfg.min_consistency:
+                kept[c].append((seed, pair, score))
+            else:
+                dropped[c] += 1
+        rounds += 1
+    jobs = [(c, k) for c, n in todo for k in range(n)]
+    chosen = [kept[c][k] for c, k in jobs]
+    stats = {"rounds": rounds, "dropped": dropped, "scores": scores,
+             "kept_scores": [score for _, _, score in chosen]}
+    return jobs, [seed for seed, _, _ in chosen], [pair for _, pair, _ in chosen], stats
+
+
+def write_generated_set(out: Path, run_id: str, jobs, seeds, pairs, template: str, cfg: GenerateConfig,
+                        lineage: dict, fixed_uri: str) -> list[dict]:
+    """Write the pairs in the ISIC-GPT layout + manifest.csv + descriptions.json, atomically (a temp folder
+    beside `out`, then renamed); refuse to replace a folder that is not a generated set."""
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows, descriptions = [], {}
+    for i, ((label, _), seed, (image, mask)) in enumerate(zip(jobs, seeds, pairs)):
+        sid = f"SYN_{run_id[:8]}_{i:06d}"
+        prompt = template.format(class_name=label)
+        for kind, im in (("images", image), ("masks", mask)):
+            (tmp / kind / label).mkdir(parents=True, exist_ok=True)
+            im.save(tmp / kind / label / f"{sid}.png")
+        descriptions[sid] = prompt
+        rows.append({"id": sid, "image": f"images/{label}/{sid}.png", "mask": f"masks/{label}/{sid}.png",
+                     "label": label, "description": prompt, "split": "train", "group": "",
+                     "prompt": prompt, "seed": seed, "model_uri": cfg.model_uri,
+                     "model_version": lineage.get(TAG_MODEL_VERSION, fixed_uri)})
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1))
+    with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    if out.exists():
+        if any(out.iterdir()) and not (out / "manifest.csv").is_file():
+            shutil.rmtree(tmp)
+            raise ValueError(f"{out} exists and is not a generated set (no manifest.csv): not overwriting it")
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return rows
+
+
 def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool = True) -> tuple[str, Path]:
     """Generate, write the dataset atomically, log the run. Returns (run id, output folder)."""
     tracking.setup(experiment)
     cfg = load_settings_from_run(cfg)
+    if not 0.0 <= cfg.min_consistency <= 1.0:
+        raise ValueError(f"--min-consistency is a Dice in [0, 1], got {cfg.min_consistency}")
     fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())
     todo = plan(training, cfg)
+    judge = consistency_judge(training, cfg, progress) if cfg.min_consistency > 0 else None
     with tracking.stage_run("generate", cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
         pipe = DualGenPipeline.from_folder(folder)
         template = training["prompt_template"]
-        jobs = [(c, k) for c, n in todo for k in range(n)]
-        prompts = [template.format(class_name=c) for c, _ in jobs]
-        seeds = [cfg.seed + i for i in range(len(jobs))]
-        pairs = pipe(prompts, seeds, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                     height=cfg.resolution, width=cfg.resolution, batch_size=cfg.batch_size,
-                     mask_threshold=cfg.mask_threshold, progress=progress)
+        jobs, seeds, pairs, stats = generate_consistent(pipe, template, todo, cfg, judge, progress)
         out = Path(cfg.output_dir or Path("outputs") / "generate" / run.info.run_id).resolve()
-        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        rows, descriptions = [], {}
-        for i, ((label, _), prompt, seed, (image, mask)) in enumerate(zip(jobs, prompts, seeds, pairs)):
-            sid = f"SYN_{run.info.run_id[:8]}_{i:06d}"
-            for kind, im in (("images", image), ("masks", mask)):
-                (tmp / kind / label).mkdir(parents=True, exist_ok=True)
-                im.save(tmp / kind / label / f"{sid}.png")
-            descriptions[sid] = prompt
-            rows.append({"id": sid, "image": f"images/{label}/{sid}.png", "mask": f"masks/{label}/{sid}.png",
-                         "label": label, "description": prompt, "split": "train", "group": "",
-                         "prompt": prompt, "seed": seed, "model_uri": cfg.model_uri,
-                         "model_version": lineage.get(TAG_MODEL_VERSION, fixed_uri)})
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1))
-        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        if out.exists():
-            if any(out.iterdir()) and not (out / "manifest.csv").is_file():
-                shutil.rmtree(tmp)
-                raise ValueError(f"{out} exists and is not a generated set (no manifest.csv): not overwriting it")
-            shutil.rmtree(out)
-        tmp.rename(out)
-        mlflow.log_metrics({"n_generated": len(rows)} | {f"generated_count/{c}": n for c, n in todo})
+        rows = write_generated_set(out, run.info.run_id, jobs, seeds, pairs, template, cfg, lineage, fixed_uri)
+        metrics = {"n_generated": len(rows)} | {f"generated_count/{c}": n for c, n in todo}
+        if judge is not None:
+            metrics |= {"n_dropped": sum(stats["dropped"].values()), "generation_rounds": stats["rounds"],
+                        "consistency_all_mean": float(np.mean(stats["scores"])),
+                        "consistency_kept_mean": float(np.mean(stats["kept_scores"])) if rows else 0.0}
+            metrics |= {f"n_dropped/{c}": n for c, n in stats["dropped"].items()}
+            mlflow.set_tag("skindualgen.consistency_model", judge.info["key"])
+        mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out / "manifest.csv"))
         if pairs:
             per_class = {}

@@ -3,6 +3,7 @@ import click
 
 from entrypoints.build_tiny_base import build_tiny_base
 from entrypoints.classify import classify
+from entrypoints.common import accept_underscores
 from entrypoints.demo_data import demo_data
 from entrypoints.describe import describe
 from entrypoints.evaluate import evaluate
@@ -25,7 +26,7 @@ def cli():
 COMMANDS = (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune,
             classify, segment, explain, report)
 for command in COMMANDS:
-    cli.add_command(command)
+    cli.add_command(accept_underscores(command))
 
 if __name__ == "__main__":
     cli()

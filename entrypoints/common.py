@@ -56,3 +56,13 @@ def config_options(cfg_cls, exclude: tuple[str, ...] = ()):
                               callback=_converter(kind), help=f"default: {f.default!r}")(fn)
         return fn
     return decorate
+
+
+def accept_underscores(command: click.Command) -> click.Command:
+    """MLflow passes an extra `-P learning_rate=1e-4` on as `--learning_rate 1e-4`: every `--dashed-name`
+    option also answers to its `--underscored_name` (listed beside it in --help)."""
+    for param in command.params:
+        if isinstance(param, click.Option):
+            param.opts += [o.replace("-", "_").replace("__", "--", 1) for o in list(param.opts)
+                           if o.startswith("--") and "-" in o[2:]]
+    return command

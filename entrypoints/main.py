@@ -1,7 +1,7 @@
 """`main` entry point: the paper pipeline as child runs of one parent run, reusing finished steps."""
 import click
 
-from entrypoints.common import experiment_option, user_errors
+from entrypoints.common import UserError, experiment_option, user_errors
 from harness.pipeline import PipelineConfig
 
 D = PipelineConfig()
@@ -13,15 +13,22 @@ D = PipelineConfig()
 @click.option("--base-model", default=D.base_model, help="'' = the profile's base model")
 @click.option("--env-manager", default=D.env_manager, show_default=True,
               help="env manager for the child `mlflow run`s (local, virtualenv, conda, uv)")
-@click.option("--eval-data", default=D.eval_data, help="HAM10000 folder for Table 3 ('' = none)")
+@click.option("--eval-data", default=D.eval_data,
+              help="HAM10000 folder for Table 3 ('' = demo: the shifted HAM-layout demo set; paper: none)")
+@click.option("--max-parallel", type=int, default=D.max_parallel, show_default=True,
+              help="independent child runs at a time (each gets a GPU, or cores / N threads)")
+@click.option("--ui-url", default=D.ui_url, help="MLflow UI URL for the report's run links")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
 @experiment_option
 @user_errors
-def main(profile, data_dir, base_model, env_manager, eval_data, seed, experiment):
-    from harness.pipeline import run_pipeline
+def main(profile, data_dir, base_model, env_manager, eval_data, max_parallel, ui_url, seed, experiment):
+    from harness.pipeline import StepFailed, run_pipeline
     cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager,
-                         eval_data=eval_data, seed=seed)
-    run_pipeline(cfg, experiment=experiment, log=click.echo)
+                         eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed)
+    try:
+        run_pipeline(cfg, experiment=experiment, log=click.echo)
+    except StepFailed as e:
+        raise UserError(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -6,22 +6,29 @@ step, the parent resolves the step's full config (profile + parameters) and look
 of that step with the same params and code version: if there is one, it is reused, not redone, so an
 interrupted pipeline continues where it stopped. Outputs pass forward as run ids / model URIs.
 
-Steps: prepare -> finetune -> generate -> evaluate (real/real, real/synth) -> register ->
-classify x models x {real, synth, hybrid} -> segment x models x sets -> explain -> report.
+Steps (a group's steps are independent and run `max_parallel` at a time):
+    prepare -> finetune -> generate -> [evaluate real/real, evaluate real/synth] -> register ->
+    [classify x models x {real, synth, hybrid}, segment x models x sets] -> explain -> report
 `describe` is not chained: the paper's descriptions come with its dataset (run it on new data).
+
+Parallel children each get a share of the machine: with GPUs, CUDA_VISIBLE_DEVICES round-robin over
+them; on CPU, OMP_NUM_THREADS = cores // max_parallel. A failed child fails `main` with its name,
+after the children already running have finished (their runs stay reusable). A run left RUNNING by a
+`main` that was killed (its process is gone) is marked KILLED when `main` starts again.
 """
 from __future__ import annotations
 
 import os
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 
 from harness import tracking
-from harness.config import (ClassifyConfig, EvaluateConfig, ExplainConfig, FinetuneConfig, GenerateConfig,
-                            PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
+from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
+                            GenerateConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,95 +39,235 @@ class PipelineConfig:
     data_dir: str = ""
     base_model: str = ""          # "" = the profile's (demo: tiny; paper: stabilityai/stable-diffusion-2-base)
     env_manager: str = "local"
-    eval_data: str = ""           # a HAM10000 folder for Table 3 ("" = none)
+    eval_data: str = ""           # a HAM10000 folder for Table 3 ("" = demo: the shifted demo set; paper: none)
+    max_parallel: int = 1         # independent children at a time (evaluates; classify/segment runs)
+    ui_url: str = ""              # MLflow UI base URL for the report's run links ("" = none / the server's)
     seed: int = 42
 
 
-# The demo profile trains a subset of the downstream models (the method is unchanged).
 PAPER_MODELS = {"classify": ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"),
                 "segment": ("unet", "deeplabv3plus")}
-DEMO_MODELS = {"classify": ("squeezenet1_1", "resnet34"), "segment": ("unet",)}
+TRAIN_SETS = ("real", "synth", "hybrid")
 
 
-def _step_params(stage: str, cfg) -> dict[str, str]:
-    return {k: v for k, v in tracking.config_params(cfg).items()}
+class StepFailed(RuntimeError):
+    pass
 
 
-def run_step(stage: str, cfg, cli_params: dict[str, str], pipe: PipelineConfig, experiment: str,
-             parent_id: str, log, reuse: bool = True, label: str = "") -> mlflow.entities.Run:
-    """Reuse a FINISHED run with the same resolved params and code version, else run the entry point.
-    (`register` is never reused: it must look at the evaluations that exist now; it is idempotent.)"""
-    start = time.perf_counter()
-    found = tracking.find_reusable_run(stage, _step_params(stage, cfg), experiment) if reuse else None
-    if found is not None:
-        log(f"[{label or stage}] reused run {found.info.run_id} ({time.perf_counter() - start:.1f} s)")
-        mlflow.set_tag(f"skindualgen.step.{label or stage}", found.info.run_id)
-        return found
+@dataclass
+class Step:
+    stage: str
+    cfg: object                   # the config the child will resolve (compared for reuse)
+    params: dict[str, str]        # the -P parameters that make it resolve so
+    label: str = ""
+    reuse: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.label or self.stage
+
+
+@dataclass
+class Pipeline:
+    """What the parent run needs to launch children."""
+    cfg: PipelineConfig
+    experiment: str
+    parent_id: str
+    log: object = print
+    runs: dict[str, mlflow.entities.Run] = field(default_factory=dict)   # label -> run
+
+
+def step(stage: str, cfg_cls, profile: str, given: dict, label: str = "") -> Step:
+    """A step whose config is the profile's plus `given` (options equal to "" are left out)."""
+    given = {k: v for k, v in given.items() if v not in ("", None)}
+    cfg = with_profile(cfg_cls, stage, profile, given)
+    return Step(stage, cfg, {"profile": profile, **{k: str(v) for k, v in given.items()}}, label)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launching children
+# ------------------------------------------------------------------------------------------------
+
+def child_env(slot: int, max_parallel: int) -> dict[str, str]:
+    """Environment of the child in `slot` (0..max_parallel-1): its GPU, or its share of the CPU threads."""
+    if max_parallel <= 1:
+        return {}
+    import torch
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+    threads = max(1, (os.cpu_count() or 1) // max_parallel)
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def launch(pipe: Pipeline, s: Step, env: dict[str, str]):
+    """Start the child `mlflow run` of step `s` (asynchronously) with `env` added to its environment."""
     if not (PROJECT_DIR / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_DIR}/MLproject not found: `main` runs from a checkout of the project")
-    env = {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"}
-    saved = {k: os.environ.pop(k) for k in env if k in os.environ}   # the child makes its own run
+    drop = {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"}           # the child makes its own run
+    saved = {k: os.environ.get(k) for k in drop | set(env)}
+    for k in drop:
+        os.environ.pop(k, None)
+    os.environ.update(env)
     try:
-        submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage, parameters=cli_params,
-                                        env_manager=pipe.env_manager, experiment_name=experiment,
-                                        synchronous=True)
+        return mlflow.projects.run(str(PROJECT_DIR), entry_point=s.stage, parameters=s.params,
+                                   env_manager=pipe.cfg.env_manager, experiment_name=pipe.experiment,
+                                   synchronous=False)
     finally:
-        os.environ.update(saved)
-    run_id = submitted.run_id
-    mlflow.tracking.MlflowClient().set_tag(run_id, "mlflow.parentRunId", parent_id)
-    mlflow.set_tag(f"skindualgen.step.{label or stage}", run_id)
-    log(f"[{label or stage}] run {run_id} finished in {time.perf_counter() - start:.1f} s")
-    return mlflow.get_run(run_id)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-def step_config(cfg_cls, stage: str, profile: str, given: dict):
-    """The config the child will resolve, and the -P parameters that make it resolve so."""
-    cfg = with_profile(cfg_cls, stage, profile, given)
-    return cfg, {"profile": profile, **{k: str(v) for k, v in given.items()}}
+def run_steps(pipe: Pipeline, steps: list[Step]) -> list[mlflow.entities.Run]:
+    """Run independent steps, up to cfg.max_parallel at a time; reuse FINISHED ones. Returns their runs
+    in order. A failed child raises StepFailed naming it, once the others already started are done."""
+    client = mlflow.tracking.MlflowClient()
+    results: dict[int, mlflow.entities.Run] = {}
+    todo = []
+    for i, s in enumerate(steps):
+        found = tracking.find_reusable_run(s.stage, tracking.config_params(s.cfg), pipe.experiment) if s.reuse else None
+        if found is None:
+            todo.append(i)
+            continue
+        pipe.log(f"[{s.name}] reused run {found.info.run_id}")
+        mlflow.set_tag(f"skindualgen.step.{s.name}", found.info.run_id)
+        results[i] = found
+    width = max(1, pipe.cfg.max_parallel)
+    running: dict[int, tuple] = {}            # slot -> (step index, submitted run, start time)
+    failed: list[str] = []
+    while todo or running:
+        for slot in range(width):
+            if slot not in running and todo and not failed:
+                i = todo.pop(0)
+                submitted = launch(pipe, steps[i], child_env(slot, width))
+                client.set_tag(submitted.run_id, "mlflow.parentRunId", pipe.parent_id)
+                mlflow.set_tag(f"skindualgen.step.{steps[i].name}", submitted.run_id)
+                running[slot] = (i, submitted, time.perf_counter())
+        if failed and not running:
+            break
+        time.sleep(0.2)
+        for slot, (i, submitted, started) in list(running.items()):
+            code = submitted.command_proc.poll()
+            if code is None:
+                continue
+            del running[slot]
+            s, run_id = steps[i], submitted.run_id
+            run = mlflow.get_run(run_id)
+            if code != 0 or run.info.status != "FINISHED":
+                if run.info.status == "RUNNING":           # died before its stage could end the run
+                    client.set_terminated(run_id, "FAILED")
+                failed.append(f"{s.name} (run {run_id}, exit code {code})")
+                pipe.log(f"[{s.name}] run {run_id} FAILED after {time.perf_counter() - started:.1f} s")
+                continue
+            pipe.log(f"[{s.name}] run {run_id} finished in {time.perf_counter() - started:.1f} s")
+            results[i] = run
+    if failed:
+        raise StepFailed("step(s) failed: " + "; ".join(failed))
+    for i, run in results.items():
+        pipe.runs[steps[i].name] = run
+    return [results[i] for i in range(len(steps))]
 
 
-def run_pipeline(pipe: PipelineConfig, experiment: str | None = None, log=print) -> str:
+def run_one(pipe: Pipeline, s: Step) -> mlflow.entities.Run:
+    return run_steps(pipe, [s])[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs of a killed `main`
+# ------------------------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_killed_runs(experiment: str, log=print) -> list[str]:
+    """Mark KILLED every RUNNING run of the experiment whose process (tags skindualgen.host/pid, set by
+    every stage) is gone from this host, and every RUNNING child of such a run. Returns their ids."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    running = mlflow.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 output_format="list")
+    host = socket.gethostname()
+
+    def dead(run) -> bool:
+        tags = run.data.tags
+        pid = tags.get(tracking.TAG_PID, "")
+        return tags.get(tracking.TAG_HOST) == host and pid.isdigit() and not _alive(int(pid))
+
+    gone = {r.info.run_id for r in running if dead(r)}
+    gone |= {r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in gone
+             and not r.data.tags.get(tracking.TAG_PID)}
+    client = mlflow.tracking.MlflowClient()
+    for run_id in sorted(gone):
+        client.set_terminated(run_id, "KILLED")
+        log(f"[main] run {run_id} was left RUNNING by a process that is gone: marked KILLED")
+    return sorted(gone)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline
+# ------------------------------------------------------------------------------------------------
+
+def demo_eval_data() -> str:
+    """The HAM10000-layout demo set (a deliberate domain shift) that the demo uses for Table 3."""
+    from harness.data.demo import make_demo_dataset
+    demo = DemoDataConfig()
+    return str(make_demo_dataset(demo.ham_output_dir, seed=demo.seed, layout="ham10000"))
+
+
+def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) -> str:
     experiment = tracking.setup(experiment)
+    reap_killed_runs(experiment, log)
+    if cfg.max_parallel < 1:
+        raise ValueError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
+    eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     t0 = time.perf_counter()
-    with tracking.stage_run("main", pipe, experiment=experiment) as parent:
-        pid = parent.info.run_id
-
-        def step(stage, cfg_cls, given, label=""):
-            cfg, params = step_config(cfg_cls, stage, pipe.profile, given)
-            return run_step(stage, cfg, params, pipe, experiment, pid, log, label=label)
-
-        common = {"data_dir": pipe.data_dir, "seed": pipe.seed}
-        prep = run_step("prepare", PrepareConfig(data_dir=pipe.data_dir, seed=pipe.seed),
-                        {"data_dir": pipe.data_dir, "seed": str(pipe.seed)}, pipe, experiment, pid, log)
+    with tracking.stage_run("main", cfg, experiment=experiment) as parent:
+        pipe = Pipeline(cfg, experiment, parent.info.run_id, log)
+        p = cfg.profile
+        common = {"data_dir": cfg.data_dir, "seed": cfg.seed}
+        prep = run_one(pipe, Step("prepare", PrepareConfig(data_dir=cfg.data_dir, seed=cfg.seed),
+                                  {k: str(v) for k, v in common.items() if v != ""}))
         mlflow.set_tag(tracking.TAG_DIGEST, prep.data.tags.get(tracking.TAG_DIGEST, ""))
 
-        base = {"base_model": pipe.base_model} if pipe.base_model else {}
-        ft = step("finetune", FinetuneConfig, {**common, **base})
+        ft = run_one(pipe, step("finetune", FinetuneConfig, p, {**common, "base_model": cfg.base_model}))
         # the synthetic set has N_c images of class c, as many as the real training split: what
         # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
-        gen = step("generate", GenerateConfig, {
-            "model_uri": f"runs:/{ft.info.run_id}/model", "match_real": True, "seed": pipe.seed,
-            "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}-match-real")})
+        gen = run_one(pipe, step("generate", GenerateConfig, p, {
+            "model_uri": f"runs:/{ft.info.run_id}/model", "match_real": True, "seed": cfg.seed,
+            "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}-match-real")}))
         synth = f"runs:/{gen.info.run_id}"
 
-        step("evaluate", EvaluateConfig, {"real": pipe.data_dir, "seed": pipe.seed}, "evaluate.real_test")
-        step("evaluate", EvaluateConfig, {"real": pipe.data_dir, "fake": synth, "seed": pipe.seed}, "evaluate.synth")
-        run_step("register", RegisterConfig(), {}, pipe, experiment, pid, log, reuse=False)
+        run_steps(pipe, [step("evaluate", EvaluateConfig, p, {"real": cfg.data_dir, "seed": cfg.seed},
+                              "evaluate.real_test"),
+                         step("evaluate", EvaluateConfig, p, {"real": cfg.data_dir, "fake": synth, "seed": cfg.seed},
+                              "evaluate.synth")])
+        run_one(pipe, Step("register", RegisterConfig(), {}, reuse=False))   # looks at the evaluations of now
 
-        models = DEMO_MODELS if pipe.profile == "demo" else PAPER_MODELS
-        trained: dict[tuple[str, str], str] = {}
-        for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig)):
-            for model in models[stage]:
-                for train_set in ("real", "synth", "hybrid"):
-                    run = step(stage, cfg_cls, {**common, "model": model, "train_set": train_set, "synth": synth,
-                                                "eval_data": pipe.eval_data}, f"{stage}.{model}.{train_set}")
-                    trained[(model, train_set)] = run.info.run_id
-        classifiers = models["classify"]
-        step("explain", ExplainConfig, {"real_run": ",".join(trained[(m, "real")] for m in classifiers),
-                                        "hybrid_run": ",".join(trained[(m, "hybrid")] for m in classifiers),
-                                        "seed": pipe.seed})
+        trainings = [step(stage, cfg_cls, p, {**common, "model": model, "train_set": train_set, "synth": synth,
+                                              "eval_data": eval_data}, f"{stage}.{model}.{train_set}")
+                     for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig))
+                     for model in PAPER_MODELS[stage] for train_set in TRAIN_SETS]
+        runs = dict(zip((s.name for s in trainings), run_steps(pipe, trainings)))
+        classifiers = PAPER_MODELS["classify"]
+        run_one(pipe, step("explain", ExplainConfig, p, {
+            "real_run": ",".join(runs[f"classify.{m}.real"].info.run_id for m in classifiers),
+            "hybrid_run": ",".join(runs[f"classify.{m}.hybrid"].info.run_id for m in classifiers),
+            "seed": cfg.seed}))
         # the report reads whatever runs exist now: never reused, it only reads MLflow
-        run_step("report", ReportConfig(), {}, pipe, experiment, pid, log, reuse=False)
+        report_params = {"ui_url": cfg.ui_url} if cfg.ui_url else {}
+        run_one(pipe, Step("report", ReportConfig(**report_params), report_params, reuse=False))
         mlflow.log_metric("pipeline/seconds", time.perf_counter() - t0)
-        log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pid})")
-        return pid
+        log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pipe.parent_id})")
+        return pipe.parent_id

@@ -76,6 +76,13 @@ def register_best(cfg: RegisterConfig, experiment: str | None = None) -> tuple[s
         for key, value in lineage.items():
             client.set_model_version_tag(cfg.name, version, key, value)
         client.set_registered_model_alias(cfg.name, cfg.alias, version)
+        client.update_registered_model(cfg.name, description=(
+            "SkinDualGen dual-generation model: one prompt ('a dermoscopic lesion photo of {class} for skin cancer "
+            "diagnosis') -> an RGB lesion image and its mask (pyfunc: class_name/prompt + seed -> PNG bytes). "
+            f"Alias '{cfg.alias}' = the version whose generated set had the lowest FID against the real train split."))
+        client.update_model_version(cfg.name, version, description=(
+            f"finetune run {ft_id} on dataset {lineage['dataset_digest']} (base {lineage['base_model']} @ "
+            f"{lineage['base_revision'][:12]}); FID {lineage['fid']} in evaluate run {best.info.run_id}"))
         mlflow.set_tags({"skindualgen.registered": f"{cfg.name}/{version}", "skindualgen.alias": cfg.alias,
                          "skindualgen.finetune_run_id": ft_id, "skindualgen.reused_version": str(bool(existing))})
         mlflow.log_metrics({"fid": best.data.metrics["fid"], "n_candidates": len(ranked)})

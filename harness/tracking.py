@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,11 +29,36 @@ TAG_STAGE = "skindualgen.stage"
 TAG_DIGEST = "skindualgen.dataset_digest"
 TAG_CODE = "skindualgen.code_version"
 TAG_LIB_PREFIX = "skindualgen.lib."
+TAG_HOST = "skindualgen.host"      # where the stage's process ran and its pid: `main` marks the runs of a
+TAG_PID = "skindualgen.pid"        # process that is gone KILLED (pipeline.reap_killed_runs)
 TRACKED_LIBRARIES = (
     "torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "mlflow", "timm",
     "segmentation-models-pytorch", "torch-fidelity", "lpips", "pytorch-msssim", "MedPy",
     "optuna", "albumentations", "numpy", "scikit-learn",
 )
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}   # the UI's model-training view
+EXPERIMENT_DESCRIPTION = (
+    "SkinDualGen reproduction: Stable Diffusion 2 fine-tuned with LoRA to generate a skin-lesion image and its "
+    "mask from one prompt; the synthetic pairs augment real data for classifiers and segmenters (paper "
+    "Tables 1-3). Filter one step with `tags.skindualgen.stage = '<stage>'`; a `main` run's children are "
+    "nested under it; the `report` run holds the tables.")
+STAGE_DESCRIPTIONS = {
+    "main": "The whole paper pipeline; every step is a child run (reused when an identical FINISHED run exists).",
+    "prepare": "Validated dataset, fixed stratified train/test split and manifest; its digest names the data.",
+    "describe": "Clinical descriptions of the images (LLM endpoint or template), paper Sec. 3.4.",
+    "finetune": "LoRA fine-tune of the 4-channel (image + mask) SD2 model: diffusion MSE + mask BCE + Dice.",
+    "generate": "Synthetic image-mask pairs from one prompt per class; manifest with seeds.",
+    "evaluate": "Table 1: FID, LPIPS, MS-SSIM of the real train split vs a second set (+ CAS, mask consistency).",
+    "register": "The lowest-FID fine-tuned model registered as a version with lineage; alias points at it.",
+    "tune": "Optuna search of the generation settings (steps, guidance) by FID; one nested run per trial.",
+    "classify": "Table 2/3: one classifier on one training set (real / synth / hybrid), k-fold CV, macro metrics.",
+    "segment": "Table 2/3: one segmenter on one training set (real / synth / hybrid); Dice, IoU, ASD, HD.",
+    "explain": "Figure 3: GradCAM, Saliency, Occlusion of the real-only vs hybrid classifiers.",
+    "report": "Tables 1-3, Figures 2-3 and the Claims rebuilt from the runs, the paper's values beside ours.",
+}
+TAG_DESCRIPTION = "mlflow.note.content"      # the run's (or experiment's) description in the UI
 
 
 def tracking_uri() -> str:
@@ -51,8 +77,18 @@ def setup(experiment: str | None = None) -> str:
         name = exp.name if exp is not None else None
     name = name or DEFAULT_EXPERIMENT
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(name)
+        exp = mlflow.set_experiment(name)
+        describe_experiment(exp)
     return name
+
+
+def describe_experiment(exp) -> None:
+    """Open the experiment in the UI's model-training view, with a description (only what is missing)."""
+    client = mlflow.tracking.MlflowClient()
+    wanted = {**EXPERIMENT_KIND, TAG_DESCRIPTION: EXPERIMENT_DESCRIPTION}
+    for key, value in wanted.items():
+        if key not in (exp.tags or {}):
+            client.set_experiment_tag(exp.experiment_id, key, value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,7 +123,7 @@ def config_params(config: Any) -> dict[str, str]:
 
 
 def run_tags(stage: str, dataset_digest: str | None = None) -> dict[str, str]:
-    tags = {TAG_STAGE: stage, TAG_CODE: code_version()}
+    tags = {TAG_STAGE: stage, TAG_CODE: code_version(), TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
     if dataset_digest:
         tags[TAG_DIGEST] = dataset_digest
     tags.update({TAG_LIB_PREFIX + k: v for k, v in library_versions().items()})
@@ -105,7 +141,8 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
     """
     setup(experiment)
     with mlflow.start_run(run_name=run_name or stage, nested=nested) as run:
-        mlflow.set_tags({**run_tags(stage, dataset_digest), **(extra_tags or {})})
+        description = {TAG_DESCRIPTION: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
+        mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
         log_config(run.info.run_id, config_params(config))
         yield run
 

@@ -172,8 +172,11 @@ _STYLES: dict[str, _Style] = {
 }
 
 
-def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """One image (s x s x 3 uint8), its mask (s x s uint8, 0/255) and a description."""
+def _draw_scene(rng: np.random.Generator, label: str, s: int,
+                radius_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Steps 1-4 of one image: the float s x s x 3 picture before vignetting, its bool mask and a
+    description. radius_scale multiplies the lesion radius drawn for the class (the HAM10000-layout
+    set's scale shift); 1.0 leaves the draws and the result exactly as they were."""
     style = _STYLES[label]
 
     # 1. skin
@@ -185,7 +188,7 @@ def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndar
     cy, cx = s / 2 + rng.uniform(-0.06, 0.06, 2) * s
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
     rho, theta = np.hypot(yy - cy, xx - cx), np.arctan2(yy - cy, xx - cx)
-    r0 = rng.uniform(*style.radius) * s
+    r0 = rng.uniform(*style.radius) * s * radius_scale
     irregularity = rng.uniform(*style.irregularity)
     wobble = sum(rng.normal(0, 1) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 9))
     r = r0 * (1.0 + irregularity * wobble)
@@ -211,14 +214,6 @@ def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndar
     hair = np.asarray(hairs) > 0
     image[hair] = image[hair] * 0.25 + np.array([40, 30, 25]) * 0.75
 
-    # 5. vignetting: dark corners outside a circle of radius 0.5-0.7 s around the image centre
-    vignette_r = rng.uniform(0.5, 0.7) * s
-    falloff = np.clip((vignette_r - np.hypot(yy - s / 2, xx - s / 2)) / (0.06 * s), 0, 1)
-    image = image * falloff[..., None]
-
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    mask_u8 = np.where(mask, 255, 0).astype(np.uint8)
-
     # description from what was actually drawn
     area = mask.mean()
     size_word = "small" if area < 0.06 else "medium-sized" if area < 0.15 else "large"
@@ -227,6 +222,21 @@ def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndar
     text = f"{PROMPT_TEMPLATE.format(class_name=label)}, {size_word} lesion with {colour_words} and {border}"
     if n_hairs:
         text += ", a few overlying hairs"
+    return image, mask, text
+
+
+def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One image (s x s x 3 uint8), its mask (s x s uint8, 0/255) and a description."""
+    image, mask, text = _draw_scene(rng, label, s)
+
+    # 5. vignetting: dark corners outside a circle of radius 0.5-0.7 s around the image centre
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
+    vignette_r = rng.uniform(0.5, 0.7) * s
+    falloff = np.clip((vignette_r - np.hypot(yy - s / 2, xx - s / 2)) / (0.06 * s), 0, 1)
+    image = image * falloff[..., None]
+
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    mask_u8 = np.where(mask, 255, 0).astype(np.uint8)
     return image, mask_u8, text
 
 

@@ -457,3 +457,32 @@ def test_rejects_an_unknown_layout(tmp_path):
         make_demo_dataset(tmp_path / "x", layout="ham")
     assert not (tmp_path / "x").exists()
 
+
+def test_cli_layout_ham10000(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from entrypoints.demo_data import demo_data
+    from harness.config import DemoDataConfig
+    from harness.data.demo import DEMO_LAYOUTS
+    assert tuple(demo_data.params[0].type.choices) == DEMO_LAYOUTS
+
+    runner = CliRunner()
+    out = tmp_path / "given"
+    result = runner.invoke(demo_data, ["--layout", "ham10000", "--output-dir", str(out), "--per-class", "2"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    assert Counter(s.label for s in load_dataset(out).samples) == {name: 2 for name in HAM_DEMO_CLASSES}
+    assert load_dataset(out).layout == "ham10000"
+
+    monkeypatch.chdir(tmp_path)                         # no --output-dir: the layout's default folder
+    result = runner.invoke(demo_data, ["--layout", "ham10000", "--per-class", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert load_dataset(tmp_path / DemoDataConfig.ham_output_dir).layout == "ham10000"
+    result = runner.invoke(demo_data, ["--per-class", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert load_dataset(tmp_path / DemoDataConfig.output_dir).layout == "isic-gpt"
+
+    result = runner.invoke(demo_data, ["--layout", "ham", "--output-dir", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "ham10000" in result.output
+    assert not (tmp_path / "bad").exists()

@@ -1,4 +1,5 @@
-"""`demo-data`: write the embedded demo dataset (deterministic, offline) in the ISIC-GPT layout."""
+"""`demo-data`: write an embedded demo dataset (deterministic, offline): the training set in the
+ISIC-GPT layout, or the domain-shifted external set in the HAM10000 layout."""
 import click
 
 from entrypoints.common import user_errors
@@ -8,15 +9,20 @@ D = DemoDataConfig()
 
 
 @click.command("demo-data")
-@click.option("--output-dir", default=D.output_dir, show_default=True)
+@click.option("--layout", type=click.Choice(["isic-gpt", "ham10000"]), default=D.layout, show_default=True,
+              help="isic-gpt: the training demo set; ham10000: the shifted external set (Table 3)")
+@click.option("--output-dir", default=None,
+              help=f"default: {D.output_dir} (isic-gpt), {D.ham_output_dir} (ham10000)")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
 @click.option("--per-class", type=int, default=D.per_class, show_default=True,
-              help="images per class (0 = HAM10000-like balance, ~140 images)")
+              help="images per class (0 = HAM10000-like balance, ~140 images; ~70 for ham10000)")
 @user_errors
-def demo_data(output_dir, seed, per_class):
+def demo_data(layout, output_dir, seed, per_class):
     from harness.data.demo import make_demo_dataset
-    path = make_demo_dataset(output_dir, seed=seed, per_class=per_class, progress=True)
-    click.echo(f"demo dataset: {path}")
+    if output_dir is None:
+        output_dir = D.ham_output_dir if layout == "ham10000" else D.output_dir
+    path = make_demo_dataset(output_dir, seed=seed, per_class=per_class, progress=True, layout=layout)
+    click.echo(f"demo dataset ({layout} layout): {path}")
 
 
 if __name__ == "__main__":

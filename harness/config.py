@@ -24,9 +24,11 @@ class PrepareConfig:
 class DemoDataConfig:
     output_dir: str = "data/demo"
     seed: int = 0
-    per_class: int = 0              # 0 = the HAM10000-like class balance (~140 images in all)
+    per_class: int = 0              # 0 = the HAM10000-like class balance (~140 images in all; HAM set ~70)
     min_size: int = 64
     max_size: int = 128
+    layout: str = "isic-gpt"        # "ham10000" = the shifted external set in the HAM10000 layout
+    ham_output_dir: str = "data/demo-ham10000"   # where the demo pipeline keeps the HAM10000-layout set
 
 
 @dataclass

@@ -20,9 +20,39 @@ How one image is drawn (all numpy, on a square grid of side `s`):
 Deterministic: image i is drawn from numpy.random.default_rng([seed, i]) and PNGs carry no
 metadata, so the same arguments give the same bytes. The folder is built next to `output_dir`
 and renamed into place; an existing identical build is reused, anything else is left alone.
+
+layout="ham10000" writes a second, smaller set (HAM_DEMO_CLASSES: nevus 32, melanoma 8, benign
+keratosis 8, basal cell carcinoma 6, actinic keratosis 6, vascular lesion 5, dermatofibroma 5)
+in the HAM10000 layout, as an unseen external set for the robustness test (paper Table 3):
+
+    <output_dir>/HAM10000_metadata.csv            lesion_id,image_id,dx,dx_type,age,sex,localization,dataset
+    <output_dir>/HAM10000_images_part_1/ISIC_<7 digits>.jpg       first half of the images, JPEG q95
+    <output_dir>/HAM10000_images_part_2/ISIC_<7 digits>.jpg       the rest
+    <output_dir>/HAM10000_segmentations_lesion_tschandl/ISIC_<7 digits>_segmentation.png   0/255
+    <output_dir>/demo.json                        params (incl. layout and HAM_SHIFT), counts, the
+                                                  shift values drawn for every image, digest
+
+Like HAM10000 it has no descriptions, and a lesion (lesion_id HAM_<7 digits>) has 1-3 images
+(probabilities 0.5/0.3/0.2; >= 2 lesions per class): the lesion is drawn once with the same class
+styles and each view is that skin patch turned by up to 20 degrees, moved by up to 4 % of the side
+and lit anew, so a lesion-grouped split is needed. Its random streams are separate from the
+training set's (see _ham_rng), so its images are new draws, not copies. Every image carries a
+deliberate domain shift, drawn per image from the HAM_SHIFT ranges:
+  - lesion scale: the radius drawn for the class x 0.75-1.35 (per lesion; the contour is still
+    clipped at 0.35 of the side), the mask is that scaled contour;
+  - colour cast: warm, per-channel gains R x 1.00-1.12, G x 0.92-1.00, B x 0.78-0.92;
+  - illumination: contrast x 0.75-0.95 about the image mean, gamma 0.85-1.15, brightness
+    x 0.80-1.00 and a linear ramp of up to +-15 % across the image in a random direction;
+  - vignetting: a smaller visible circle (radius 0.44-0.52 of the side, training set 0.5-0.7)
+    with a softer edge (0.12 of the side, training set 0.06), times a radial darkening to
+    x (0.65-0.85) at half the side;
+  - JPEG compression (quality 95) instead of PNG.
+A logistic regression on lesion colour/size features, trained on the default training set, gets
+99-100 % in-domain (5-fold CV) but 69-74 % on the default HAM set (seeds 0-3; majority class 46 %).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -35,6 +65,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from harness.config import PROMPT_TEMPLATE
+from harness.data.layouts import HAM_DX, HAM_METADATA
 
 GENERATOR_VERSION = 1   # bump when the drawing changes, so old builds are not taken for new ones
 
@@ -49,6 +80,40 @@ DEMO_CLASSES: dict[str, int] = {
     "vascular lesion": 12,
     "dermatofibroma": 11,
 }
+
+
+# The HAM10000-layout set (layout="ham10000"): HAM10000's imbalance, small; every class >= 5.
+HAM_DEMO_CLASSES: dict[str, int] = {
+    "melanocytic nevus": 32,
+    "melanoma": 8,
+    "benign keratosis": 8,
+    "basal cell carcinoma": 6,
+    "actinic keratosis": 6,
+    "vascular lesion": 5,
+    "dermatofibroma": 5,
+}
+DEMO_LAYOUTS = ("isic-gpt", "ham10000")
+HAM_GENERATOR_VERSION = 1   # bump when the HAM set's drawing or shift changes
+
+# The HAM10000-layout set's domain shift: uniform ranges, drawn per lesion (radius_scale) or per
+# image (the rest). Recorded in demo.json's params; the module docstring says what each one does.
+HAM_SHIFT: dict[str, tuple[float, float]] = {
+    "radius_scale": (0.75, 1.35),        # lesion radius x this (the class draw stays the same)
+    "view_rotation_deg": (-20.0, 20.0),  # each view: the same skin patch turned ...
+    "view_shift": (-0.04, 0.04),         # ... and moved by this fraction of the side
+    "gain_r": (1.00, 1.12),              # warm colour cast: per-channel gains
+    "gain_g": (0.92, 1.00),
+    "gain_b": (0.78, 0.92),
+    "contrast": (0.75, 0.95),            # about the image mean
+    "gamma": (0.85, 1.15),               # on [0, 1] intensities
+    "brightness": (0.80, 1.00),
+    "gradient": (0.0, 0.15),             # linear illumination ramp, +-this at the image edge
+    "vignette_radius": (0.44, 0.52),     # visible circle / side (training set: 0.5-0.7) ...
+    "vignette_width": (0.12, 0.12),      # ... with a softer edge (training set: 0.06) ...
+    "vignette_darkening": (0.15, 0.35),  # ... and a radial darkening: x (1 - this) at 0.5 side
+}
+# Views per lesion (HAM10000 holds repeated dermoscopies of one lesion) and their probabilities.
+HAM_VIEWS = ((1, 2, 3), (0.5, 0.3, 0.2))
 
 
 class DemoDataError(RuntimeError):
@@ -172,8 +237,11 @@ _STYLES: dict[str, _Style] = {
 }
 
 
-def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """One image (s x s x 3 uint8), its mask (s x s uint8, 0/255) and a description."""
+def _draw_scene(rng: np.random.Generator, label: str, s: int,
+                radius_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Steps 1-4 of one image: the float s x s x 3 picture before vignetting, its bool mask and a
+    description. radius_scale multiplies the lesion radius drawn for the class (the HAM10000-layout
+    set's scale shift); 1.0 leaves the draws and the result exactly as they were."""
     style = _STYLES[label]
 
     # 1. skin
@@ -185,7 +253,7 @@ def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndar
     cy, cx = s / 2 + rng.uniform(-0.06, 0.06, 2) * s
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
     rho, theta = np.hypot(yy - cy, xx - cx), np.arctan2(yy - cy, xx - cx)
-    r0 = rng.uniform(*style.radius) * s
+    r0 = rng.uniform(*style.radius) * s * radius_scale
     irregularity = rng.uniform(*style.irregularity)
     wobble = sum(rng.normal(0, 1) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 9))
     r = r0 * (1.0 + irregularity * wobble)
@@ -211,14 +279,6 @@ def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndar
     hair = np.asarray(hairs) > 0
     image[hair] = image[hair] * 0.25 + np.array([40, 30, 25]) * 0.75
 
-    # 5. vignetting: dark corners outside a circle of radius 0.5-0.7 s around the image centre
-    vignette_r = rng.uniform(0.5, 0.7) * s
-    falloff = np.clip((vignette_r - np.hypot(yy - s / 2, xx - s / 2)) / (0.06 * s), 0, 1)
-    image = image * falloff[..., None]
-
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    mask_u8 = np.where(mask, 255, 0).astype(np.uint8)
-
     # description from what was actually drawn
     area = mask.mean()
     size_word = "small" if area < 0.06 else "medium-sized" if area < 0.15 else "large"
@@ -227,7 +287,173 @@ def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndar
     text = f"{PROMPT_TEMPLATE.format(class_name=label)}, {size_word} lesion with {colour_words} and {border}"
     if n_hairs:
         text += ", a few overlying hairs"
+    return image, mask, text
+
+
+def _draw_example(rng: np.random.Generator, label: str, s: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One image (s x s x 3 uint8), its mask (s x s uint8, 0/255) and a description."""
+    image, mask, text = _draw_scene(rng, label, s)
+
+    # 5. vignetting: dark corners outside a circle of radius 0.5-0.7 s around the image centre
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
+    vignette_r = rng.uniform(0.5, 0.7) * s
+    falloff = np.clip((vignette_r - np.hypot(yy - s / 2, xx - s / 2)) / (0.06 * s), 0, 1)
+    image = image * falloff[..., None]
+
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    mask_u8 = np.where(mask, 255, 0).astype(np.uint8)
     return image, mask_u8, text
+
+
+# --------------------------------------------------------------------------------------------
+# The HAM10000-layout set
+# --------------------------------------------------------------------------------------------
+
+_HAM_STREAM = 10000    # first spawn_key entry of every HAM stream
+_CODE_OF = {name: code for code, name in HAM_DX.items()}
+# Plausible metadata values; dx_type choices per dx code roughly follow HAM10000's confirmations.
+_HAM_DX_TYPES = {
+    "nv": (("follow_up", "histo", "consensus", "confocal"), (0.55, 0.37, 0.07, 0.01)),
+    "mel": (("histo",), (1.0,)),
+    "bkl": (("histo", "consensus", "confocal"), (0.5, 0.44, 0.06)),
+    "bcc": (("histo",), (1.0,)),
+    "akiec": (("histo",), (1.0,)),
+    "vasc": (("histo", "consensus"), (0.6, 0.4)),
+    "df": (("histo", "consensus"), (0.6, 0.4)),
+}
+_HAM_LOCALIZATIONS = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest",
+                      "foot", "neck", "scalp", "hand", "ear")
+_HAM_SOURCES = ("vidir_modern", "vidir_molemax", "rosendahl", "vienna_dias")
+HAM_METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
+
+
+def _ham_rng(seed: int, *key: int) -> np.random.Generator:
+    """A HAM-set random stream, apart from the isic-gpt set's default_rng([seed, i]).
+
+    The key goes in SeedSequence's spawn_key, not in a longer list seed: numpy ignores trailing
+    zeros of a list seed, so default_rng([seed, 1, 0]) draws exactly what isic-gpt image 1 draws.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_HAM_STREAM, *key)))
+
+
+def _ham_plan(seed: int, counts: dict[str, int]) -> list[tuple[str, int]]:
+    """(class name, number of views) per lesion, in file order. Every class of >= 2 images gets
+    >= 2 lesions, so the lesion-grouped split can keep one on each side."""
+    rng = _ham_rng(seed, 1)
+    lesions = []
+    for name, n in counts.items():
+        left = n
+        while left:
+            cap = n - 1 if left == n and n >= 2 else left      # the first lesion leaves room for a second
+            views = min(int(rng.choice(HAM_VIEWS[0], p=HAM_VIEWS[1])), cap)
+            lesions.append((name, views))
+            left -= views
+    return [lesions[i] for i in rng.permutation(len(lesions))]
+
+
+def _ham_metadata(rng: np.random.Generator, dx: str) -> dict[str, str]:
+    """dx_type, age, sex, localization and dataset of one lesion (the same for all its views)."""
+    dx_types, p = _HAM_DX_TYPES[dx]
+    return {"dx_type": str(rng.choice(dx_types, p=p)),
+            "age": f"{5.0 * int(rng.integers(4, 18)):.1f}",              # 20.0-85.0, as HAM's 5-year steps
+            "sex": str(rng.choice(("male", "female"))),
+            "localization": str(rng.choice(_HAM_LOCALIZATIONS)),
+            "dataset": str(rng.choice(_HAM_SOURCES))}
+
+
+def _warp(image: np.ndarray, mask: np.ndarray, angle: float, dy: float, dx: float):
+    """Turn the picture by `angle` (radians) about its centre and move it by (dy, dx) pixels: the
+    image with bilinear interpolation, the mask with nearest neighbour; beyond the border the
+    edge pixels repeat (lesions never reach it, and the vignetting darkens it)."""
+    s = image.shape[0]
+    c = s / 2
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
+    y, x = yy - c - dy, xx - c - dx                     # the inverse transform: output -> source
+    sy = c + np.cos(angle) * y - np.sin(angle) * x - 0.5
+    sx = c + np.sin(angle) * y + np.cos(angle) * x - 0.5
+    sy, sx = np.clip(sy, 0, s - 1), np.clip(sx, 0, s - 1)
+    y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+    y1, x1 = np.minimum(y0 + 1, s - 1), np.minimum(x0 + 1, s - 1)
+    wy, wx = (sy - y0)[..., None], (sx - x0)[..., None]
+    out = ((image[y0, x0] * (1 - wx) + image[y0, x1] * wx) * (1 - wy)
+           + (image[y1, x0] * (1 - wx) + image[y1, x1] * wx) * wy)
+    return out, mask[np.rint(sy).astype(int), np.rint(sx).astype(int)]
+
+
+def _ham_view(rng: np.random.Generator, scene: np.ndarray, mask: np.ndarray):
+    """One view of a drawn lesion with the domain shift: (image uint8, mask uint8 0/255, values)."""
+    def draw(name):
+        return float(rng.uniform(*HAM_SHIFT[name]))
+
+    s = scene.shape[0]
+    angle, dy, dx = draw("view_rotation_deg"), draw("view_shift") * s, draw("view_shift") * s
+    image, mask = _warp(scene, mask, np.deg2rad(angle), dy, dx)
+
+    gains = [draw("gain_r"), draw("gain_g"), draw("gain_b")]
+    contrast, gamma, brightness = draw("contrast"), draw("gamma"), draw("brightness")
+    gradient, gradient_angle = draw("gradient"), float(rng.uniform(0, 2 * np.pi))
+    vignette_r, width, darkening = draw("vignette_radius"), draw("vignette_width"), draw("vignette_darkening")
+
+    image = image * np.asarray(gains)                                       # colour cast
+    mean = image.mean(axis=(0, 1))
+    image = mean + (image - mean) * contrast
+    image = 255.0 * (np.clip(image, 0, 255) / 255.0) ** gamma
+    c = s / 2
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
+    ramp = ((xx - c) * np.cos(gradient_angle) + (yy - c) * np.sin(gradient_angle)) / c
+    rho = np.hypot(yy - c, xx - c)
+    light = (brightness * (1 + gradient * ramp) * (1 - darkening * (rho / c) ** 2)
+             * np.clip((vignette_r * s - rho) / (width * s), 0, 1))
+    image = image * light[..., None]
+
+    values = {"rotation_deg": angle, "shift_px": [dy, dx], "gains": gains, "contrast": contrast,
+              "gamma": gamma, "brightness": brightness, "gradient": gradient,
+              "gradient_angle_deg": float(np.rad2deg(gradient_angle)), "vignette_radius": vignette_r,
+              "vignette_width": width, "vignette_darkening": darkening}
+    return (np.clip(np.rint(image), 0, 255).astype(np.uint8), np.where(mask, 255, 0).astype(np.uint8),
+            values)
+
+
+def _write_ham10000(tmp: Path, counts: dict[str, int], seed: int, min_size: int, max_size: int,
+                    progress: bool) -> dict:
+    """The HAM10000 layout into `tmp`; returns the per-image shift values for demo.json."""
+    parts = [tmp / "HAM10000_images_part_1", tmp / "HAM10000_images_part_2"]
+    masks = tmp / "HAM10000_segmentations_lesion_tschandl"
+    for folder in (*parts, masks):
+        folder.mkdir()
+    plan = _ham_plan(seed, counts)
+    n_images = sum(views for _, views in plan)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n_images, desc="demo dataset (HAM10000 layout)", unit="img")
+    rows, shifts, i = [], {}, 0
+    for k, (label, views) in enumerate(plan):
+        rng = _ham_rng(seed, 2, k)
+        side = int(rng.integers(min_size, max_size + 1))
+        radius_scale = float(rng.uniform(*HAM_SHIFT["radius_scale"]))
+        scene, lesion_mask, _ = _draw_scene(rng, label, side, radius_scale)
+        lesion_id, dx = f"HAM_{k:07d}", _CODE_OF[label]
+        meta = _ham_metadata(_ham_rng(seed, 4, k), dx)
+        for _ in range(views):
+            image, mask, values = _ham_view(_ham_rng(seed, 3, i), scene, lesion_mask)
+            image_id = f"ISIC_{i:07d}"
+            part = parts[0] if i < (n_images + 1) // 2 else parts[1]          # first half in part 1
+            Image.fromarray(image).save(part / f"{image_id}.jpg", format="JPEG", quality=95)
+            Image.fromarray(mask).save(masks / f"{image_id}_segmentation.png", format="PNG")
+            rows.append({"lesion_id": lesion_id, "image_id": image_id, "dx": dx, **meta})
+            shifts[image_id] = {"lesion_id": lesion_id, "radius_scale": radius_scale, **values}
+            i += 1
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    with open(tmp / HAM_METADATA, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=HAM_METADATA_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    rounded = json.loads(json.dumps(shifts), parse_float=lambda v: round(float(v), 4))
+    return {"n_lesions": len(plan), "shift_per_image": rounded}
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,49 +490,66 @@ def _check_existing(root: Path, params: dict) -> bool:
         "refusing to overwrite it (choose another folder or remove it)")
 
 
+def _write_isic_gpt(tmp: Path, counts: dict[str, int], seed: int, min_size: int, max_size: int,
+                    progress: bool) -> dict:
+    """The ISIC-GPT layout into `tmp`; returns nothing extra for demo.json."""
+    labels = [name for name, n in counts.items() for _ in range(n)]
+    labels = [labels[i] for i in np.random.default_rng(seed).permutation(len(labels))]
+    for folder in ("images", "masks"):
+        for name in counts:
+            (tmp / folder / name).mkdir(parents=True)
+    items = enumerate(labels)
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, total=len(labels), desc="demo dataset", unit="img")
+    descriptions = {}
+    for i, label in items:
+        rng = np.random.default_rng([seed, i])
+        side = int(rng.integers(min_size, max_size + 1))
+        image, mask, text = _draw_example(rng, label, side)
+        sample_id = f"DEMO_{i:07d}"
+        Image.fromarray(image).save(tmp / "images" / label / f"{sample_id}.png", format="PNG")
+        Image.fromarray(mask).save(tmp / "masks" / label / f"{sample_id}.png", format="PNG")
+        descriptions[sample_id] = text
+    (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1, sort_keys=True) + "\n")
+    return {}
+
+
 def make_demo_dataset(output_dir, seed: int = 0, per_class: int = 0, min_size: int = 64,
-                      max_size: int = 128, progress: bool = False) -> Path:
+                      max_size: int = 128, progress: bool = False, layout: str = "isic-gpt") -> Path:
     """Build (or reuse) the demo dataset in `output_dir` and return its path.
 
-    per_class=0 gives DEMO_CLASSES' counts, N > 0 gives N images of every class. Image sides are
-    drawn per image from [min_size, max_size]. Same arguments -> byte-identical files.
+    layout="isic-gpt" writes the training demo set, layout="ham10000" the shifted HAM10000-layout
+    set (see the module docstring). per_class=0 gives DEMO_CLASSES' (HAM_DEMO_CLASSES') counts,
+    N > 0 gives N images of every class. Image sides are drawn per image (HAM: per lesion) from
+    [min_size, max_size]. Same arguments -> byte-identical files.
     """
+    if layout not in DEMO_LAYOUTS:
+        raise ValueError(f"unknown demo layout {layout!r}; choose one of {', '.join(DEMO_LAYOUTS)}")
     if min_size < 16 or max_size < min_size:
         raise ValueError(f"need 16 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
     if per_class < 0 or seed < 0:
         raise ValueError(f"seed and per_class must be >= 0, got seed={seed}, per_class={per_class}")
     root = Path(output_dir).expanduser().absolute()
+    # The isic-gpt params keep their original keys, so builds made before `layout` existed are reused.
     params = {"version": GENERATOR_VERSION, "seed": int(seed), "per_class": int(per_class),
               "min_size": int(min_size), "max_size": int(max_size)}
+    if layout == "ham10000":
+        params.update(layout=layout, ham_version=HAM_GENERATOR_VERSION, shift=HAM_SHIFT)
+        params = json.loads(json.dumps(params))    # tuples -> lists, as read back from demo.json
     if _check_existing(root, params):
         return root
 
-    counts = {name: per_class or n for name, n in DEMO_CLASSES.items()}
-    labels = [name for name, n in counts.items() for _ in range(n)]
-    labels = [labels[i] for i in np.random.default_rng(seed).permutation(len(labels))]
+    classes = HAM_DEMO_CLASSES if layout == "ham10000" else DEMO_CLASSES
+    counts = {name: per_class or n for name, n in classes.items()}
+    write = _write_ham10000 if layout == "ham10000" else _write_isic_gpt
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        for folder in ("images", "masks"):
-            for name in counts:
-                (tmp / folder / name).mkdir(parents=True)
-        items = enumerate(labels)
-        if progress:
-            from tqdm import tqdm
-            items = tqdm(items, total=len(labels), desc="demo dataset", unit="img")
-        descriptions = {}
-        for i, label in items:
-            rng = np.random.default_rng([seed, i])
-            side = int(rng.integers(min_size, max_size + 1))
-            image, mask, text = _draw_example(rng, label, side)
-            sample_id = f"DEMO_{i:07d}"
-            Image.fromarray(image).save(tmp / "images" / label / f"{sample_id}.png", format="PNG")
-            Image.fromarray(mask).save(tmp / "masks" / label / f"{sample_id}.png", format="PNG")
-            descriptions[sample_id] = text
-        (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1, sort_keys=True) + "\n")
-        info = {"generator": "harness.data.demo", "params": params, "counts": counts,
-                "digest": _digest(tmp)}
+        extra = write(tmp, counts, seed, min_size, max_size, progress)
+        info = {"generator": "harness.data.demo", "layout": layout, "params": params, "counts": counts,
+                **extra, "digest": _digest(tmp)}
         (tmp / "demo.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)                       # mkdtemp makes it 0700
         try:

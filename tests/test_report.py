@@ -21,7 +21,7 @@ from harness.report import REPORT_FILES, paper_values, report
 from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image, panel_mask
 from harness.report.runs import run_link, strip_credentials, ui_base
 
-CELLS = {"table1": 2 * 3, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
+CELLS = {"table1": 2 * 6, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
 STAGES = ("evaluate", "classify", "segment", "generate", "finetune", "explain", "report")
 
 
@@ -44,6 +44,16 @@ def clf_metrics(base, ham=False):
     if ham:
         m.update({"ham_accuracy": base / 2, "ham_sensitivity": base / 2 + 20, "ham_precision": base / 2 + 3,
                   "ham_f1": base / 2 + 1, "ham_n_excluded": 0})
+    return m
+
+
+def judge_metrics(cas, consistency=None, classes=(), skip=()):
+    """CAS / mask consistency as evaluate logs them: overall and per class (fractions in [0, 1])."""
+    m = {"cas": cas, **{f"cas/{c}": round(cas - 0.0625 * i, 6) for i, c in enumerate(classes) if c not in skip}}
+    if consistency is not None:
+        m.update({"mask_consistency": consistency, "mask_nonempty": 0.96875,
+                  **{f"mask_consistency/{c}": round(consistency - 0.03125 * i, 6)
+                     for i, c in enumerate(classes) if c not in skip}})
     return m
 
 
@@ -78,14 +88,19 @@ def scenario(mlflow_store, tmp_path_factory):
                               {"n_generated": 14}, digest=digest,
                               tags={"skindualgen.finetune_run_id": ids["finetune"],
                                     "skindualgen.output_dir": str(gen_dir)})
+    # the real test split judged for CAS only (no mask_consistency: missing cells); the synthetic set for
+    # both, one class without per-class values
     ids["eval_real"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": ""},
-                               {"fid": 41.25, "lpips": 0.5125, "ms_ssim": 0.203125, "n_pairs": 100}, digest=digest,
+                               {"fid": 41.25, "lpips": 0.5125, "ms_ssim": 0.203125, "n_pairs": 100,
+                                **judge_metrics(0.9375, classes=sorted(DEMO_CLASSES))}, digest=digest,
                                tags={"comparison": "real_train_vs_real_test",
                                      "skindualgen.feature_extractor": "standard:inception-v3-compat",
                                      "skindualgen.lpips_net": "standard:lpips-alex-v0.1",
                                      "skindualgen.metrics_comparable": "true"})
     ids["eval_synth"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": f"runs:/{ids['generate']}"},
-                                {"fid": 73.5, "lpips": 0.53125, "ms_ssim": 0.1875, "n_pairs": 100}, digest=digest,
+                                {"fid": 73.5, "lpips": 0.53125, "ms_ssim": 0.1875, "n_pairs": 100,
+                                 **judge_metrics(0.71875, 0.8125, sorted(DEMO_CLASSES), skip=("dermatofibroma",))},
+                                digest=digest,
                                 tags={"comparison": "real_train_vs_synth_train",
                                       "skindualgen.feature_extractor": "fallback:inception-random-he-seed0",
                                       "skindualgen.lpips_net": "fallback:lpips-alex-random-seed0",
@@ -205,7 +220,8 @@ def test_missing_cells_are_dashes_with_their_reason(scenario):
         f"metric `hd` absent in run {ids['dl_hybrid_nohd']}"
     assert "eval_data" in reasons[("table3", "resnet34/real", ("Accuracy", "Sensitivity", "Precision", "F1score"))]
     n_missing = sum(c["status"] == "missing" for rows in scenario["tables"].values() for c in rows)
-    assert scenario["header"]["cells_missing"] == n_missing == sum(CELLS.values()) - (6 + 4 * 3 + 4 + 3 + 4 * 2 + 2)
+    # filled: Table 1 FID/LPIPS/MS-SSIM x 2 + CAS/consistency/non-empty of the synth row + CAS of the real one
+    assert scenario["header"]["cells_missing"] == n_missing == sum(CELLS.values()) - (10 + 4 * 3 + 4 + 3 + 4 * 2 + 2)
     assert f"**Missing cells:** {n_missing} of {sum(CELLS.values())}" in md
     for rows in scenario["tables"].values():
         for c in rows:
@@ -224,6 +240,9 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
     n = 0
     for key, rows in scenario["tables"].items():
         for c in rows:
+            if c["in_paper"] == "false":                   # Table 1's columns beyond the paper: no paper value
+                assert key == "table1" and c["paper"] == "" and c["diff"] == ""
+                continue
             if key == "table1":
                 expected = paper["table1"][c["row"]][c["metric"]]
             else:
@@ -241,6 +260,86 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
     assert paper["table3"]["classify"]["resnet34"]["hybrid"]["accuracy"] == 34.333
     t1 = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
     assert f"| Real Train vs Synth Train | 73.500 | 68.601 | {73.5 - 68.601:+.3f} |" in t1
+
+
+JUDGE = ("cas", "mask_consistency", "mask_nonempty")
+
+
+def test_table1_cas_and_consistency_columns_are_beyond_the_paper(scenario):
+    ids, h = scenario["ids"], scenario["header"]
+    runs = {"real_train_vs_real_test": mlflow.get_run(ids["eval_real"]),
+            "real_train_vs_synth_train": mlflow.get_run(ids["eval_synth"])}
+    seen = 0
+    for row, run in runs.items():
+        for metric in JUDGE:
+            c = cell(scenario, "table1", row, metric)
+            assert c["in_paper"] == "false" and c["paper"] == "" and c["diff"] == ""
+            assert c["run_id"] == run.info.run_id and c["run_metric"] == metric
+            if metric in run.data.metrics:
+                assert c["status"] == "ok" and float(c["ours"]) == run.data.metrics[metric]
+                seen += 1
+            else:
+                assert c["status"] == "missing" and c["reason"] == f"metric `{metric}` absent in run {run.info.run_id}"
+    assert seen == 4                                     # CAS of both rows, consistency + non-empty of the synth row
+    assert {c["in_paper"] for k in ("table2", "table3") for c in scenario["tables"][k]} == {"true"}
+    # missing only where our value is absent: the real row's consistency and non-empty, nothing of the synth row
+    t1_missing = [m for m in h["missing"] if m["table"] == "table1"]
+    assert [(m["row"], m["metrics"], m["reason"]) for m in t1_missing] == [
+        ("real_train_vs_real_test", [label], f"metric `{metric}` absent in run {ids['eval_real']}")
+        for label, metric in (("Mask consistency†", "mask_consistency"), ("Mask non-empty†", "mask_nonempty"))]
+    md = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
+    header = next(x for x in md.splitlines() if x.startswith("| Data for calculations"))
+    assert "| CAS† | paper | Δ | Mask consistency† | paper | Δ | Mask non-empty† | paper | Δ | run |" in header
+    synth = next(x for x in md.splitlines() if x.startswith("| Real Train vs Synth Train |"))
+    assert f"| {0.71875:.3f} | — | — | {0.8125:.3f} | — | — | {0.96875:.3f} | — | — |" in synth
+    real = next(x for x in md.splitlines() if x.startswith("| Real Train vs Real Test |"))
+    assert f"| {0.9375:.3f} | — | — | — | — | — | — | — | — |" in real
+    assert "† not in the paper" in md and "† not in the paper" in scenario["md"]
+    tex = (scenario["folder"] / "table1.tex").read_text(encoding="utf-8")
+    assert r"CAS\dag{}" in tex and r"\dag{} not in the paper" in tex and "†" not in tex
+
+
+def test_per_class_table_under_table1(scenario):
+    ids, folder = scenario["ids"], scenario["folder"]
+    rows = list(csv.DictReader(open(folder / "table1_per_class.csv", newline="", encoding="utf-8")))
+    runs = {"real_train_vs_synth_train": mlflow.get_run(ids["eval_synth"]),
+            "real_train_vs_real_test": mlflow.get_run(ids["eval_real"])}
+    classes = sorted({k.split("/", 1)[1] for r in runs.values() for k in r.data.metrics if "/" in k})
+    assert classes == sorted(DEMO_CLASSES)
+    expected = [(name, comparison, metric) for name in classes for comparison in runs
+                for metric in ("cas", "mask_consistency")]
+    assert [(r["row"], r["section"], r["metric"]) for r in rows] == expected
+    n_ok = 0
+    for r in rows:
+        run = runs[r["section"]]
+        assert r["run_id"] == run.info.run_id and r["in_paper"] == "false" and r["paper"] == ""
+        key = f"{r['metric']}/{r['row']}"
+        assert r["run_metric"] == key
+        if key in run.data.metrics:
+            assert r["status"] == "ok" and float(r["ours"]) == run.data.metrics[key]
+            n_ok += 1
+        else:
+            assert r["status"] == "missing" and r["reason"] == f"metric `{key}` absent in run {run.info.run_id}"
+    assert n_ok == 2 * (len(classes) - 1) + len(classes)      # synth lacks dermatofibroma; real test: CAS only
+    # the Markdown table sits under Table 1 in the report, one row per class, synthetic columns first
+    md = scenario["md"]
+    assert md.index("## Table 1") < md.index("### Per-class CAS and mask consistency (not in the paper)") < \
+        md.index("## Table 2")
+    per_class = (folder / "table1_per_class.md").read_text(encoding="utf-8")
+    assert per_class in md
+    assert "| Class | CAS (synth) | Mask consistency (synth) | CAS (real test) | Mask consistency (real test) |" \
+        in per_class
+    m = runs["real_train_vs_synth_train"].data.metrics
+    r = runs["real_train_vs_real_test"].data.metrics
+    assert (f"| melanoma | {m['cas/melanoma']:.3f} | {m['mask_consistency/melanoma']:.3f} | "
+            f"{r['cas/melanoma']:.3f} | — |") in per_class
+    assert f"| dermatofibroma | — | — | {r['cas/dermatofibroma']:.3f} | — |" in per_class
+    tex = (folder / "table1_per_class.tex").read_text(encoding="utf-8")
+    spec = re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1)
+    assert spec == "lrrrr" and all(tex_width(x) == 5 for x in tex.splitlines() if x.endswith(r"\\"))
+    record = scenario["header"]["table1_per_class"]
+    assert record["classes"] == classes and [c["ours"] for c in record["cells"]] == [r["ours"] for r in rows]
+    assert scenario["header"]["cells"] == sum(CELLS.values())          # per-class cells are not counted
 
 
 def tex_width(line: str) -> int:
@@ -355,7 +454,7 @@ def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_p
                                              "--ui-url", "https://user:secret@mlflow.example.org/",
                                              "--dataset-digest", "a" * 16])
     assert result.exit_code == 0, result.output
-    assert "cells: 4 of 118 filled" in result.output
+    assert "cells: 4 of 124 filled" in result.output
     folder = tmp_path / "cli" / experiment
     rows = list(csv.DictReader(open(folder / "table2.csv", newline="", encoding="utf-8")))
     c = next(r for r in rows if r["row"] == "resnet34/synth" and r["metric"] == "accuracy")

@@ -8,6 +8,7 @@ one run of stage `report`:
     report.md                      header + Tables 1-3 (Markdown) + the figures
     report.json                    the header facts and every cell (ours, paper, diff, run, reason)
     table{1,2,3}.md|.tex|.csv      each table as Markdown, LaTeX (booktabs) and CSV (one row per cell)
+    table1_per_class.md|.tex|.csv  per-class CAS and mask consistency of Table 1's runs (not in the paper)
     figure2.png, figure2.json      real vs generated image-mask pairs, one row per class (+ the ids)
     figure3.png                    the explain runs' heatmap figures, one per model (when any exist)
 
@@ -41,7 +42,18 @@ from harness.report.runs import (
     strip_credentials,
     ui_base,
 )
-from harness.report.tables import CLASSIFIERS, Table, build_tables, cell_record, to_csv, to_latex, to_markdown
+from harness.report.tables import (
+    CLASSIFIERS,
+    Table,
+    build_tables,
+    cell_record,
+    per_class_latex,
+    per_class_markdown,
+    per_class_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 
 TAG_OUTPUT_DIR = "skindualgen.output_dir"
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"
@@ -55,7 +67,8 @@ FIGURE3_RE = re.compile(r"^figure3_(?P<model>.+)\.png$")
 NOT_COMPARABLE = "NOT comparable with published numbers"
 
 REPORT_FILES = ("report.md", "report.json", "figure2.png", "figure2.json", "figure3.png",
-                *(f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")))
+                *(f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")),
+                *(f"table1_per_class.{ext}" for ext in ("md", "tex", "csv")))
 
 
 class ReportError(ValueError):
@@ -354,7 +367,8 @@ def header_markdown(h: dict, run_id: str) -> str:
         ext = "no evaluate run used"
     lines.append(f"- **Feature extractor:** {ext}")
     lines.append("- **Units:** accuracy, sensitivity, precision, F1, Dice and IoU in %; ASD and HD in pixels; "
-                 "FID, LPIPS and MS-SSIM unitless (as in the paper). Δ = ours − paper.")
+                 "FID, LPIPS and MS-SSIM unitless (as in the paper); CAS, mask consistency and mask non-empty "
+                 "(Table 1, † not in the paper) fractions in [0, 1]. Δ = ours − paper.")
     lines.append(f"- **Missing cells:** {h['cells_missing']} of {h['cells']}" + (":" if h["missing"] else ""))
     for m in h["missing"]:
         lines.append(f"  - {m['table'].replace('table', 'Table ')}, {m['row_label']} ({', '.join(m['metrics'])}): "
@@ -386,6 +400,7 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
     link_base = ui_base(tracking.tracking_uri(), cfg.ui_url)
     tables = build_tables(index, link_base)
     synth_row = tables[0].sections[0].rows[1]
+    per_class = per_class_table(tables[0])
     out = Path(cfg.output_dir).expanduser() / experiment_folder(name)
 
     with tempfile.TemporaryDirectory(prefix="skindualgen-report-") as tmp:
@@ -410,6 +425,12 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
             (out / f"{table.key}.md").write_text(md + "\n", encoding="utf-8")
             (out / f"{table.key}.tex").write_text(to_latex(table), encoding="utf-8")
             (out / f"{table.key}.csv").write_text(to_csv(table), encoding="utf-8")
+            if table.key == "table1":           # the per-class table under Table 1
+                md = per_class_markdown(per_class)
+                body.append(md)
+                (out / f"{per_class.key}.md").write_text(md, encoding="utf-8")
+                (out / f"{per_class.key}.tex").write_text(per_class_latex(per_class), encoding="utf-8")
+                (out / f"{per_class.key}.csv").write_text(to_csv(per_class), encoding="utf-8")
         for key, title, result in (("figure2", "Figure 2: real vs generated image-mask pairs (one row per class)",
                                     fig2), ("figure3", "Figure 3: XAI heatmaps (one row per model)", fig3)):
             body.append(f"## {title}\n")
@@ -423,7 +444,9 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
                                                           "cell": cfg.figure_cell}, indent=1), encoding="utf-8")
         (out / "report.md").write_text("\n".join(body), encoding="utf-8")
         record = {**header, "report_run_id": run_id,
-                  "tables": {t.key: [cell_record(c) for c in t.cells] for t in tables}}
+                  "tables": {t.key: [cell_record(c) for c in t.cells] for t in tables},
+                  per_class.key: {"classes": per_class.classes, "notes": per_class.notes,
+                                  "cells": [cell_record(c) for c in per_class.cells]}}
         (out / "report.json").write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
         for fname in REPORT_FILES:          # only this report's files, not whatever else is in the folder
             if (out / fname).is_file():

@@ -19,6 +19,7 @@ from harness.data.demo import DEMO_CLASSES, make_demo_dataset
 from harness.data.prepare import load_prepared
 from harness.report import REPORT_FILES, paper_values, report
 from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image, panel_mask
+from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import run_link, strip_credentials, ui_base
 
 CELLS = {"table1": 2 * 6, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
@@ -152,7 +153,8 @@ def scenario(mlflow_store, tmp_path_factory):
     for key in CELLS:
         with open(folder / f"{key}.csv", newline="", encoding="utf-8") as f:
             tables[key] = list(csv.DictReader(f))
-    return {"exp": exp, "experiment_id": experiment_id, "ids": ids, "run_id": run_id, "folder": folder,
+    return {"exp": exp, "experiment_id": experiment_id, "ids": ids, "run_id": run_id, "folder": folder, "root": root,
+            "store": mlflow_store,
             "tables": tables, "before": before, "after": after, "real_dir": real_dir, "gen_dir": gen_dir,
             "digest": digest, "md": (folder / "report.md").read_text(encoding="utf-8"),
             "header": json.loads((folder / "report.json").read_text(encoding="utf-8")), "seconds": seconds}
@@ -426,13 +428,79 @@ def test_report_run_is_finished_with_the_files_and_creates_no_other_run(scenario
     assert run.data.metrics["cells_missing"] == scenario["header"]["cells_missing"]
 
 
-def test_links_and_credentials():
+def test_links_and_credentials(monkeypatch):
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
     assert ui_base("sqlite:///x/mlflow.db") == ""
     assert ui_base("https://user:secret@mlflow.example.org/") == "https://mlflow.example.org"
     assert ui_base("sqlite:///x.db", "http://localhost:5000/") == "http://localhost:5000"
     assert run_link("http://h:5000", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
     assert run_link("", "3", "abc") == ""
     assert strip_credentials("file:///tmp/a@b") == "file:///tmp/a@b"
+
+
+def test_paths_shown_relative_to_the_working_directory_or_by_their_last_components(tmp_path):
+    cwd = tmp_path / "work"
+    assert show_path(cwd / "outputs" / "generate-1", cwd) == "outputs/generate-1"
+    assert show_path(cwd, cwd) == "."
+    assert show_path("/srv/data/isic-gpt/images", cwd) == "…/isic-gpt/images"
+    assert show_path("/mlflow.db", cwd) == "…/mlflow.db"
+    assert show_path("outputs/x", cwd) == "outputs/x" and show_path("", cwd) == ""
+    assert show_path("/srv/data", "/") == "…/srv/data"                  # never relative to the root
+    assert show_uri(f"sqlite:///{cwd}/mlflow.db", cwd) == "sqlite:///mlflow.db"
+    assert show_uri("sqlite:////srv/x/mlflow.db", cwd) == "sqlite:///…/x/mlflow.db"
+    assert show_uri("sqlite:///mlflow.db", cwd) == "sqlite:///mlflow.db"
+    assert show_uri(f"file://{cwd}/mlruns", cwd) == "mlruns" and show_uri("/srv/a/mlruns", cwd) == "…/a/mlruns"
+    assert show_uri("https://u:pw@mlflow.example.org/x", cwd) == "https://mlflow.example.org/x"
+    text = (f"cannot read /srv/data/x/y.png (see {cwd}/logs/a.txt); runs:/abc/model, https://h/#/x and "
+            "DenseNet121 / Real only are left alone")
+    assert scrub(text, cwd) == ("cannot read …/x/y.png (see logs/a.txt); runs:/abc/model, https://h/#/x and "
+                                "DenseNet121 / Real only are left alone")
+
+
+REPORT_TEXTS = ("report.md", "report.json", "figure2.json")
+
+
+def absolute_paths(scenario) -> list[str]:
+    store_dir = os.path.dirname(scenario["store"].removeprefix("sqlite:///"))
+    return [str(scenario["root"]), str(scenario["root"].parent), store_dir, str(scenario["real_dir"]),
+            str(scenario["gen_dir"]), os.getcwd()]
+
+
+def test_no_absolute_path_in_the_report(scenario):
+    texts = {name: (scenario["folder"] / name).read_text(encoding="utf-8") for name in REPORT_TEXTS}
+    for name, text in texts.items():
+        for path in absolute_paths(scenario):
+            assert path not in text, (name, path)
+        assert not re.search(r"[\s(`'\"]/[A-Za-z]", text), name          # no "/tmp/...", "/home/..." at all
+    store = scenario["store"].removeprefix("sqlite:///")          # outside the working directory: last 2 parts
+    shown = f"sqlite:///…/{os.path.basename(os.path.dirname(store))}/mlflow.db"
+    assert scenario["header"]["tracking_uri"] == shown and f"tracking store `{shown}`" in scenario["md"]
+    gen = scenario["gen_dir"]
+    assert f"generated set: …/{gen.parent.name}/{gen.name} (generate run" in scenario["md"]
+    assert f"real data: …/{scenario['real_dir'].parent.name}/{scenario['real_dir'].name} (" in scenario["md"]
+
+
+def test_paths_under_the_working_directory_and_mlflow_ui_url_links(scenario, monkeypatch, tmp_path):
+    """The same experiment reported again from inside its data folder, with MLFLOW_UI_URL set (no --ui-url):
+    paths are relative to the working directory and every run is a link into that UI."""
+    monkeypatch.chdir(scenario["root"])
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5000/")
+    run_id = report(ReportConfig(output_dir=str(tmp_path)), experiment=scenario["exp"])
+    folder = tmp_path / scenario["exp"]
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    for name in REPORT_TEXTS:
+        text = (folder / name).read_text(encoding="utf-8")
+        assert str(scenario["root"]) not in text and str(tmp_path) not in text
+    assert "generated set: generated (generate run" in md and "real data: real (" in md
+    exp_id, ids = scenario["experiment_id"], scenario["ids"]
+    base = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/"
+    assert f"Report run [{run_id}]({base}{run_id})" in md
+    assert f"[{ids['dn_real_new']}]({base}{ids['dn_real_new']})" in md
+    rows = list(csv.DictReader(open(folder / "table2.csv", newline="", encoding="utf-8")))
+    assert {r["run_url"] for r in rows if r["run_id"]} == {base + r["run_id"] for r in rows if r["run_id"]}
+    assert json.loads((folder / "report.json").read_text(encoding="utf-8"))["ui_base"] == "http://127.0.0.1:5000"
+    assert ui_base("sqlite:///x.db", "http://ui:5000") == "http://ui:5000"       # --ui-url wins over the variable
+    assert ui_base("sqlite:///x.db") == "http://127.0.0.1:5000"
 
 
 def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_path):

@@ -13,6 +13,8 @@ one run of stage `report`:
     figure3.png                    the explain runs' heatmap figures, one per model (when any exist)
 
 Files of an earlier report in that folder with these names are replaced or removed, nothing else.
+Paths of this machine appear in report.md, report.json and figure2.json only as paths.py shows them
+(relative to the working directory when under it, else `…/` + their last two components).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from PIL import Image
 from harness import tracking
 from harness.config import PrepareConfig, ReportConfig
 from harness.report import figures
+from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import (
     CHOICE_RULE,
     FINISHED,
@@ -128,8 +131,8 @@ def _generate_run(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
     if not finished:
         return None, f"no FINISHED generate run ({len(runs)} not FINISHED)", notes
     return None, (f"the output folder of no FINISHED generate run exists here (newest: "
-                  f"{finished[0].data.tags.get(TAG_OUTPUT_DIR, '(no tag)')}); pass --generate-run and copy the "
-                  "folder, or run generate here"), notes
+                  f"{show_path(finished[0].data.tags.get(TAG_OUTPUT_DIR, '(no tag)'))}); pass --generate-run and "
+                  "copy the folder, or run generate here"), notes
 
 
 def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) -> FigureResult:
@@ -139,14 +142,14 @@ def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
     result = FigureResult(notes=notes, runs=[gen_run])
     out = gen_run.data.tags.get(TAG_OUTPUT_DIR, "")
     if not out or not Path(out).is_dir():
-        result.reason = f"generate run {gen_run.info.run_id}: output folder {out or '(no tag)'} not found"
+        result.reason = f"generate run {gen_run.info.run_id}: output folder {show_path(out) or '(no tag)'} not found"
         return result
     from harness.data.prepare import load_prepared
     from harness.data.records import DataError
     try:
         generated = _load_generated(Path(out))
     except (DataError, FileNotFoundError) as e:
-        result.reason = f"generate run {gen_run.info.run_id}: cannot read {out}: {e}"
+        result.reason = f"generate run {gen_run.info.run_id}: cannot read {show_path(out)}: {scrub(str(e))}"
         return result
 
     finetune = index.get(gen_run.data.tags.get(TAG_FINETUNE_RUN, ""))
@@ -163,16 +166,17 @@ def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
     try:
         prepared = load_prepared(data_dir, "auto", test_fraction, seed, progress=False)
         real = prepared.dataset
-        result.notes.append(f"real data: {data_dir or 'the embedded demo dataset'} ({where}; train split, "
+        result.notes.append(f"real data: {show_path(data_dir) or 'the embedded demo dataset'} ({where}; train split, "
                             f"test_fraction {test_fraction}, seed {seed}; digest {prepared.digest})")
         trained_on = gen_run.data.tags.get(tracking.TAG_DIGEST, "")
         if trained_on and trained_on != prepared.digest:
             result.notes.append(f"⚠ the generated set's model was trained on dataset digest {trained_on}, "
                                 f"the real data shown has digest {prepared.digest}")
     except (DataError, FileNotFoundError, ValueError) as e:
-        result.notes.append(f"⚠ real data {data_dir or '(demo)'} ({where}) unreadable here, real columns n/a: {e}")
+        result.notes.append(f"⚠ real data {show_path(data_dir) or '(demo)'} ({where}) unreadable here, real columns "
+                            f"n/a: {scrub(str(e))}")
     result.image, result.rows = figures.figure2(generated, real, cfg.figure_cell)
-    result.notes.insert(0, f"generated set: {out} (generate run {gen_run.info.run_id})")
+    result.notes.insert(0, f"generated set: {show_path(out)} (generate run {gen_run.info.run_id})")
     return result
 
 
@@ -278,7 +282,7 @@ def build_header(name: str, experiment_id: str, cfg: ReportConfig, index: RunInd
 
     code = _counts([r.data.tags.get(tracking.TAG_CODE, "(no tag)") for r in used.values()])
     digests = _counts([r.data.tags.get(tracking.TAG_DIGEST, "(no tag)") for r in row_runs.values()])
-    bases = sorted({(r.data.tags.get("skindualgen.base_model", "(no tag)"),
+    bases = sorted({(show_path(r.data.tags.get("skindualgen.base_model", "(no tag)")),
                      r.data.tags.get("skindualgen.base_revision", "(no tag)"), r.info.run_id) for r in finetunes})
 
     extractor_rows, loud = [], []
@@ -323,7 +327,7 @@ def build_header(name: str, experiment_id: str, cfg: ReportConfig, index: RunInd
     digest_note = f" and dataset digest `{cfg.dataset_digest}`" if cfg.dataset_digest else ""
     return {
         "experiment": name, "experiment_id": experiment_id,
-        "tracking_uri": strip_credentials(tracking.tracking_uri()), "ui_base": link_base,
+        "tracking_uri": show_uri(tracking.tracking_uri()), "ui_base": link_base,
         "choice_rule": CHOICE_RULE.format(digest=digest_note),
         "code_versions": code, "report_code_version": tracking.code_version(),
         "base_models": [{"base_model": b, "base_revision": v, "finetune_run_id": i} for b, v, i in bases],

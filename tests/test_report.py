@@ -18,6 +18,7 @@ from harness.config import ReportConfig
 from harness.data.demo import DEMO_CLASSES, make_demo_dataset
 from harness.data.prepare import load_prepared
 from harness.report import REPORT_FILES, paper_values, report
+from harness.report.claims import CLAIMS
 from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image, panel_mask
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import run_link, strip_credentials, ui_base
@@ -428,6 +429,155 @@ def test_report_run_is_finished_with_the_files_and_creates_no_other_run(scenario
     assert run.data.metrics["cells_missing"] == scenario["header"]["cells_missing"]
 
 
+# ------------------------------------------------------------------------------------------------
+# Claims
+# ------------------------------------------------------------------------------------------------
+
+CLF = {"densenet121": {"real": 70.0, "hybrid": 79.0, "synth": 60.0},      # +9: in [8, 15]; synth below
+       "resnet34": {"real": 71.0, "hybrid": 80.5, "synth": 75.0},         # +9.5; synth ABOVE real
+       "squeezenet1_1": {"real": 64.0, "hybrid": 72.5},                   # +8.5; no synth run
+       "swin_tiny": {"real": 74.0, "hybrid": 90.0}}                       # +16: above 15, still > 0
+SEG = {("unet", "real"): {"dice": 78.0, "iou": 64.0, "asd": 5.0, "hd": 20.0},
+       ("unet", "hybrid"): {"dice": 78.75, "iou": 64.5, "asd": 4.5, "hd": 18.0},
+       ("deeplabv3plus", "real"): {"dice": 80.0, "iou": 66.0, "asd": 6.0, "hd": 15.0}}   # ASD worse than U-Net
+FID = {"real_train_vs_real_test": 40.0, "real_train_vs_synth_train": 55.5}
+
+
+@pytest.fixture(scope="module")
+def claims_report(mlflow_store, tmp_path_factory):
+    """An experiment whose runs make some claims hold, some fail and one unmeasured; one report of it."""
+    mlflow.set_tracking_uri(mlflow_store)
+    exp = f"test-claims-{os.getpid()}"
+    for model, sets in CLF.items():
+        for train_set, base in sets.items():
+            log_run(exp, "classify", {"model": model, "train_set": train_set, "eval_data": ""}, clf_metrics(base))
+    for (model, train_set), m in SEG.items():
+        log_run(exp, "segment", {"model": model, "train_set": train_set, "eval_data": ""}, m)
+    for comparison, fid in FID.items():
+        log_run(exp, "evaluate", {}, {"fid": fid, "lpips": 0.5, "ms_ssim": 0.2},
+                tags={"comparison": comparison, "skindualgen.feature_extractor": "standard:inception-v3-compat"})
+    out = tmp_path_factory.mktemp("claims")
+    run_id = report(ReportConfig(output_dir=str(out)), experiment=exp)
+    folder = out / exp
+    record = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return {"run_id": run_id, "md": (folder / "report.md").read_text(encoding="utf-8"),
+            "claims": {c["key"]: c for c in record["claims"]}, "summary": record["claims_summary"]}
+
+
+def verdict(results):
+    """The rule, written out again: holds if every measured result holds and one was measured."""
+    measured = [r for r in results if r is not None]
+    return "not measured" if not measured else "holds" if all(measured) else "does not hold"
+
+
+def test_claim_definitions_quote_a_section_and_state_a_rule():
+    assert [c.key for c in CLAIMS] == ["hybrid_gain_classification", "synth_below_real", "hybrid_gain_segmentation",
+                                       "deeplab_beats_unet", "ham_hybrid_gain", "fid_synth_above_real"]
+    for c in CLAIMS:
+        assert c.quotes and all(section and len(quote) > 40 for section, quote in c.quotes) and c.readings
+
+
+def test_claims_hold_fail_or_are_not_measured_on_the_runs(claims_report):
+    claims, md = claims_report["claims"], claims_report["md"]
+    paper = paper_values()
+    # 1. hybrid − real in [8, 15] points for accuracy and F1, every classifier: Swin is +16 -> does not hold;
+    #    the weaker reading (> 0) holds
+    c = claims["hybrid_gain_classification"]
+    gains = {m: CLF[m]["hybrid"] - CLF[m]["real"] for m in CLF}
+    assert c["verdict"] == verdict([8 <= g <= 15 for g in gains.values()]) == "does not hold"
+    assert c["readings"][1]["verdict"] == verdict([g > 0 for g in gains.values()]) == "holds"
+    assert not c["partly_measured"] and c["not_measured"] == []
+    assert len(c["checks"]) == 8
+    for chk in c["checks"]:
+        model, metric = chk["a"]["row"].split("/")[0], chk["a"]["metric"]
+        assert chk["a"]["row"] == f"{model}/hybrid" and chk["b"]["row"] == f"{model}/real"
+        run_a = mlflow.get_run(chk["a"]["run_id"])
+        assert run_a.data.params["model"] == model and run_a.data.params["train_set"] == "hybrid"
+        assert chk["ours"] == run_a.data.metrics[metric] - mlflow.get_run(chk["b"]["run_id"]).data.metrics[metric]
+        assert chk["ours"] == pytest.approx(gains[model])
+        p = paper["table2"]["classify"][model]
+        assert chk["paper"] == pytest.approx(p["hybrid"][metric] - p["real"][metric])
+        assert [r["ours"] for r in chk["results"]] == [
+            "holds" if 8 <= gains[model] <= 15 else "does not hold", "holds"]
+    p = paper["table2"]["classify"]["densenet121"]
+    assert (f"| DenseNet121 | Accuracy: hybrid − real (points) | {79.0:.3f} − {70.0:.3f} = {9.0:+.3f} | "
+            f"{p['hybrid']['accuracy']:.3f} − {p['real']['accuracy']:.3f} = "
+            f"{p['hybrid']['accuracy'] - p['real']['accuracy']:+.3f} | in [8, 15]: ✓ · ✓ | > 0: ✓ · ✓ |") in md
+    assert "| Swin Transformer | Accuracy: hybrid − real (points) | 90.000 − 74.000 = +16.000 |" in md
+    # the paper's own Table 2 gives +5.7 to +9.2 points: the strict reading fails on it too
+    paper_gains = [p["hybrid"][m] - p["real"][m] for p in paper["table2"]["classify"].values()
+                   for m in ("accuracy", "f1")]
+    assert c["paper_verdict"] == verdict([8 <= g <= 15 for g in paper_gains])
+    # 2. synth below real: ResNet34's synth run is above its real run -> does not hold (partly measured)
+    c = claims["synth_below_real"]
+    assert c["verdict"] == "does not hold" and c["partly_measured"]
+    assert {chk["part"]: chk["ours"] for chk in c["checks"] if chk["ours"] is not None} == \
+        {"DenseNet121": pytest.approx(-10.0), "ResNet34": pytest.approx(4.0)}
+    assert any(x.startswith("SqueezeNet1.1 (all checks): no classify run of squeezenet1_1 on synth")
+               for x in c["not_measured"])
+    assert any(x.startswith("U-Net (all checks): no segment run of unet on synth") for x in c["not_measured"])
+    # 3. U-Net: Dice +0.75, IoU +0.5 (in [0.5, 1]), ASD and HD lower -> holds; DeepLabV3+ has no hybrid run
+    c = claims["hybrid_gain_segmentation"]
+    unet = [chk for chk in c["checks"] if chk["part"] == "U-Net"]
+    expected = {m: SEG[("unet", "hybrid")][m] - SEG[("unet", "real")][m] for m in ("dice", "iou", "asd", "hd")}
+    assert {chk["a"]["metric"]: chk["ours"] for chk in unet} == expected
+    assert c["verdict"] == verdict([0.5 <= expected["dice"] <= 1, 0.5 <= expected["iou"] <= 1,
+                                    expected["asd"] < 0, expected["hd"] < 0]) == "holds"
+    assert c["partly_measured"] and c["verdict_text"] == "holds (partly measured)"
+    assert c["not_measured"] == ["DeepLabV3+ (all checks): no segment run of deeplabv3plus on hybrid"]
+    assert "— **holds (partly measured)**" in md
+    # 4. DeepLabV3+ vs U-Net on real: Dice, IoU, HD better but ASD worse -> does not hold
+    c = claims["deeplab_beats_unet"]
+    real = [chk for chk in c["checks"] if chk["part"] == "Real only"]
+    assert [chk["ours"] for chk in real] == [SEG[("deeplabv3plus", "real")][m] - SEG[("unet", "real")][m]
+                                             for m in ("dice", "iou", "asd", "hd")]
+    assert [chk["results"][0]["ours"] for chk in real] == ["holds", "holds", "does not hold", "holds"]
+    assert c["verdict"] == "does not hold"
+    # 5. no run with eval_data: not measured, for every classifier, saying why
+    c = claims["ham_hybrid_gain"]
+    assert c["verdict"] == "not measured" and all(chk["ours"] is None for chk in c["checks"])
+    assert [x.split(" (")[0] for x in c["not_measured"]] == ["DenseNet121", "ResNet34", "SqueezeNet1.1",
+                                                             "Swin Transformer"]
+    assert all("with eval_data (HAM10000)" in x for x in c["not_measured"])
+    # 6. FID 55.5 vs 40.0 with the same extractor -> holds
+    c = claims["fid_synth_above_real"]
+    assert c["verdict"] == "holds" and c["checks"][0]["ours"] == 55.5 - 40.0
+    assert "| Table 1 | FID: real train vs synth train − real train vs real test | 55.500 − 40.000 = +15.500 |" in md
+
+
+def test_claims_counts_on_the_report_run(claims_report):
+    metrics = mlflow.get_run(claims_report["run_id"]).data.metrics
+    verdicts = [c["verdict"] for c in claims_report["claims"].values()]
+    assert verdicts.count("holds") == 2 and verdicts.count("does not hold") == 3 and verdicts.count("not measured") == 1
+    assert {k: v for k, v in metrics.items() if k.startswith("claims/")} == {
+        "claims/holds": 2, "claims/does_not_hold": 3, "claims/not_measured": 1}
+    assert claims_report["summary"] == {"claims/holds": 2, "claims/does_not_hold": 3, "claims/not_measured": 1}
+    md = claims_report["md"]
+    assert md.rstrip().endswith(" |") and md.index("## Figure 3") < md.index("## Claims")   # the last section
+    assert "Verdicts of the 6 claims: holds 2 · does not hold 3 · not measured 1." in md
+    for claim in CLAIMS:                       # every quote verbatim, with its section
+        for section, quote in claim.quotes:
+            assert f"> “{quote}” — *{section}*" in md
+
+
+def test_claims_in_the_main_scenario(scenario):
+    claims = {c["key"]: c for c in scenario["header"]["claims"]}
+    # the two evaluate runs used different feature extractors: the FID comparison is not measured
+    fid = claims["fid_synth_above_real"]
+    assert fid["verdict"] == "not measured" and fid["checks"][0]["ours"] is None
+    assert "fallback:inception-random-he-seed0" in fid["not_measured"][0]
+    assert "standard:inception-v3-compat" in fid["not_measured"][0]
+    # only DenseNet121 has both real and hybrid runs: +8.75 points -> holds, partly measured
+    c = claims["hybrid_gain_classification"]
+    assert c["verdict_text"] == "holds (partly measured)"
+    assert [chk["ours"] for chk in c["checks"] if chk["ours"] is not None] == [79.5 - 70.75, 79.5 - 70.75]
+    metrics = mlflow.get_run(scenario["run_id"]).data.metrics
+    verdicts = [c["verdict"] for c in claims.values()]
+    assert metrics["claims/holds"] == verdicts.count("holds")
+    assert metrics["claims/does_not_hold"] == verdicts.count("does not hold")
+    assert metrics["claims/not_measured"] == verdicts.count("not measured") >= 1
+
+
 def test_links_and_credentials(monkeypatch):
     monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
     assert ui_base("sqlite:///x/mlflow.db") == ""
@@ -513,6 +663,8 @@ def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_p
     h = json.loads((folder / "report.json").read_text())
     assert h["cells_missing"] == h["cells"] == sum(CELLS.values())
     assert h["figure2"]["reason"] == "no generate run" and h["figure3"]["reason"] == "no explain run"
+    assert {c["verdict"] for c in h["claims"]} == {"not measured"}
+    assert mlflow.get_run(run_id).data.metrics["claims/not_measured"] == len(h["claims"]) == 6
     assert not (folder / "figure2.png").exists() and mlflow.get_run(run_id).info.status == "FINISHED"
 
     keep = log_run(experiment, "classify", {"model": "resnet34", "train_set": "synth"}, clf_metrics(50.0),

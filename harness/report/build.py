@@ -5,8 +5,8 @@ trains, never starts a run of another stage) plus, for Figure 2, the image files
 and of the real data. Writes `<output_dir>/<experiment>/` and logs the same files as artifacts of
 one run of stage `report`:
 
-    report.md                      header + Tables 1-3 (Markdown) + the figures
-    report.json                    the header facts and every cell (ours, paper, diff, run, reason)
+    report.md                      header + Tables 1-3 (Markdown) + the figures + the paper's claims checked
+    report.json                    the header facts, every cell (ours, paper, diff, run, reason) and the claims
     table{1,2,3}.md|.tex|.csv      each table as Markdown, LaTeX (booktabs) and CSV (one row per cell)
     table1_per_class.md|.tex|.csv  per-class CAS and mask consistency of Table 1's runs (not in the paper)
     figure2.png, figure2.json      real vs generated image-mask pairs, one row per class (+ the ids)
@@ -33,11 +33,12 @@ from PIL import Image
 
 from harness import tracking
 from harness.config import PrepareConfig, ReportConfig
-from harness.report import figures
+from harness.report import claims, figures
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import (
     CHOICE_RULE,
     FINISHED,
+    TAG_EXTRACTOR,
     RunIndex,
     newest_first,
     param,
@@ -62,7 +63,6 @@ TAG_OUTPUT_DIR = "skindualgen.output_dir"
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
 TAG_SYNTH_RUN = "skindualgen.synth_run_id"
-TAG_EXTRACTOR = "skindualgen.feature_extractor"
 TAG_LPIPS_NET = "skindualgen.lpips_net"
 TAG_COMPARABLE = "skindualgen.metrics_comparable"
 TAG_EXPLAIN_MODEL = "skindualgen.explain_model"
@@ -405,6 +405,7 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
     tables = build_tables(index, link_base)
     synth_row = tables[0].sections[0].rows[1]
     per_class = per_class_table(tables[0])
+    claim_results = claims.evaluate(tables)
     out = Path(cfg.output_dir).expanduser() / experiment_folder(name)
 
     with tempfile.TemporaryDirectory(prefix="skindualgen-report-") as tmp:
@@ -443,6 +444,7 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
                 continue
             result.image.save(out / f"{key}.png", format="PNG")
             body.append(f"![{title}]({key}.png)\n\n" + "".join(f"- {n}\n" for n in result.notes))
+        body.append(claims.claims_markdown(claim_results))
         if fig2.image is not None:
             (out / "figure2.json").write_text(json.dumps({"columns": list(figures.COLUMNS), "rows": fig2.rows,
                                                           "cell": cfg.figure_cell}, indent=1), encoding="utf-8")
@@ -450,12 +452,15 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
         record = {**header, "report_run_id": run_id,
                   "tables": {t.key: [cell_record(c) for c in t.cells] for t in tables},
                   per_class.key: {"classes": per_class.classes, "notes": per_class.notes,
-                                  "cells": [cell_record(c) for c in per_class.cells]}}
+                                  "cells": [cell_record(c) for c in per_class.cells]},
+                  "claims_summary": claims.counts(claim_results),
+                  "claims": [claims.claim_record(r) for r in claim_results]}
         (out / "report.json").write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
         for fname in REPORT_FILES:          # only this report's files, not whatever else is in the folder
             if (out / fname).is_file():
                 mlflow.log_artifact(str(out / fname))
         mlflow.log_metrics({"cells": header["cells"], "cells_missing": header["cells_missing"],
+                            **claims.counts(claim_results),
                             **{f"{t.key}/cells_missing": sum(c.ours is None for c in t.cells) for t in tables}})
         return run_id
 

@@ -22,6 +22,7 @@ from mlflow.entities import Run
 from harness import tracking
 
 FINISHED = "FINISHED"
+TAG_EXTRACTOR = "skindualgen.feature_extractor"       # the FID feature extractor an evaluate run used
 
 CHOICE_RULE = (
     "each table row uses the newest FINISHED run (latest start time; ties: latest end time) among the runs "
@@ -146,5 +147,5 @@ def run_link(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base and run_id else ""
 
 
-__all__ = ["CHOICE_RULE", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
+__all__ = ["CHOICE_RULE", "TAG_EXTRACTOR", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
            "run_link", "strip_credentials", "ui_base"]

@@ -18,10 +18,12 @@ from harness.config import ReportConfig
 from harness.data.demo import DEMO_CLASSES, make_demo_dataset
 from harness.data.prepare import load_prepared
 from harness.report import REPORT_FILES, paper_values, report
+from harness.report.claims import CLAIMS
 from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image, panel_mask
+from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import run_link, strip_credentials, ui_base
 
-CELLS = {"table1": 2 * 3, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
+CELLS = {"table1": 2 * 6, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
 STAGES = ("evaluate", "classify", "segment", "generate", "finetune", "explain", "report")
 
 
@@ -44,6 +46,16 @@ def clf_metrics(base, ham=False):
     if ham:
         m.update({"ham_accuracy": base / 2, "ham_sensitivity": base / 2 + 20, "ham_precision": base / 2 + 3,
                   "ham_f1": base / 2 + 1, "ham_n_excluded": 0})
+    return m
+
+
+def judge_metrics(cas, consistency=None, classes=(), skip=()):
+    """CAS / mask consistency as evaluate logs them: overall and per class (fractions in [0, 1])."""
+    m = {"cas": cas, **{f"cas/{c}": round(cas - 0.0625 * i, 6) for i, c in enumerate(classes) if c not in skip}}
+    if consistency is not None:
+        m.update({"mask_consistency": consistency, "mask_nonempty": 0.96875,
+                  **{f"mask_consistency/{c}": round(consistency - 0.03125 * i, 6)
+                     for i, c in enumerate(classes) if c not in skip}})
     return m
 
 
@@ -78,14 +90,19 @@ def scenario(mlflow_store, tmp_path_factory):
                               {"n_generated": 14}, digest=digest,
                               tags={"skindualgen.finetune_run_id": ids["finetune"],
                                     "skindualgen.output_dir": str(gen_dir)})
+    # the real test split judged for CAS only (no mask_consistency: missing cells); the synthetic set for
+    # both, one class without per-class values
     ids["eval_real"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": ""},
-                               {"fid": 41.25, "lpips": 0.5125, "ms_ssim": 0.203125, "n_pairs": 100}, digest=digest,
+                               {"fid": 41.25, "lpips": 0.5125, "ms_ssim": 0.203125, "n_pairs": 100,
+                                **judge_metrics(0.9375, classes=sorted(DEMO_CLASSES))}, digest=digest,
                                tags={"comparison": "real_train_vs_real_test",
                                      "skindualgen.feature_extractor": "standard:inception-v3-compat",
                                      "skindualgen.lpips_net": "standard:lpips-alex-v0.1",
                                      "skindualgen.metrics_comparable": "true"})
     ids["eval_synth"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": f"runs:/{ids['generate']}"},
-                                {"fid": 73.5, "lpips": 0.53125, "ms_ssim": 0.1875, "n_pairs": 100}, digest=digest,
+                                {"fid": 73.5, "lpips": 0.53125, "ms_ssim": 0.1875, "n_pairs": 100,
+                                 **judge_metrics(0.71875, 0.8125, sorted(DEMO_CLASSES), skip=("dermatofibroma",))},
+                                digest=digest,
                                 tags={"comparison": "real_train_vs_synth_train",
                                       "skindualgen.feature_extractor": "fallback:inception-random-he-seed0",
                                       "skindualgen.lpips_net": "fallback:lpips-alex-random-seed0",
@@ -137,7 +154,8 @@ def scenario(mlflow_store, tmp_path_factory):
     for key in CELLS:
         with open(folder / f"{key}.csv", newline="", encoding="utf-8") as f:
             tables[key] = list(csv.DictReader(f))
-    return {"exp": exp, "experiment_id": experiment_id, "ids": ids, "run_id": run_id, "folder": folder,
+    return {"exp": exp, "experiment_id": experiment_id, "ids": ids, "run_id": run_id, "folder": folder, "root": root,
+            "store": mlflow_store,
             "tables": tables, "before": before, "after": after, "real_dir": real_dir, "gen_dir": gen_dir,
             "digest": digest, "md": (folder / "report.md").read_text(encoding="utf-8"),
             "header": json.loads((folder / "report.json").read_text(encoding="utf-8")), "seconds": seconds}
@@ -205,7 +223,8 @@ def test_missing_cells_are_dashes_with_their_reason(scenario):
         f"metric `hd` absent in run {ids['dl_hybrid_nohd']}"
     assert "eval_data" in reasons[("table3", "resnet34/real", ("Accuracy", "Sensitivity", "Precision", "F1score"))]
     n_missing = sum(c["status"] == "missing" for rows in scenario["tables"].values() for c in rows)
-    assert scenario["header"]["cells_missing"] == n_missing == sum(CELLS.values()) - (6 + 4 * 3 + 4 + 3 + 4 * 2 + 2)
+    # filled: Table 1 FID/LPIPS/MS-SSIM x 2 + CAS/consistency/non-empty of the synth row + CAS of the real one
+    assert scenario["header"]["cells_missing"] == n_missing == sum(CELLS.values()) - (10 + 4 * 3 + 4 + 3 + 4 * 2 + 2)
     assert f"**Missing cells:** {n_missing} of {sum(CELLS.values())}" in md
     for rows in scenario["tables"].values():
         for c in rows:
@@ -224,6 +243,9 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
     n = 0
     for key, rows in scenario["tables"].items():
         for c in rows:
+            if c["in_paper"] == "false":                   # Table 1's columns beyond the paper: no paper value
+                assert key == "table1" and c["paper"] == "" and c["diff"] == ""
+                continue
             if key == "table1":
                 expected = paper["table1"][c["row"]][c["metric"]]
             else:
@@ -241,6 +263,86 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
     assert paper["table3"]["classify"]["resnet34"]["hybrid"]["accuracy"] == 34.333
     t1 = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
     assert f"| Real Train vs Synth Train | 73.500 | 68.601 | {73.5 - 68.601:+.3f} |" in t1
+
+
+JUDGE = ("cas", "mask_consistency", "mask_nonempty")
+
+
+def test_table1_cas_and_consistency_columns_are_beyond_the_paper(scenario):
+    ids, h = scenario["ids"], scenario["header"]
+    runs = {"real_train_vs_real_test": mlflow.get_run(ids["eval_real"]),
+            "real_train_vs_synth_train": mlflow.get_run(ids["eval_synth"])}
+    seen = 0
+    for row, run in runs.items():
+        for metric in JUDGE:
+            c = cell(scenario, "table1", row, metric)
+            assert c["in_paper"] == "false" and c["paper"] == "" and c["diff"] == ""
+            assert c["run_id"] == run.info.run_id and c["run_metric"] == metric
+            if metric in run.data.metrics:
+                assert c["status"] == "ok" and float(c["ours"]) == run.data.metrics[metric]
+                seen += 1
+            else:
+                assert c["status"] == "missing" and c["reason"] == f"metric `{metric}` absent in run {run.info.run_id}"
+    assert seen == 4                                     # CAS of both rows, consistency + non-empty of the synth row
+    assert {c["in_paper"] for k in ("table2", "table3") for c in scenario["tables"][k]} == {"true"}
+    # missing only where our value is absent: the real row's consistency and non-empty, nothing of the synth row
+    t1_missing = [m for m in h["missing"] if m["table"] == "table1"]
+    assert [(m["row"], m["metrics"], m["reason"]) for m in t1_missing] == [
+        ("real_train_vs_real_test", [label], f"metric `{metric}` absent in run {ids['eval_real']}")
+        for label, metric in (("Mask consistency†", "mask_consistency"), ("Mask non-empty†", "mask_nonempty"))]
+    md = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
+    header = next(x for x in md.splitlines() if x.startswith("| Data for calculations"))
+    assert "| CAS† | paper | Δ | Mask consistency† | paper | Δ | Mask non-empty† | paper | Δ | run |" in header
+    synth = next(x for x in md.splitlines() if x.startswith("| Real Train vs Synth Train |"))
+    assert f"| {0.71875:.3f} | — | — | {0.8125:.3f} | — | — | {0.96875:.3f} | — | — |" in synth
+    real = next(x for x in md.splitlines() if x.startswith("| Real Train vs Real Test |"))
+    assert f"| {0.9375:.3f} | — | — | — | — | — | — | — | — |" in real
+    assert "† not in the paper" in md and "† not in the paper" in scenario["md"]
+    tex = (scenario["folder"] / "table1.tex").read_text(encoding="utf-8")
+    assert r"CAS\dag{}" in tex and r"\dag{} not in the paper" in tex and "†" not in tex
+
+
+def test_per_class_table_under_table1(scenario):
+    ids, folder = scenario["ids"], scenario["folder"]
+    rows = list(csv.DictReader(open(folder / "table1_per_class.csv", newline="", encoding="utf-8")))
+    runs = {"real_train_vs_synth_train": mlflow.get_run(ids["eval_synth"]),
+            "real_train_vs_real_test": mlflow.get_run(ids["eval_real"])}
+    classes = sorted({k.split("/", 1)[1] for r in runs.values() for k in r.data.metrics if "/" in k})
+    assert classes == sorted(DEMO_CLASSES)
+    expected = [(name, comparison, metric) for name in classes for comparison in runs
+                for metric in ("cas", "mask_consistency")]
+    assert [(r["row"], r["section"], r["metric"]) for r in rows] == expected
+    n_ok = 0
+    for r in rows:
+        run = runs[r["section"]]
+        assert r["run_id"] == run.info.run_id and r["in_paper"] == "false" and r["paper"] == ""
+        key = f"{r['metric']}/{r['row']}"
+        assert r["run_metric"] == key
+        if key in run.data.metrics:
+            assert r["status"] == "ok" and float(r["ours"]) == run.data.metrics[key]
+            n_ok += 1
+        else:
+            assert r["status"] == "missing" and r["reason"] == f"metric `{key}` absent in run {run.info.run_id}"
+    assert n_ok == 2 * (len(classes) - 1) + len(classes)      # synth lacks dermatofibroma; real test: CAS only
+    # the Markdown table sits under Table 1 in the report, one row per class, synthetic columns first
+    md = scenario["md"]
+    assert md.index("## Table 1") < md.index("### Per-class CAS and mask consistency (not in the paper)") < \
+        md.index("## Table 2")
+    per_class = (folder / "table1_per_class.md").read_text(encoding="utf-8")
+    assert per_class in md
+    assert "| Class | CAS (synth) | Mask consistency (synth) | CAS (real test) | Mask consistency (real test) |" \
+        in per_class
+    m = runs["real_train_vs_synth_train"].data.metrics
+    r = runs["real_train_vs_real_test"].data.metrics
+    assert (f"| melanoma | {m['cas/melanoma']:.3f} | {m['mask_consistency/melanoma']:.3f} | "
+            f"{r['cas/melanoma']:.3f} | — |") in per_class
+    assert f"| dermatofibroma | — | — | {r['cas/dermatofibroma']:.3f} | — |" in per_class
+    tex = (folder / "table1_per_class.tex").read_text(encoding="utf-8")
+    spec = re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1)
+    assert spec == "lrrrr" and all(tex_width(x) == 5 for x in tex.splitlines() if x.endswith(r"\\"))
+    record = scenario["header"]["table1_per_class"]
+    assert record["classes"] == classes and [c["ours"] for c in record["cells"]] == [r["ours"] for r in rows]
+    assert scenario["header"]["cells"] == sum(CELLS.values())          # per-class cells are not counted
 
 
 def tex_width(line: str) -> int:
@@ -327,13 +429,228 @@ def test_report_run_is_finished_with_the_files_and_creates_no_other_run(scenario
     assert run.data.metrics["cells_missing"] == scenario["header"]["cells_missing"]
 
 
-def test_links_and_credentials():
+# ------------------------------------------------------------------------------------------------
+# Claims
+# ------------------------------------------------------------------------------------------------
+
+CLF = {"densenet121": {"real": 70.0, "hybrid": 79.0, "synth": 60.0},      # +9: in [8, 15]; synth below
+       "resnet34": {"real": 71.0, "hybrid": 80.5, "synth": 75.0},         # +9.5; synth ABOVE real
+       "squeezenet1_1": {"real": 64.0, "hybrid": 72.5},                   # +8.5; no synth run
+       "swin_tiny": {"real": 74.0, "hybrid": 90.0}}                       # +16: above 15, still > 0
+SEG = {("unet", "real"): {"dice": 78.0, "iou": 64.0, "asd": 5.0, "hd": 20.0},
+       ("unet", "hybrid"): {"dice": 78.75, "iou": 64.5, "asd": 4.5, "hd": 18.0},
+       ("deeplabv3plus", "real"): {"dice": 80.0, "iou": 66.0, "asd": 6.0, "hd": 15.0}}   # ASD worse than U-Net
+FID = {"real_train_vs_real_test": 40.0, "real_train_vs_synth_train": 55.5}
+
+
+@pytest.fixture(scope="module")
+def claims_report(mlflow_store, tmp_path_factory):
+    """An experiment whose runs make some claims hold, some fail and one unmeasured; one report of it."""
+    mlflow.set_tracking_uri(mlflow_store)
+    exp = f"test-claims-{os.getpid()}"
+    for model, sets in CLF.items():
+        for train_set, base in sets.items():
+            log_run(exp, "classify", {"model": model, "train_set": train_set, "eval_data": ""}, clf_metrics(base))
+    for (model, train_set), m in SEG.items():
+        log_run(exp, "segment", {"model": model, "train_set": train_set, "eval_data": ""}, m)
+    for comparison, fid in FID.items():
+        log_run(exp, "evaluate", {}, {"fid": fid, "lpips": 0.5, "ms_ssim": 0.2},
+                tags={"comparison": comparison, "skindualgen.feature_extractor": "standard:inception-v3-compat"})
+    out = tmp_path_factory.mktemp("claims")
+    run_id = report(ReportConfig(output_dir=str(out)), experiment=exp)
+    folder = out / exp
+    record = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return {"run_id": run_id, "md": (folder / "report.md").read_text(encoding="utf-8"),
+            "claims": {c["key"]: c for c in record["claims"]}, "summary": record["claims_summary"]}
+
+
+def verdict(results):
+    """The rule, written out again: holds if every measured result holds and one was measured."""
+    measured = [r for r in results if r is not None]
+    return "not measured" if not measured else "holds" if all(measured) else "does not hold"
+
+
+def test_claim_definitions_quote_a_section_and_state_a_rule():
+    assert [c.key for c in CLAIMS] == ["hybrid_gain_classification", "synth_below_real", "hybrid_gain_segmentation",
+                                       "deeplab_beats_unet", "ham_hybrid_gain", "fid_synth_above_real"]
+    for c in CLAIMS:
+        assert c.quotes and all(section and len(quote) > 40 for section, quote in c.quotes) and c.readings
+
+
+def test_claims_hold_fail_or_are_not_measured_on_the_runs(claims_report):
+    claims, md = claims_report["claims"], claims_report["md"]
+    paper = paper_values()
+    # 1. hybrid − real in [8, 15] points for accuracy and F1, every classifier: Swin is +16 -> does not hold;
+    #    the weaker reading (> 0) holds
+    c = claims["hybrid_gain_classification"]
+    gains = {m: CLF[m]["hybrid"] - CLF[m]["real"] for m in CLF}
+    assert c["verdict"] == verdict([8 <= g <= 15 for g in gains.values()]) == "does not hold"
+    assert c["readings"][1]["verdict"] == verdict([g > 0 for g in gains.values()]) == "holds"
+    assert not c["partly_measured"] and c["not_measured"] == []
+    assert len(c["checks"]) == 8
+    for chk in c["checks"]:
+        model, metric = chk["a"]["row"].split("/")[0], chk["a"]["metric"]
+        assert chk["a"]["row"] == f"{model}/hybrid" and chk["b"]["row"] == f"{model}/real"
+        run_a = mlflow.get_run(chk["a"]["run_id"])
+        assert run_a.data.params["model"] == model and run_a.data.params["train_set"] == "hybrid"
+        assert chk["ours"] == run_a.data.metrics[metric] - mlflow.get_run(chk["b"]["run_id"]).data.metrics[metric]
+        assert chk["ours"] == pytest.approx(gains[model])
+        p = paper["table2"]["classify"][model]
+        assert chk["paper"] == pytest.approx(p["hybrid"][metric] - p["real"][metric])
+        assert [r["ours"] for r in chk["results"]] == [
+            "holds" if 8 <= gains[model] <= 15 else "does not hold", "holds"]
+    p = paper["table2"]["classify"]["densenet121"]
+    assert (f"| DenseNet121 | Accuracy: hybrid − real (points) | {79.0:.3f} − {70.0:.3f} = {9.0:+.3f} | "
+            f"{p['hybrid']['accuracy']:.3f} − {p['real']['accuracy']:.3f} = "
+            f"{p['hybrid']['accuracy'] - p['real']['accuracy']:+.3f} | in [8, 15]: ✓ · ✓ | > 0: ✓ · ✓ |") in md
+    assert "| Swin Transformer | Accuracy: hybrid − real (points) | 90.000 − 74.000 = +16.000 |" in md
+    # the paper's own Table 2 gives +5.7 to +9.2 points: the strict reading fails on it too
+    paper_gains = [p["hybrid"][m] - p["real"][m] for p in paper["table2"]["classify"].values()
+                   for m in ("accuracy", "f1")]
+    assert c["paper_verdict"] == verdict([8 <= g <= 15 for g in paper_gains])
+    # 2. synth below real: ResNet34's synth run is above its real run -> does not hold (partly measured)
+    c = claims["synth_below_real"]
+    assert c["verdict"] == "does not hold" and c["partly_measured"]
+    assert {chk["part"]: chk["ours"] for chk in c["checks"] if chk["ours"] is not None} == \
+        {"DenseNet121": pytest.approx(-10.0), "ResNet34": pytest.approx(4.0)}
+    assert any(x.startswith("SqueezeNet1.1 (all checks): no classify run of squeezenet1_1 on synth")
+               for x in c["not_measured"])
+    assert any(x.startswith("U-Net (all checks): no segment run of unet on synth") for x in c["not_measured"])
+    # 3. U-Net: Dice +0.75, IoU +0.5 (in [0.5, 1]), ASD and HD lower -> holds; DeepLabV3+ has no hybrid run
+    c = claims["hybrid_gain_segmentation"]
+    unet = [chk for chk in c["checks"] if chk["part"] == "U-Net"]
+    expected = {m: SEG[("unet", "hybrid")][m] - SEG[("unet", "real")][m] for m in ("dice", "iou", "asd", "hd")}
+    assert {chk["a"]["metric"]: chk["ours"] for chk in unet} == expected
+    assert c["verdict"] == verdict([0.5 <= expected["dice"] <= 1, 0.5 <= expected["iou"] <= 1,
+                                    expected["asd"] < 0, expected["hd"] < 0]) == "holds"
+    assert c["partly_measured"] and c["verdict_text"] == "holds (partly measured)"
+    assert c["not_measured"] == ["DeepLabV3+ (all checks): no segment run of deeplabv3plus on hybrid"]
+    assert "— **holds (partly measured)**" in md
+    # 4. DeepLabV3+ vs U-Net on real: Dice, IoU, HD better but ASD worse -> does not hold
+    c = claims["deeplab_beats_unet"]
+    real = [chk for chk in c["checks"] if chk["part"] == "Real only"]
+    assert [chk["ours"] for chk in real] == [SEG[("deeplabv3plus", "real")][m] - SEG[("unet", "real")][m]
+                                             for m in ("dice", "iou", "asd", "hd")]
+    assert [chk["results"][0]["ours"] for chk in real] == ["holds", "holds", "does not hold", "holds"]
+    assert c["verdict"] == "does not hold"
+    # 5. no run with eval_data: not measured, for every classifier, saying why
+    c = claims["ham_hybrid_gain"]
+    assert c["verdict"] == "not measured" and all(chk["ours"] is None for chk in c["checks"])
+    assert [x.split(" (")[0] for x in c["not_measured"]] == ["DenseNet121", "ResNet34", "SqueezeNet1.1",
+                                                             "Swin Transformer"]
+    assert all("with eval_data (HAM10000)" in x for x in c["not_measured"])
+    # 6. FID 55.5 vs 40.0 with the same extractor -> holds
+    c = claims["fid_synth_above_real"]
+    assert c["verdict"] == "holds" and c["checks"][0]["ours"] == 55.5 - 40.0
+    assert "| Table 1 | FID: real train vs synth train − real train vs real test | 55.500 − 40.000 = +15.500 |" in md
+
+
+def test_claims_counts_on_the_report_run(claims_report):
+    metrics = mlflow.get_run(claims_report["run_id"]).data.metrics
+    verdicts = [c["verdict"] for c in claims_report["claims"].values()]
+    assert verdicts.count("holds") == 2 and verdicts.count("does not hold") == 3 and verdicts.count("not measured") == 1
+    assert {k: v for k, v in metrics.items() if k.startswith("claims/")} == {
+        "claims/holds": 2, "claims/does_not_hold": 3, "claims/not_measured": 1}
+    assert claims_report["summary"] == {"claims/holds": 2, "claims/does_not_hold": 3, "claims/not_measured": 1}
+    md = claims_report["md"]
+    assert md.rstrip().endswith(" |") and md.index("## Figure 3") < md.index("## Claims")   # the last section
+    assert "Verdicts of the 6 claims: holds 2 · does not hold 3 · not measured 1." in md
+    for claim in CLAIMS:                       # every quote verbatim, with its section
+        for section, quote in claim.quotes:
+            assert f"> “{quote}” — *{section}*" in md
+
+
+def test_claims_in_the_main_scenario(scenario):
+    claims = {c["key"]: c for c in scenario["header"]["claims"]}
+    # the two evaluate runs used different feature extractors: the FID comparison is not measured
+    fid = claims["fid_synth_above_real"]
+    assert fid["verdict"] == "not measured" and fid["checks"][0]["ours"] is None
+    assert "fallback:inception-random-he-seed0" in fid["not_measured"][0]
+    assert "standard:inception-v3-compat" in fid["not_measured"][0]
+    # only DenseNet121 has both real and hybrid runs: +8.75 points -> holds, partly measured
+    c = claims["hybrid_gain_classification"]
+    assert c["verdict_text"] == "holds (partly measured)"
+    assert [chk["ours"] for chk in c["checks"] if chk["ours"] is not None] == [79.5 - 70.75, 79.5 - 70.75]
+    metrics = mlflow.get_run(scenario["run_id"]).data.metrics
+    verdicts = [c["verdict"] for c in claims.values()]
+    assert metrics["claims/holds"] == verdicts.count("holds")
+    assert metrics["claims/does_not_hold"] == verdicts.count("does not hold")
+    assert metrics["claims/not_measured"] == verdicts.count("not measured") >= 1
+
+
+def test_links_and_credentials(monkeypatch):
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
     assert ui_base("sqlite:///x/mlflow.db") == ""
     assert ui_base("https://user:secret@mlflow.example.org/") == "https://mlflow.example.org"
     assert ui_base("sqlite:///x.db", "http://localhost:5000/") == "http://localhost:5000"
     assert run_link("http://h:5000", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
     assert run_link("", "3", "abc") == ""
     assert strip_credentials("file:///tmp/a@b") == "file:///tmp/a@b"
+
+
+def test_paths_shown_relative_to_the_working_directory_or_by_their_last_components(tmp_path):
+    cwd = tmp_path / "work"
+    assert show_path(cwd / "outputs" / "generate-1", cwd) == "outputs/generate-1"
+    assert show_path(cwd, cwd) == "."
+    assert show_path("/srv/data/isic-gpt/images", cwd) == "…/isic-gpt/images"
+    assert show_path("/mlflow.db", cwd) == "…/mlflow.db"
+    assert show_path("outputs/x", cwd) == "outputs/x" and show_path("", cwd) == ""
+    assert show_path("/srv/data", "/") == "…/srv/data"                  # never relative to the root
+    assert show_uri(f"sqlite:///{cwd}/mlflow.db", cwd) == "sqlite:///mlflow.db"
+    assert show_uri("sqlite:////srv/x/mlflow.db", cwd) == "sqlite:///…/x/mlflow.db"
+    assert show_uri("sqlite:///mlflow.db", cwd) == "sqlite:///mlflow.db"
+    assert show_uri(f"file://{cwd}/mlruns", cwd) == "mlruns" and show_uri("/srv/a/mlruns", cwd) == "…/a/mlruns"
+    assert show_uri("https://u:pw@mlflow.example.org/x", cwd) == "https://mlflow.example.org/x"
+    text = (f"cannot read /srv/data/x/y.png (see {cwd}/logs/a.txt); runs:/abc/model, https://h/#/x and "
+            "DenseNet121 / Real only are left alone")
+    assert scrub(text, cwd) == ("cannot read …/x/y.png (see logs/a.txt); runs:/abc/model, https://h/#/x and "
+                                "DenseNet121 / Real only are left alone")
+
+
+REPORT_TEXTS = ("report.md", "report.json", "figure2.json")
+
+
+def absolute_paths(scenario) -> list[str]:
+    store_dir = os.path.dirname(scenario["store"].removeprefix("sqlite:///"))
+    return [str(scenario["root"]), str(scenario["root"].parent), store_dir, str(scenario["real_dir"]),
+            str(scenario["gen_dir"]), os.getcwd()]
+
+
+def test_no_absolute_path_in_the_report(scenario):
+    texts = {name: (scenario["folder"] / name).read_text(encoding="utf-8") for name in REPORT_TEXTS}
+    for name, text in texts.items():
+        for path in absolute_paths(scenario):
+            assert path not in text, (name, path)
+        assert not re.search(r"[\s(`'\"]/[A-Za-z]", text), name          # no "/tmp/...", "/home/..." at all
+    store = scenario["store"].removeprefix("sqlite:///")          # outside the working directory: last 2 parts
+    shown = f"sqlite:///…/{os.path.basename(os.path.dirname(store))}/mlflow.db"
+    assert scenario["header"]["tracking_uri"] == shown and f"tracking store `{shown}`" in scenario["md"]
+    gen = scenario["gen_dir"]
+    assert f"generated set: …/{gen.parent.name}/{gen.name} (generate run" in scenario["md"]
+    assert f"real data: …/{scenario['real_dir'].parent.name}/{scenario['real_dir'].name} (" in scenario["md"]
+
+
+def test_paths_under_the_working_directory_and_mlflow_ui_url_links(scenario, monkeypatch, tmp_path):
+    """The same experiment reported again from inside its data folder, with MLFLOW_UI_URL set (no --ui-url):
+    paths are relative to the working directory and every run is a link into that UI."""
+    monkeypatch.chdir(scenario["root"])
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5000/")
+    run_id = report(ReportConfig(output_dir=str(tmp_path)), experiment=scenario["exp"])
+    folder = tmp_path / scenario["exp"]
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    for name in REPORT_TEXTS:
+        text = (folder / name).read_text(encoding="utf-8")
+        assert str(scenario["root"]) not in text and str(tmp_path) not in text
+    assert "generated set: generated (generate run" in md and "real data: real (" in md
+    exp_id, ids = scenario["experiment_id"], scenario["ids"]
+    base = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/"
+    assert f"Report run [{run_id}]({base}{run_id})" in md
+    assert f"[{ids['dn_real_new']}]({base}{ids['dn_real_new']})" in md
+    rows = list(csv.DictReader(open(folder / "table2.csv", newline="", encoding="utf-8")))
+    assert {r["run_url"] for r in rows if r["run_id"]} == {base + r["run_id"] for r in rows if r["run_id"]}
+    assert json.loads((folder / "report.json").read_text(encoding="utf-8"))["ui_base"] == "http://127.0.0.1:5000"
+    assert ui_base("sqlite:///x.db", "http://ui:5000") == "http://ui:5000"       # --ui-url wins over the variable
+    assert ui_base("sqlite:///x.db") == "http://127.0.0.1:5000"
 
 
 def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_path):
@@ -346,6 +663,8 @@ def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_p
     h = json.loads((folder / "report.json").read_text())
     assert h["cells_missing"] == h["cells"] == sum(CELLS.values())
     assert h["figure2"]["reason"] == "no generate run" and h["figure3"]["reason"] == "no explain run"
+    assert {c["verdict"] for c in h["claims"]} == {"not measured"}
+    assert mlflow.get_run(run_id).data.metrics["claims/not_measured"] == len(h["claims"]) == 6
     assert not (folder / "figure2.png").exists() and mlflow.get_run(run_id).info.status == "FINISHED"
 
     keep = log_run(experiment, "classify", {"model": "resnet34", "train_set": "synth"}, clf_metrics(50.0),
@@ -355,7 +674,7 @@ def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_p
                                              "--ui-url", "https://user:secret@mlflow.example.org/",
                                              "--dataset-digest", "a" * 16])
     assert result.exit_code == 0, result.output
-    assert "cells: 4 of 118 filled" in result.output
+    assert "cells: 4 of 124 filled" in result.output
     folder = tmp_path / "cli" / experiment
     rows = list(csv.DictReader(open(folder / "table2.csv", newline="", encoding="utf-8")))
     c = next(r for r in rows if r["row"] == "resnet34/synth" and r["metric"] == "accuracy")

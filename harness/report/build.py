@@ -5,13 +5,16 @@ trains, never starts a run of another stage) plus, for Figure 2, the image files
 and of the real data. Writes `<output_dir>/<experiment>/` and logs the same files as artifacts of
 one run of stage `report`:
 
-    report.md                      header + Tables 1-3 (Markdown) + the figures
-    report.json                    the header facts and every cell (ours, paper, diff, run, reason)
+    report.md                      header + Tables 1-3 (Markdown) + the figures + the paper's claims checked
+    report.json                    the header facts, every cell (ours, paper, diff, run, reason) and the claims
     table{1,2,3}.md|.tex|.csv      each table as Markdown, LaTeX (booktabs) and CSV (one row per cell)
+    table1_per_class.md|.tex|.csv  per-class CAS and mask consistency of Table 1's runs (not in the paper)
     figure2.png, figure2.json      real vs generated image-mask pairs, one row per class (+ the ids)
     figure3.png                    the explain runs' heatmap figures, one per model (when any exist)
 
 Files of an earlier report in that folder with these names are replaced or removed, nothing else.
+Paths of this machine appear in report.md, report.json and figure2.json only as paths.py shows them
+(relative to the working directory when under it, else `…/` + their last two components).
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ from PIL import Image
 
 from harness import tracking
 from harness.config import PrepareConfig, ReportConfig
-from harness.report import figures
+from harness.report import claims, figures
+from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import (
     CHOICE_RULE,
     FINISHED,
+    TAG_EXTRACTOR,
     RunIndex,
     newest_first,
     param,
@@ -41,13 +46,23 @@ from harness.report.runs import (
     strip_credentials,
     ui_base,
 )
-from harness.report.tables import CLASSIFIERS, Table, build_tables, cell_record, to_csv, to_latex, to_markdown
+from harness.report.tables import (
+    CLASSIFIERS,
+    Table,
+    build_tables,
+    cell_record,
+    per_class_latex,
+    per_class_markdown,
+    per_class_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 
 TAG_OUTPUT_DIR = "skindualgen.output_dir"
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
 TAG_SYNTH_RUN = "skindualgen.synth_run_id"
-TAG_EXTRACTOR = "skindualgen.feature_extractor"
 TAG_LPIPS_NET = "skindualgen.lpips_net"
 TAG_COMPARABLE = "skindualgen.metrics_comparable"
 TAG_EXPLAIN_MODEL = "skindualgen.explain_model"
@@ -55,7 +70,8 @@ FIGURE3_RE = re.compile(r"^figure3_(?P<model>.+)\.png$")
 NOT_COMPARABLE = "NOT comparable with published numbers"
 
 REPORT_FILES = ("report.md", "report.json", "figure2.png", "figure2.json", "figure3.png",
-                *(f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")))
+                *(f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")),
+                *(f"table1_per_class.{ext}" for ext in ("md", "tex", "csv")))
 
 
 class ReportError(ValueError):
@@ -115,8 +131,8 @@ def _generate_run(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
     if not finished:
         return None, f"no FINISHED generate run ({len(runs)} not FINISHED)", notes
     return None, (f"the output folder of no FINISHED generate run exists here (newest: "
-                  f"{finished[0].data.tags.get(TAG_OUTPUT_DIR, '(no tag)')}); pass --generate-run and copy the "
-                  "folder, or run generate here"), notes
+                  f"{show_path(finished[0].data.tags.get(TAG_OUTPUT_DIR, '(no tag)'))}); pass --generate-run and "
+                  "copy the folder, or run generate here"), notes
 
 
 def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) -> FigureResult:
@@ -126,14 +142,14 @@ def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
     result = FigureResult(notes=notes, runs=[gen_run])
     out = gen_run.data.tags.get(TAG_OUTPUT_DIR, "")
     if not out or not Path(out).is_dir():
-        result.reason = f"generate run {gen_run.info.run_id}: output folder {out or '(no tag)'} not found"
+        result.reason = f"generate run {gen_run.info.run_id}: output folder {show_path(out) or '(no tag)'} not found"
         return result
     from harness.data.prepare import load_prepared
     from harness.data.records import DataError
     try:
         generated = _load_generated(Path(out))
     except (DataError, FileNotFoundError) as e:
-        result.reason = f"generate run {gen_run.info.run_id}: cannot read {out}: {e}"
+        result.reason = f"generate run {gen_run.info.run_id}: cannot read {show_path(out)}: {scrub(str(e))}"
         return result
 
     finetune = index.get(gen_run.data.tags.get(TAG_FINETUNE_RUN, ""))
@@ -150,16 +166,17 @@ def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
     try:
         prepared = load_prepared(data_dir, "auto", test_fraction, seed, progress=False)
         real = prepared.dataset
-        result.notes.append(f"real data: {data_dir or 'the embedded demo dataset'} ({where}; train split, "
+        result.notes.append(f"real data: {show_path(data_dir) or 'the embedded demo dataset'} ({where}; train split, "
                             f"test_fraction {test_fraction}, seed {seed}; digest {prepared.digest})")
         trained_on = gen_run.data.tags.get(tracking.TAG_DIGEST, "")
         if trained_on and trained_on != prepared.digest:
             result.notes.append(f"⚠ the generated set's model was trained on dataset digest {trained_on}, "
                                 f"the real data shown has digest {prepared.digest}")
     except (DataError, FileNotFoundError, ValueError) as e:
-        result.notes.append(f"⚠ real data {data_dir or '(demo)'} ({where}) unreadable here, real columns n/a: {e}")
+        result.notes.append(f"⚠ real data {show_path(data_dir) or '(demo)'} ({where}) unreadable here, real columns "
+                            f"n/a: {scrub(str(e))}")
     result.image, result.rows = figures.figure2(generated, real, cfg.figure_cell)
-    result.notes.insert(0, f"generated set: {out} (generate run {gen_run.info.run_id})")
+    result.notes.insert(0, f"generated set: {show_path(out)} (generate run {gen_run.info.run_id})")
     return result
 
 
@@ -265,7 +282,7 @@ def build_header(name: str, experiment_id: str, cfg: ReportConfig, index: RunInd
 
     code = _counts([r.data.tags.get(tracking.TAG_CODE, "(no tag)") for r in used.values()])
     digests = _counts([r.data.tags.get(tracking.TAG_DIGEST, "(no tag)") for r in row_runs.values()])
-    bases = sorted({(r.data.tags.get("skindualgen.base_model", "(no tag)"),
+    bases = sorted({(show_path(r.data.tags.get("skindualgen.base_model", "(no tag)")),
                      r.data.tags.get("skindualgen.base_revision", "(no tag)"), r.info.run_id) for r in finetunes})
 
     extractor_rows, loud = [], []
@@ -310,7 +327,7 @@ def build_header(name: str, experiment_id: str, cfg: ReportConfig, index: RunInd
     digest_note = f" and dataset digest `{cfg.dataset_digest}`" if cfg.dataset_digest else ""
     return {
         "experiment": name, "experiment_id": experiment_id,
-        "tracking_uri": strip_credentials(tracking.tracking_uri()), "ui_base": link_base,
+        "tracking_uri": show_uri(tracking.tracking_uri()), "ui_base": link_base,
         "choice_rule": CHOICE_RULE.format(digest=digest_note),
         "code_versions": code, "report_code_version": tracking.code_version(),
         "base_models": [{"base_model": b, "base_revision": v, "finetune_run_id": i} for b, v, i in bases],
@@ -354,7 +371,8 @@ def header_markdown(h: dict, run_id: str) -> str:
         ext = "no evaluate run used"
     lines.append(f"- **Feature extractor:** {ext}")
     lines.append("- **Units:** accuracy, sensitivity, precision, F1, Dice and IoU in %; ASD and HD in pixels; "
-                 "FID, LPIPS and MS-SSIM unitless (as in the paper). Δ = ours − paper.")
+                 "FID, LPIPS and MS-SSIM unitless (as in the paper); CAS, mask consistency and mask non-empty "
+                 "(Table 1, † not in the paper) fractions in [0, 1]. Δ = ours − paper.")
     lines.append(f"- **Missing cells:** {h['cells_missing']} of {h['cells']}" + (":" if h["missing"] else ""))
     for m in h["missing"]:
         lines.append(f"  - {m['table'].replace('table', 'Table ')}, {m['row_label']} ({', '.join(m['metrics'])}): "
@@ -386,6 +404,8 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
     link_base = ui_base(tracking.tracking_uri(), cfg.ui_url)
     tables = build_tables(index, link_base)
     synth_row = tables[0].sections[0].rows[1]
+    per_class = per_class_table(tables[0])
+    claim_results = claims.evaluate(tables)
     out = Path(cfg.output_dir).expanduser() / experiment_folder(name)
 
     with tempfile.TemporaryDirectory(prefix="skindualgen-report-") as tmp:
@@ -410,6 +430,12 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
             (out / f"{table.key}.md").write_text(md + "\n", encoding="utf-8")
             (out / f"{table.key}.tex").write_text(to_latex(table), encoding="utf-8")
             (out / f"{table.key}.csv").write_text(to_csv(table), encoding="utf-8")
+            if table.key == "table1":           # the per-class table under Table 1
+                md = per_class_markdown(per_class)
+                body.append(md)
+                (out / f"{per_class.key}.md").write_text(md, encoding="utf-8")
+                (out / f"{per_class.key}.tex").write_text(per_class_latex(per_class), encoding="utf-8")
+                (out / f"{per_class.key}.csv").write_text(to_csv(per_class), encoding="utf-8")
         for key, title, result in (("figure2", "Figure 2: real vs generated image-mask pairs (one row per class)",
                                     fig2), ("figure3", "Figure 3: XAI heatmaps (one row per model)", fig3)):
             body.append(f"## {title}\n")
@@ -418,17 +444,23 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
                 continue
             result.image.save(out / f"{key}.png", format="PNG")
             body.append(f"![{title}]({key}.png)\n\n" + "".join(f"- {n}\n" for n in result.notes))
+        body.append(claims.claims_markdown(claim_results))
         if fig2.image is not None:
             (out / "figure2.json").write_text(json.dumps({"columns": list(figures.COLUMNS), "rows": fig2.rows,
                                                           "cell": cfg.figure_cell}, indent=1), encoding="utf-8")
         (out / "report.md").write_text("\n".join(body), encoding="utf-8")
         record = {**header, "report_run_id": run_id,
-                  "tables": {t.key: [cell_record(c) for c in t.cells] for t in tables}}
+                  "tables": {t.key: [cell_record(c) for c in t.cells] for t in tables},
+                  per_class.key: {"classes": per_class.classes, "notes": per_class.notes,
+                                  "cells": [cell_record(c) for c in per_class.cells]},
+                  "claims_summary": claims.counts(claim_results),
+                  "claims": [claims.claim_record(r) for r in claim_results]}
         (out / "report.json").write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
         for fname in REPORT_FILES:          # only this report's files, not whatever else is in the folder
             if (out / fname).is_file():
                 mlflow.log_artifact(str(out / fname))
         mlflow.log_metrics({"cells": header["cells"], "cells_missing": header["cells_missing"],
+                            **claims.counts(claim_results),
                             **{f"{t.key}/cells_missing": sum(c.ours is None for c in t.cells) for t in tables}})
         return run_id
 

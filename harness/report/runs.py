@@ -11,6 +11,7 @@ from an older run, so one row never mixes runs.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +22,7 @@ from mlflow.entities import Run
 from harness import tracking
 
 FINISHED = "FINISHED"
+TAG_EXTRACTOR = "skindualgen.feature_extractor"       # the FID feature extractor an evaluate run used
 
 CHOICE_RULE = (
     "each table row uses the newest FINISHED run (latest start time; ties: latest end time) among the runs "
@@ -130,9 +132,13 @@ def strip_credentials(uri: str) -> str:
     return uri
 
 
+UI_URL_ENV = "MLFLOW_UI_URL"
+
+
 def ui_base(tracking_uri: str, ui_url: str = "") -> str:
-    """The MLflow UI base URL for links: `ui_url`, else the tracking URI when it is http(s), else ""."""
-    base = ui_url or (tracking_uri if re.match(r"^https?://", tracking_uri or "") else "")
+    """The MLflow UI base URL for links: `ui_url` (--ui-url), else the environment variable MLFLOW_UI_URL,
+    else the tracking URI when it is http(s), else "" (no links)."""
+    base = ui_url or os.environ.get(UI_URL_ENV, "") or (tracking_uri if re.match(r"^https?://", tracking_uri or "") else "")
     return strip_credentials(base).rstrip("/")
 
 
@@ -141,5 +147,5 @@ def run_link(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base and run_id else ""
 
 
-__all__ = ["CHOICE_RULE", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
+__all__ = ["CHOICE_RULE", "TAG_EXTRACTOR", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
            "run_link", "strip_credentials", "ui_base"]

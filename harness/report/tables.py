@@ -5,9 +5,15 @@ segment already log % for accuracy/sensitivity/precision/F1/Dice/IoU and pixels 
 paper's value (paper_values.json), the difference ours - paper, and the run it came from. A cell
 without a value is "—" with its reason; it is never 0.
 
-CSV (one row per cell): table, section, row, model, train_set, metric, label, unit, ours, paper,
-diff, run_id, run_url, status (ok | missing), reason. Numbers in the CSV are full precision (repr);
-Markdown and LaTeX show 3 decimals like the paper.
+Beyond the paper, Table 1 has three columns marked † (`in_paper` false): the evaluate runs' `cas`,
+`mask_consistency` and `mask_nonempty`, fractions in [0, 1]. Their paper value and Δ are "—"; like
+every cell they count as missing only when our value is absent. Under Table 1, `per_class_table`
+lists the same runs' `cas/<class>` and `mask_consistency/<class>`, one row per class (classes as the
+runs logged them); its cells are not counted among the report's cells.
+
+CSV (one row per cell): table, section, row, model, train_set, metric, run_metric, label, unit,
+in_paper (true | false), ours, paper, diff, run_id, run_url, status (ok | missing), reason. Numbers
+in the CSV are full precision (repr); Markdown and LaTeX show 3 decimals like the paper.
 """
 from __future__ import annotations
 
@@ -35,9 +41,19 @@ class Column:
     metric: str          # the metric key in the paper's table (paper_values.json)
     label: str
     unit: str            # "%", "px" or ""
+    in_paper: bool = True
 
 
 QUALITY_COLUMNS = (Column("fid", "FID", ""), Column("lpips", "LPIPS", ""), Column("ms_ssim", "MS-SSIM", ""))
+JUDGE_COLUMNS = (Column("cas", "CAS†", "", in_paper=False),
+                 Column("mask_consistency", "Mask consistency†", "", in_paper=False),
+                 Column("mask_nonempty", "Mask non-empty†", "", in_paper=False))
+JUDGE_NOTE = ("† not in the paper: CAS = the share of the set's images that a classifier trained on the real "
+              "train split assigns to their class; mask consistency = the mean Dice between each mask and the "
+              "mask a segmenter trained on the real train split predicts for its image; mask non-empty = the "
+              "share of masks with a lesion pixel. Fractions in [0, 1] (the evaluate run's `cas`, "
+              "`mask_consistency`, `mask_nonempty`); the paper has no value, so paper and Δ are —.")
+PER_CLASS_METRICS = {"cas": "CAS", "mask_consistency": "Mask consistency"}
 CLASSIFY_COLUMNS = (Column("accuracy", "Accuracy", "%"), Column("sensitivity", "Sensitivity", "%"),
                     Column("precision", "Precision", "%"), Column("f1", "F1score", "%"))
 SEGMENT_COLUMNS = (Column("dice", "Dice", "%"), Column("iou", "IoU", "%"), Column("asd", "ASD", "px"),
@@ -60,6 +76,7 @@ class Cell:
     run_id: str = ""
     run_url: str = ""
     reason: str = ""
+    in_paper: bool = True
 
     @property
     def diff(self) -> float | None:
@@ -92,6 +109,7 @@ class Table:
     title: str
     caption: str
     sections: list[Section]
+    notes: list[str] = field(default_factory=list)     # footnotes under the table
 
     @property
     def cells(self) -> list[Cell]:
@@ -112,7 +130,7 @@ def _row(table: str, section: str, key: str, labels: tuple[str, ...], model: str
     for col in columns:
         run_metric = prefix + col.metric
         cell = Cell(table, section, key, model, train_set, col.metric, run_metric, col.label, col.unit, None,
-                    paper.get(col.metric))
+                    paper.get(col.metric), in_paper=col.in_paper)
         if choice.run is None:
             cell.reason = choice.reason
         else:
@@ -129,16 +147,16 @@ def _digest_note(index: RunIndex) -> str:
 
 
 def table1(index: RunIndex, paper: dict, link_base: str) -> Table:
-    section = Section("quality", ("Data for calculations",), QUALITY_COLUMNS)
+    section = Section("quality", ("Data for calculations",), QUALITY_COLUMNS + JUDGE_COLUMNS)
     runs = index.stage("evaluate")
     for comparison, label in COMPARISONS.items():
         matching = [r for r in runs if r.data.tags.get("comparison") == comparison]
         choice = choose(matching, f"evaluate {comparison}",
                         f"no evaluate run with comparison {comparison}{_digest_note(index)}")
-        section.rows.append(_row("table1", "quality", comparison, (label,), "", "", QUALITY_COLUMNS, choice,
+        section.rows.append(_row("table1", "quality", comparison, (label,), "", "", section.columns, choice,
                                  paper["table1"][comparison], "", link_base))
     return Table("table1", "Table 1: Image quality of the generated images", paper["table1"]["caption"],
-                 [section])
+                 [section], [JUDGE_NOTE])
 
 
 def _downstream(table: str, stage: str, models: dict, train_sets: dict, columns, index: RunIndex,
@@ -188,6 +206,60 @@ def build_tables(index: RunIndex, link_base: str = "") -> list[Table]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Under Table 1: per-class CAS and mask consistency (not in the paper)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class PerClassTable:
+    key: str
+    title: str
+    columns: list[tuple[str, str]]       # (comparison, metric): the synthetic row's first, then the real test's
+    classes: list[str]
+    cells: list[Cell]                    # class by class, one per column (Cell.row = class, section = comparison)
+    notes: list[str] = field(default_factory=list)     # why a row of Table 1 gives no column
+
+
+PER_CLASS_ORDER = ("real_train_vs_synth_train", "real_train_vs_real_test")
+PER_CLASS_SHORT = {"real_train_vs_synth_train": "synth", "real_train_vs_real_test": "real test"}
+
+
+def per_class_table(t1: Table) -> PerClassTable:
+    """The `cas/<class>` and `mask_consistency/<class>` metrics of the runs chosen for Table 1's rows (the
+    same runs as its cells). A row's columns appear when its run logs at least one such metric; the
+    classes are every class either run logs, sorted; a class one run lacks is a missing cell."""
+    rows = {r.key: r for r in t1.sections[0].rows}
+    columns: list[tuple[str, str]] = []
+    classes: set[str] = set()
+    notes = []
+    for comparison in PER_CLASS_ORDER:
+        row = rows[comparison]
+        run = row.choice.run
+        if run is None:
+            notes.append(f"{COMPARISONS[comparison]}: {row.choice.reason}")
+            continue
+        found = {key.split("/", 1)[1] for key in run.data.metrics for metric in PER_CLASS_METRICS
+                 if key.startswith(metric + "/")}
+        if not found:
+            notes.append(f"{COMPARISONS[comparison]}: evaluate run {run.info.run_id} logs no `cas/<class>` or "
+                         "`mask_consistency/<class>` metric")
+            continue
+        classes |= found
+        columns += [(comparison, metric) for metric in PER_CLASS_METRICS]
+    cells = []
+    for name in sorted(classes):
+        for comparison, metric in columns:
+            row = rows[comparison]
+            run = row.choice.run
+            cell = Cell("table1_per_class", comparison, name, "", "", metric, f"{metric}/{name}",
+                        f"{PER_CLASS_METRICS[metric]} ({PER_CLASS_SHORT[comparison]})", "", None, None,
+                        run.info.run_id, row.cells[0].run_url, in_paper=False)
+            cell.ours, cell.reason = metric_value(run, cell.run_metric)
+            cells.append(cell)
+    return PerClassTable("table1_per_class", "Per-class CAS and mask consistency (not in the paper)", columns,
+                         sorted(classes), cells, notes)
+
+
+# ------------------------------------------------------------------------------------------------
 # Rendering
 # ------------------------------------------------------------------------------------------------
 
@@ -233,15 +305,60 @@ def to_markdown(table: Table, heading_level: int = 2) -> str:
             values.append(_md_run(row))
             out.append("| " + " | ".join(values) + " |")
         out.append("")
+    out += [*(_md_escape(n) for n in table.notes), ""] if table.notes else []
     return "\n".join(out)
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+def _md_link(cell: Cell) -> str:
+    return f"[{cell.run_id}]({cell.run_url})" if cell.run_url else f"`{cell.run_id}`"
+
+
+def per_class_markdown(table: PerClassTable, heading_level: int = 3) -> str:
+    """One row per class, ours only (fractions in [0, 1]; no paper value), then the runs and any notes."""
+    out = [f"{'#' * heading_level} {table.title}", ""]
+    if table.columns:
+        out.append("| Class | " + " | ".join(_md_escape(_per_class_label(table, col)) for col in table.columns) + " |")
+        out.append("|:--|" + "--:|" * len(table.columns))
+        by_class = _per_class_rows(table)
+        for name in table.classes:
+            out.append("| " + " | ".join([_md_escape(name)] + [fmt(c.ours) for c in by_class[name]]) + " |")
+        out.append("")
+        runs = {}
+        for c in table.cells:
+            runs.setdefault(c.section, c)
+        out.append("Runs: " + "; ".join(f"{COMPARISONS[k]}: {_md_link(c)}" for k, c in runs.items()) + ".")
+        out.append("")
+    else:
+        out += ["No per-class values.", ""]
+    out += [f"- {_md_escape(n)}" for n in table.notes]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _per_class_label(table: PerClassTable, col: tuple[str, str]) -> str:
+    comparison, metric = col
+    return f"{PER_CLASS_METRICS[metric]} ({PER_CLASS_SHORT[comparison]})"
+
+
+def _per_class_rows(table: PerClassTable) -> dict[str, list[Cell]]:
+    by_class: dict[str, list[Cell]] = {}
+    for c in table.cells:
+        by_class.setdefault(c.row, []).append(c)
+    return by_class
+
+
+_TEX_SPECIAL = {"†": r"\dag{}", "Δ": r"$\Delta$", "—": "---", "−": "$-$",
+                "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def tex_escape(text: str) -> str:
     return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def tex_note(text: str) -> str:
+    """A footnote's text for LaTeX: escaped, `code` spans as \\texttt."""
+    parts = text.split("`")
+    return "".join(r"\texttt{" + tex_escape(p) + "}" if i % 2 else tex_escape(p) for i, p in enumerate(parts))
 
 
 def _tex_num(value: float | None, signed: bool = False) -> str:
@@ -298,12 +415,35 @@ def to_latex(table: Table) -> str:
                 values += [_tex_num(c.ours), _tex_num(c.paper), _tex_num(c.diff, signed=True)]
             values += [""] * (3 * (n_metric - len(row.cells)))
             lines.append(" & ".join(labels + values + [_tex_run(row)]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\par\smallskip{\footnotesize " + tex_note(n) + "}" for n in table.notes]
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["table", "section", "row", "model", "train_set", "metric", "run_metric", "label", "unit", "ours",
-              "paper", "diff", "run_id", "run_url", "status", "reason"]
+def per_class_latex(table: PerClassTable) -> str:
+    """One booktabs tabular: a class per row, ours only; run ids shortened to 8 characters."""
+    lines = [f"% {table.title}. Generated by harness.report from MLflow runs; needs \\usepackage{{booktabs}}.",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\caption{" + tex_escape(table.title) + "}", r"\label{tab:skindualgen-" + table.key.replace("_", "-") + "}",
+             r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule"]
+    lines.append(" & ".join(["Class"] + [tex_escape(_per_class_label(table, col)) for col in table.columns]) + r" \\")
+    lines.append(r"\midrule")
+    by_class = _per_class_rows(table)
+    for name in table.classes:
+        lines.append(" & ".join([tex_escape(name)] + [_tex_num(c.ours) for c in by_class[name]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    runs = {}
+    for c in table.cells:
+        runs.setdefault(c.section, c)
+    notes = [f"{COMPARISONS[k]}: run {c.run_id[:8]}" for k, c in runs.items()] + table.notes
+    lines += [r"\par\smallskip{\footnotesize " + tex_note(n) + "}" for n in notes]
+    lines += [r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ["table", "section", "row", "model", "train_set", "metric", "run_metric", "label", "unit", "in_paper",
+              "ours", "paper", "diff", "run_id", "run_url", "status", "reason"]
 
 
 def _num(value: float | None) -> str:
@@ -313,11 +453,11 @@ def _num(value: float | None) -> str:
 def cell_record(c: Cell) -> dict[str, str]:
     return {"table": c.table, "section": c.section, "row": c.row, "model": c.model, "train_set": c.train_set,
             "metric": c.metric, "run_metric": c.run_metric, "label": c.label, "unit": c.unit,
-            "ours": _num(c.ours), "paper": _num(c.paper), "diff": _num(c.diff), "run_id": c.run_id,
-            "run_url": c.run_url, "status": c.status, "reason": c.reason}
+            "in_paper": str(c.in_paper).lower(), "ours": _num(c.ours), "paper": _num(c.paper),
+            "diff": _num(c.diff), "run_id": c.run_id, "run_url": c.run_url, "status": c.status, "reason": c.reason}
 
 
-def to_csv(table: Table) -> str:
+def to_csv(table: Table | PerClassTable) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -329,11 +469,14 @@ def to_csv(table: Table) -> str:
 __all__ = [
     "CLASSIFIERS",
     "COMPARISONS",
+    "JUDGE_COLUMNS",
+    "PER_CLASS_METRICS",
     "CSV_FIELDS",
     "MISSING",
     "SEGMENTERS",
     "Cell",
     "Column",
+    "PerClassTable",
     "Row",
     "Section",
     "Table",
@@ -341,6 +484,9 @@ __all__ = [
     "cell_record",
     "fmt",
     "paper_values",
+    "per_class_latex",
+    "per_class_markdown",
+    "per_class_table",
     "tex_escape",
     "to_csv",
     "to_latex",

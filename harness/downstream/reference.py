@@ -17,7 +17,9 @@ mask lies on the lesion the image shows. Both are fractions in [0, 1]; per class
 Training: the whole real train split (no folds), the classify / segment profile `profile`, seed
 `seed`; CPU results are the same for the same inputs. Cache: `<cache_dir>/<digest>-<stage>-<model>-<key>.pt`
 (+ `.json`), key = sha256 of (dataset digest, the stage's config, REFERENCE_VERSION): another dataset,
-split, setting or version is a miss. Files are written atomically (temp file + rename).
+split, setting or version is a miss. Files are written atomically (temp file + rename), and a lock
+file beside them makes a second process (the pipeline's two evaluates run in parallel) wait for the
+first one's model instead of training its own.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from harness.config import ClassifyConfig, SegmentConfig, with_profile
@@ -97,7 +100,7 @@ def _load(weights: Path, meta: Path, build) -> tuple[nn.Module, dict] | None:
     return model, info
 
 
-def reference_classifier(prepared: Prepared, model: str = "resnet34", profile: str = "paper",
+def _reference_classifier(prepared: Prepared, model: str = "resnet34", profile: str = "paper",
                          cache_dir=".cache/skindualgen/reference", seed: int = 42,
                          progress: bool = True) -> Reference:
     """The classifier `model` trained on prepared's train split with the classify settings of `profile`."""
@@ -124,7 +127,7 @@ def reference_classifier(prepared: Prepared, model: str = "resnet34", profile: s
     return Reference(net.eval(), info, False, device)
 
 
-def reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper",
+def _reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper",
                         cache_dir=".cache/skindualgen/reference", seed: int = 42, progress: bool = True) -> Reference:
     """The segmenter `model` trained on prepared's train split with the segment settings of `profile`."""
     cfg = _config("segment", model, profile, seed)
@@ -142,6 +145,21 @@ def reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = 
             "digest": prepared.digest, "key": weights.stem, "n_train": len(train)}
     _save(weights, meta, net, info)
     return Reference(net.eval(), info, False, device)
+
+
+def _locked(stage: str, build):
+    def wrapper(prepared: Prepared, model: str, profile: str = "paper", cache_dir=".cache/skindualgen/reference",
+                seed: int = 42, progress: bool = True) -> Reference:
+        weights, _ = cache_paths(cache_dir, prepared.digest, stage, _config(stage, model, profile, seed))
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(weights) + ".lock"):
+            return build(prepared, model, profile, cache_dir, seed, progress)
+    wrapper.__doc__ = build.__doc__
+    return wrapper
+
+
+reference_classifier = _locked("classify", _reference_classifier)
+reference_segmenter = _locked("segment", _reference_segmenter)
 
 
 # ------------------------------------------------------------------------------------------------

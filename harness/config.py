@@ -5,6 +5,7 @@ shows the whole configuration that produced it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 
 PROMPT_TEMPLATE = "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis"
@@ -55,9 +56,9 @@ class FinetuneConfig:
     mask_loss_samples: int = 1      # samples per batch whose x0 is decoded for BCE/Dice (0 = all); a
                                     # seeded random subset: the same loss in expectation, ~2x cheaper
     train_mask_channels: bool = True   # the widened VAE mask weights train with LoRA (see README)
-    mask_warmup_steps: int = 200    # steps teaching the VAE's new mask weights to autoencode masks before
-                                    # the LoRA starts (0 = none; train.warm_up_mask_channels)
-    mask_warmup_lr: float = 1e-3
+    mask_warmup_steps: int = 400    # steps teaching the VAE's new mask row to read masks before the LoRA
+                                    # starts (0 = none; train.warm_up_mask_channels)
+    mask_warmup_lr: float = 3e-2    # Adam on the mask row only (145 weights in the tiny VAE, 1,153 in SD2's)
     caption_source: str = "template"   # template | description
     prompt_dropout: float = 0.1     # share of captions replaced by "" (as SD was trained: keeps classifier-free
                                     # guidance meaningful; 0 = never)
@@ -254,13 +255,22 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "generate": {
         "paper": {},
-        "demo": {"resolution": 64, "per_class": 4, "reference_profile": "demo"},
+        # guidance 3.0, not the paper's 1.22 (tuned by Optuna for SD2): the tiny base's classes are
+        # told apart 50 % of the time at 1.22 and 75 % at 3.0 (colour judge, 56 images; README)
+        "demo": {"resolution": 64, "per_class": 4, "guidance_scale": 3.0, "reference_profile": "demo"},
     },
     "evaluate": {"paper": {}, "demo": {"lpips_pairs": 100, "reference_profile": "demo"}},
     "tune": {"paper": {}, "demo": {"trials": 4, "per_class": 2, "resolution": 64, "steps_min": 10,
                                     "steps_max": 45}},
-    "classify": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "folds": 2, "batch_size": 16}},
-    "segment": {"paper": {}, "demo": {"image_size": 64, "epochs": 2, "batch_size": 8}},
+    # downstream models train from scratch on the demo's 114 images (no pretrained weights offline): the
+    # sizes, epochs and learning rates below are the cheapest measured to learn (real-only test accuracy
+    # 88-94 %, Dice 91-96 % on 2 CPU cores; README "Demo budget"). SqueezeNet1.1 and Swin-T do not train
+    # from scratch at 1e-3 (both stayed near the majority class), so they keep the paper's 1e-4.
+    "classify": {"paper": {}, "demo": {"image_size": 32, "epochs": 30, "learning_rate": 1e-3, "folds": 2,
+                                       "batch_size": 16, "per_model": {
+                                           "swin_tiny": {"learning_rate": 1e-4},
+                                           "squeezenet1_1": {"image_size": 64, "epochs": 60, "learning_rate": 1e-4}}}},
+    "segment": {"paper": {}, "demo": {"image_size": 32, "epochs": 12, "batch_size": 8}},
     "explain": {"paper": {}, "demo": {}},
 }
 
@@ -277,5 +287,7 @@ def with_profile(cfg_cls, stage: str, profile: str, given: dict):
     given = {k: v for k, v in given.items() if v is not None}
     profile_values = {k: v for k, v in PROFILES[stage][profile].items()
                       if not any(given.get(o) for o in PROFILE_YIELDS.get(stage, {}).get(k, ()))}
-    values = {**profile_values, **given}
+    per_model = profile_values.pop("per_model", {})
+    model = given.get("model") or next((f.default for f in dataclasses.fields(cfg_cls) if f.name == "model"), None)
+    values = {**profile_values, **per_model.get(model, {}), **given}
     return cfg_cls(**values)

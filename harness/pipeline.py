@@ -40,7 +40,8 @@ class PipelineConfig:
     base_model: str = ""          # "" = the profile's (demo: tiny; paper: stabilityai/stable-diffusion-2-base)
     env_manager: str = "local"
     eval_data: str = ""           # a HAM10000 folder for Table 3 ("" = demo: the shifted demo set; paper: none)
-    max_parallel: int = 1         # independent children at a time (evaluates; classify/segment runs)
+    max_parallel: int = 2         # independent children at a time (evaluates; classify/segment runs); on CPU
+                                  # they split the cores, with GPUs each gets one (round-robin)
     ui_url: str = ""              # MLflow UI base URL for the report's run links ("" = none / the server's)
     seed: int = 42
 

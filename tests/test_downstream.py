@@ -261,7 +261,7 @@ def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypa
     runs = {r.data.tags["mlflow.runName"]: r for r in runs_of(experiment)}
     parent = next(r for r in runs.values() if r.data.tags[tracking.TAG_STAGE] == "classify")
     assert parent.info.status == "FAILED" and "accuracy" not in parent.data.metrics
-    assert runs["fold 1"].info.status == "FAILED"
+    assert runs["squeezenet1_1 real fold 1"].info.status == "FAILED"
     assert not [r for r in runs.values() if r.data.tags[tracking.TAG_STAGE] == "classify"
                 and r.info.status == "FINISHED"]
 

@@ -173,13 +173,22 @@ def test_widen_vae_keeps_rgb_and_round_trips(tmp_path):
         assert torch.equal(decode(vae4, z4)[1], decode(again, z4)[1])
 
 
-def test_mask_trainable_parameters_only_first_and_last_conv():
+def test_mask_trainable_parameters_only_the_decoders_mask_row_moves():
     vae = widen_vae(build_tiny_components()["vae"])
     params = mask_trainable_parameters(vae)
     trainable = [p for p in vae.parameters() if p.requires_grad]
     assert {id(p) for p in params} == {id(p) for p in trainable}
     n = sum(p.numel() for p in params)
-    assert n == 4 * 16 * 9 + 16 + 16 * 4 * 9 + 4 and n < 0.01 * sum(p.numel() for p in vae.parameters())
+    assert n == 16 * 4 * 9 + 4 and n < 0.01 * sum(p.numel() for p in vae.parameters())
+    before = [p.detach().clone() for p in params]
+    x = torch.randn(2, 4, 32, 32)
+    out = vae.decode(vae.encode(x).latent_dist.mode()).sample            # (2, 4, 32, 32)
+    out.pow(2).mean().backward()
+    torch.optim.SGD(params, lr=1.0).step()
+    weight, bias = (p.detach() - b for p, b in zip(params, before))
+    assert weight[:3].abs().max() == 0 and bias[:3].abs().max() == 0      # the RGB rows stay pretrained
+    assert weight[3].abs().max() > 0 and bias[3] != 0                    # the mask row learns
+    assert vae.encoder.conv_in.weight.grad is None                       # the encoder is frozen
     assert torch.equal(mask_from_logits(torch.tensor([-1.0, 0.0, 0.1, 3.0])),
                        torch.tensor([False, False, True, True]))
 

@@ -267,14 +267,16 @@ def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypa
 
 
 # ------------------------------------------------------------------------------- segment
-def check_segmentation_artifacts(rid, name, n, size):
+def check_segmentation_artifacts(rid, name, n, masks):
+    """`masks`: id -> ground-truth mask file; each saved prediction has its ground truth's size."""
     table = artifact(rid, f"segmentation/{name}.csv")
     df = pd.read_csv(table)
     assert len(df) == n
     prepared_masks = {}
     for row in df.itertuples():
         pred = np.asarray(Image.open(artifact(rid, row.pred_mask))) > 0
-        assert pred.shape == (size, size)
+        with Image.open(masks[row.id]) as gt:   # GT resolution
+            assert pred.shape == (gt.height, gt.width)
         prepared_masks[row.id] = pred
     return df, prepared_masks
 
@@ -291,19 +293,20 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
         assert key in m and f"ham_{key}" in m
     assert m["ham_n"] == 30 and m["n_test"] == 7 and "ham_n_excluded" not in m
     test = load_prepared(str(real_dir), progress=False).dataset.split("test").samples
-    df, preds = check_segmentation_artifacts(run.info.run_id, "test", 7, 32)
+    df, preds = check_segmentation_artifacts(run.info.run_id, "test", 7, {s.id: s.mask for s in test})
     for key in ("dice", "iou", "asd", "hd"):
         assert m[key] == pytest.approx(df[key].mean(), abs=1e-9)
     # Dice and IoU of the saved masks, recomputed with numpy from the ground truth
     from harness.data.augment import load_pair
     for s in test:
-        gt = load_pair(s, 32)[1] > 0
+        gt = np.asarray(Image.open(s.mask).convert("L")) > 0       # scored at the ground truth's size
         pred = preds[s.id]
         inter, total = (pred & gt).sum(), pred.sum() + gt.sum()
         row = df.set_index("id").loc[s.id]
         assert row["dice"] == pytest.approx(200 * inter / total if total else 100.0)
         assert row["iou"] == pytest.approx(100 * inter / (total - inter) if total else 100.0)
-    check_segmentation_artifacts(run.info.run_id, "ham", 30, 32)
+    ham = load_dataset(str(ham_dir)).samples
+    check_segmentation_artifacts(run.info.run_id, "ham", 30, {s.id: s.mask for s in ham})
     _model, info = segment_mod.load_segmenter(run.info.run_id)
     assert info["model"] == "unet" and info["image_size"] == 32
 
@@ -335,8 +338,9 @@ def test_segment_all_empty_predictions_give_defined_scores(real_dir, experiment,
     assert run.info.status == "FINISHED"
     assert m["n_empty_pred"] == 7 and m["n_empty_gt"] == 0
     assert m["dice"] == 0.0 and m["iou"] == 0.0
-    assert m["hd"] == pytest.approx(math.hypot(32, 32)) and m["asd"] == pytest.approx(math.hypot(32, 32))
     df = pd.read_csv(artifact(rid, "segmentation/test.csv"))
+    diagonals = [math.hypot(*np.asarray(Image.open(artifact(rid, p))).shape) for p in df["pred_mask"]]
+    assert m["hd"] == pytest.approx(np.mean(diagonals)) and m["asd"] == pytest.approx(np.mean(diagonals))
     assert len(df) == 7 and (df["empty_pred"] == 1).all()
 
 

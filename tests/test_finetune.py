@@ -26,7 +26,7 @@ def cfg_for(tiny_folder, demo_small, out, **kw):
 
 
 def test_finetune_logs_losses_share_and_artifacts(tiny_folder, demo_small, experiment, tmp_path):
-    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "ft")
+    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "ft", mask_loss_weighting="none")   # Eq. 8 literally
     run_id = finetune(cfg, experiment=experiment, progress=False)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -25,7 +25,8 @@ from harness.data.layouts import load_dataset
 from harness.data.records import DataError
 
 N_SUBSET = 12
-FAST = {"lpips_pairs": 20, "lpips_size": 64, "msssim_size": 176}   # msssim_size must stay > 160
+FAST = {"lpips_pairs": 20, "lpips_size": 64, "msssim_size": 176,   # msssim_size must stay > 160
+        "cas_model": "", "consistency_model": ""}                    # no reference judges (trained models)
 
 
 def noisy_manifest(samples, dest: Path, sigma: float, seed: int) -> Path:

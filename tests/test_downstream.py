@@ -297,7 +297,6 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     for key in ("dice", "iou", "asd", "hd"):
         assert m[key] == pytest.approx(df[key].mean(), abs=1e-9)
     # Dice and IoU of the saved masks, recomputed with numpy from the ground truth
-    from harness.data.augment import load_pair
     for s in test:
         gt = np.asarray(Image.open(s.mask).convert("L")) > 0       # scored at the ground truth's size
         pred = preds[s.id]

@@ -90,8 +90,6 @@ TAG_LPIPS_NET = "skindualgen.lpips_net"
 TAG_COMPARABLE = "skindualgen.metrics_comparable"
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
-TAG_CAS_MODEL = "skindualgen.cas_model"
-TAG_CONSISTENCY_MODEL = "skindualgen.consistency_model"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,15 +414,14 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: boo
         clf = reference_classifier(prepared, cfg.cas_model, cfg.reference_profile, cfg.reference_cache_dir,
                                    cfg.seed, progress)
         out.update(cas(clf, fake.samples))
-        mlflow.set_tags({TAG_CAS_MODEL: clf.info["key"], "skindualgen.cas_model_cached": str(clf.cached).lower()})
+        tracking.tag_reference(tracking.TAG_CAS_MODEL, clf)
     with_mask = [s for s in fake.samples if s.mask is not None]
     if cfg.consistency_model and with_mask:
         seg = reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
                                   cfg.seed, progress)
         scores, _ = mask_consistency(seg, with_mask)
         out.update(scores)
-        mlflow.set_tags({TAG_CONSISTENCY_MODEL: seg.info["key"],
-                         "skindualgen.consistency_model_cached": str(seg.cached).lower()})
+        tracking.tag_reference(tracking.TAG_CONSISTENCY_MODEL, seg)
     return out
 
 

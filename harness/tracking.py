@@ -31,6 +31,11 @@ TAG_CODE = "skindualgen.code_version"
 TAG_LIB_PREFIX = "skindualgen.lib."
 TAG_HOST = "skindualgen.host"      # where the stage's process ran and its pid: `main` marks the runs of a
 TAG_PID = "skindualgen.pid"        # process that is gone KILLED (pipeline.reap_killed_runs)
+# the cache keys of the reference models that judged a run (evaluate; generate --min-consistency), and
+# whether they came from the cache (TAG_* + CACHED_SUFFIX)
+TAG_CAS_MODEL = "skindualgen.cas_model"
+TAG_CONSISTENCY_MODEL = "skindualgen.consistency_model"
+CACHED_SUFFIX = "_cached"
 TRACKED_LIBRARIES = (
     "torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "mlflow", "timm",
     "segmentation-models-pytorch", "torch-fidelity", "lpips", "pytorch-msssim", "MedPy",
@@ -148,6 +153,11 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
 
 
 RESOLVED_PREFIX = "resolved."
+
+
+def tag_reference(tag: str, reference) -> None:
+    """Tag the active run with a reference judge's cache key and whether it came from the cache."""
+    mlflow.set_tags({tag: reference.info["key"], tag + CACHED_SUFFIX: str(reference.cached).lower()})
 
 
 def log_config(run_id: str, params: dict[str, str]) -> None:

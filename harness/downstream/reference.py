@@ -44,7 +44,7 @@ from harness.downstream import runtime
 from harness.downstream import segment as segment_mod
 from harness.downstream.metrics import dice_iou
 
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2          # bump when the judges train differently (2: small last batch dropped)
 
 
 @dataclass
@@ -87,6 +87,12 @@ def _save(weights: Path, meta: Path, model: nn.Module, info: dict) -> None:
             raise
 
 
+def _lock(weights: Path) -> FileLock:
+    """Held while one process loads or trains the model cached at `weights` (others wait, then load)."""
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(weights) + ".lock")
+
+
 def _load(weights: Path, meta: Path, build) -> tuple[nn.Module, dict] | None:
     if not (weights.is_file() and meta.is_file()):
         return None
@@ -100,20 +106,25 @@ def _load(weights: Path, meta: Path, build) -> tuple[nn.Module, dict] | None:
     return model, info
 
 
-def _reference_classifier(prepared: Prepared, model: str = "resnet34", profile: str = "paper",
+def reference_classifier(prepared: Prepared, model: str = "resnet34", profile: str = "paper",
                          cache_dir=".cache/skindualgen/reference", seed: int = 42,
                          progress: bool = True) -> Reference:
     """The classifier `model` trained on prepared's train split with the classify settings of `profile`."""
     cfg = _config("classify", model, profile, seed)
     device = runtime.pick_device()
+    weights, meta = cache_paths(cache_dir, prepared.digest, "classify", cfg)
+    with _lock(weights):
+        found = _load(weights, meta, lambda info: classify_mod.build_model(info["model"], len(info["classes"]),
+                                                                           info["config"]["image_size"]))
+        if found is not None:
+            net, info = found
+            return Reference(net.to(device).eval(), info, True, device)
+        return _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progress)
+
+
+def _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progress) -> Reference:
     train = prepared.dataset.split("train")
     classes = train.classes
-    weights, meta = cache_paths(cache_dir, prepared.digest, "classify", cfg)
-    found = _load(weights, meta, lambda info: classify_mod.build_model(info["model"], len(info["classes"]),
-                                                                       info["config"]["image_size"]))
-    if found is not None:
-        net, info = found
-        return Reference(net.to(device).eval(), info, True, device)
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
     images = classify_mod.decode_images(train.samples, cfg.image_size, {}, progress, "decode reference")
     y = np.array([classes.index(s.label) for s in train.samples])
@@ -127,17 +138,22 @@ def _reference_classifier(prepared: Prepared, model: str = "resnet34", profile: 
     return Reference(net.eval(), info, False, device)
 
 
-def _reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper",
+def reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper",
                         cache_dir=".cache/skindualgen/reference", seed: int = 42, progress: bool = True) -> Reference:
     """The segmenter `model` trained on prepared's train split with the segment settings of `profile`."""
     cfg = _config("segment", model, profile, seed)
     device = runtime.pick_device()
-    train = prepared.dataset.split("train")
     weights, meta = cache_paths(cache_dir, prepared.digest, "segment", cfg)
-    found = _load(weights, meta, lambda info: segment_mod.build_model(info["model"]))
-    if found is not None:
-        net, info = found
-        return Reference(net.to(device).eval(), info, True, device)
+    with _lock(weights):
+        found = _load(weights, meta, lambda info: segment_mod.build_model(info["model"]))
+        if found is not None:
+            net, info = found
+            return Reference(net.to(device).eval(), info, True, device)
+        return _train_segmenter(prepared, cfg, profile, weights, meta, device, seed, progress)
+
+
+def _train_segmenter(prepared, cfg, profile, weights, meta, device, seed, progress) -> Reference:
+    train = prepared.dataset.split("train")
     segment_mod.check_masks({"real train": train.samples})
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
     net, _ = segment_mod.train_segmenter(cfg.model, train.samples, cfg, device, amp, progress, seed)
@@ -145,21 +161,6 @@ def _reference_segmenter(prepared: Prepared, model: str = "unet", profile: str =
             "digest": prepared.digest, "key": weights.stem, "n_train": len(train)}
     _save(weights, meta, net, info)
     return Reference(net.eval(), info, False, device)
-
-
-def _locked(stage: str, build):
-    def wrapper(prepared: Prepared, model: str, profile: str = "paper", cache_dir=".cache/skindualgen/reference",
-                seed: int = 42, progress: bool = True) -> Reference:
-        weights, _ = cache_paths(cache_dir, prepared.digest, stage, _config(stage, model, profile, seed))
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(weights) + ".lock"):
-            return build(prepared, model, profile, cache_dir, seed, progress)
-    wrapper.__doc__ = build.__doc__
-    return wrapper
-
-
-reference_classifier = _locked("classify", _reference_classifier)
-reference_segmenter = _locked("segment", _reference_segmenter)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
                         "consistency_all_mean": float(np.mean(stats["scores"])),
                         "consistency_kept_mean": float(np.mean(stats["kept_scores"])) if rows else 0.0}
             metrics |= {f"n_dropped/{c}": n for c, n in stats["dropped"].items()}
-            mlflow.set_tag("skindualgen.consistency_model", judge.info["key"])
+            tracking.tag_reference(tracking.TAG_CONSISTENCY_MODEL, judge)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out / "manifest.csv"))
         if pairs:

@@ -212,7 +212,7 @@ def check_config(cfg: ClassifyConfig) -> None:
         raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
     if cfg.folds < 2:
         raise DownstreamError(f"--folds must be >= 2 (stratified k-fold), got {cfg.folds}")
-    for name in ("image_size", "batch_size"):
+    for name in ("image_size", "batch_size", "val_every"):
         if getattr(cfg, name) < 1:
             raise DownstreamError(f"--{name.replace('_', '-')} must be >= 1")
     if cfg.epochs < 0:
@@ -250,7 +250,7 @@ def train_classifier(name: str, classes: list[str], images: np.ndarray, y: np.nd
     `on_epoch(model, epoch, loss)` runs after every epoch (a fold validates and logs there)."""
     torch.manual_seed(seed)
     model = runtime.prepare_model(build_model(name, len(classes), cfg.image_size, cfg.pretrained), device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimizer = runtime.adam(model, cfg.learning_rate)
     scaler = runtime.grad_scaler(device, amp_dtype)
     train_ds = ImageSet(images, y, augment=True, seed=seed)
     train_dl = runtime.loader(train_ds, cfg.batch_size, True, seed, cfg.num_workers, device, train=True)
@@ -281,6 +281,9 @@ def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y,
     last = {}
 
     def validate(model, epoch, loss):
+        if (epoch + 1) % cfg.val_every and epoch + 1 < epochs:     # the last epoch is always validated
+            mlflow.log_metric("train/loss", loss, step=epoch + 1)
+            return
         last["val"] = predict(model, val_dl, device, amp_dtype)
         val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(last["val"]).clamp_min(1e-12)),
                                                 torch.from_numpy(val_y)))

@@ -115,7 +115,7 @@ def train_segmenter(name: str, samples: list[Sample], cfg: SegmentConfig, device
     torch.manual_seed(seed)
     model = runtime.prepare_model(build_model(name, cfg.pretrained), device)
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimizer = runtime.adam(model, cfg.learning_rate)
     scaler = runtime.grad_scaler(device, amp_dtype)
     train_ds = PairDataset(samples, cfg.image_size, augment=paired_augmentation("paper"),
                            image_norm="imagenet", seed=seed)

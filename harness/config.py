@@ -135,6 +135,7 @@ class ClassifyConfig:
     learning_rate: float = 1e-4
     epochs: int = 0                 # 0 = the paper's: 50 (DenseNet121, ResNet34), 40 (SqueezeNet1.1, Swin)
     folds: int = 5
+    val_every: int = 1              # validate (the val/* curves) every N epochs; the last epoch always
     pretrained: bool = False        # ImageNet weights where they can be loaded (not offline)
     allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
     mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
@@ -267,10 +268,10 @@ PROFILES: dict[str, dict[str, dict]] = {
     # 88-94 %, Dice 91-96 % on 2 CPU cores; README "Demo budget"). SqueezeNet1.1 and Swin-T do not train
     # from scratch at 1e-3 (both stayed near the majority class), so they keep the paper's 1e-4.
     "classify": {"paper": {}, "demo": {"image_size": 32, "epochs": 30, "learning_rate": 1e-3, "folds": 2,
-                                       "batch_size": 16, "per_model": {
+                                       "batch_size": 16, "val_every": 5, "per_model": {
                                            "swin_tiny": {"learning_rate": 1e-4},
                                            "squeezenet1_1": {"image_size": 64, "epochs": 60, "learning_rate": 1e-4}}}},
-    "segment": {"paper": {}, "demo": {"image_size": 32, "epochs": 12, "batch_size": 8}},
+    "segment": {"paper": {}, "demo": {"image_size": 32, "epochs": 6, "batch_size": 8}},
     "explain": {"paper": {}, "demo": {}},
 }
 

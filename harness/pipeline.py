@@ -6,9 +6,12 @@ step, the parent resolves the step's full config (profile + parameters) and look
 of that step with the same params and code version: if there is one, it is reused, not redone, so an
 interrupted pipeline continues where it stopped. Outputs pass forward as run ids / model URIs.
 
-Steps (a group's steps are independent and run `max_parallel` at a time):
-    prepare -> finetune -> generate -> [evaluate real/real, evaluate real/synth] -> register ->
-    [classify x models x {real, synth, hybrid}, segment x models x sets] -> explain -> report
+Steps, as a graph (`pipeline_nodes`): a step starts once the steps it needs have finished, up to
+`max_parallel` children at a time:
+    prepare -> finetune -> generate -> evaluate real/synth ----> register
+            -> evaluate real/real (beside the fine-tune) --/
+                          generate -> classify x models x {real, synth, hybrid} -> explain -> report
+                                   -> segment x models x {real, synth, hybrid} -------------/
 `describe` is not chained: the paper's descriptions come with its dataset (run it on new data).
 
 Parallel children each get a share of the machine: with GPUs, CUDA_VISIBLE_DEVICES round-robin over
@@ -23,6 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 
@@ -123,58 +127,79 @@ def launch(pipe: Pipeline, s: Step, env: dict[str, str]):
                 os.environ[k] = v
 
 
-def run_steps(pipe: Pipeline, steps: list[Step]) -> list[mlflow.entities.Run]:
-    """Run independent steps, up to cfg.max_parallel at a time; reuse FINISHED ones. Returns their runs
-    in order. A failed child raises StepFailed naming it, once the others already started are done."""
+@dataclass
+class Node:
+    """A step of the pipeline's graph: `make` builds its Step from the runs of the nodes it comes `after`."""
+    name: str
+    make: Callable[[dict[str, mlflow.entities.Run]], Step]
+    after: tuple[str, ...] = ()
+
+
+def reusable(pipe: Pipeline, s: Step) -> mlflow.entities.Run | None:
+    """A FINISHED run of the same stage, config and code version, if the step may be reused."""
+    return tracking.find_reusable_run(s.stage, tracking.config_params(s.cfg), pipe.experiment) if s.reuse else None
+
+
+def finish(pipe: Pipeline, s: Step, submitted, started: float, code: int) -> mlflow.entities.Run | None:
+    """The run of a child that exited with `code`: logged and returned, or None when it failed."""
+    run = mlflow.get_run(submitted.run_id)
+    if code != 0 or run.info.status != "FINISHED":
+        if run.info.status == "RUNNING":           # died before its stage could end the run
+            mlflow.tracking.MlflowClient().set_terminated(submitted.run_id, "FAILED")
+        pipe.log(f"[{s.name}] run {submitted.run_id} FAILED after {time.perf_counter() - started:.1f} s")
+        return None
+    pipe.log(f"[{s.name}] run {submitted.run_id} finished in {time.perf_counter() - started:.1f} s")
+    return run
+
+
+def run_graph(pipe: Pipeline, nodes: list[Node]) -> dict[str, mlflow.entities.Run]:
+    """Run the nodes as their dependencies allow, up to cfg.max_parallel children at a time, in list
+    order among those ready; reuse FINISHED ones. Returns every node's run by name. A failed child
+    raises StepFailed naming it, once the children already started are done (no new one starts)."""
     client = mlflow.tracking.MlflowClient()
-    results: dict[int, mlflow.entities.Run] = {}
-    todo = []
-    for i, s in enumerate(steps):
-        found = tracking.find_reusable_run(s.stage, tracking.config_params(s.cfg), pipe.experiment) if s.reuse else None
-        if found is None:
-            todo.append(i)
-            continue
-        pipe.log(f"[{s.name}] reused run {found.info.run_id}")
-        mlflow.set_tag(f"skindualgen.step.{s.name}", found.info.run_id)
-        results[i] = found
+    done: dict[str, mlflow.entities.Run] = {}
+    waiting = list(nodes)
     width = max(1, pipe.cfg.max_parallel)
-    running: dict[int, tuple] = {}            # slot -> (step index, submitted run, start time)
+    running: dict[int, tuple] = {}            # slot -> (node, step, submitted run, start time)
     failed: list[str] = []
-    while todo or running:
-        for slot in range(width):
-            if slot not in running and todo and not failed:
-                i = todo.pop(0)
-                submitted = launch(pipe, steps[i], child_env(slot, width))
-                client.set_tag(submitted.run_id, "mlflow.parentRunId", pipe.parent_id)
-                mlflow.set_tag(f"skindualgen.step.{steps[i].name}", submitted.run_id)
-                running[slot] = (i, submitted, time.perf_counter())
-        if failed and not running:
-            break
-        time.sleep(0.2)
-        for slot, (i, submitted, started) in list(running.items()):
+    while (waiting and not failed) or running:
+        ready = [n for n in waiting if all(a in done for a in n.after)]
+        if not ready and not running:
+            break                              # a name in `after` that no node has: raised below
+        for node in ready:
+            free = [slot for slot in range(width) if slot not in running]
+            if failed or not free:
+                break
+            waiting.remove(node)
+            s = node.make(done)
+            found = reusable(pipe, s)
+            if found is not None:
+                pipe.log(f"[{s.name}] reused run {found.info.run_id}")
+                mlflow.set_tag(f"skindualgen.step.{s.name}", found.info.run_id)
+                done[node.name] = found
+                continue
+            submitted = launch(pipe, s, child_env(free[0], width))
+            client.set_tag(submitted.run_id, "mlflow.parentRunId", pipe.parent_id)
+            mlflow.set_tag(f"skindualgen.step.{s.name}", submitted.run_id)
+            running[free[0]] = (node, s, submitted, time.perf_counter())
+        if running:
+            time.sleep(0.2)
+        for slot, (node, s, submitted, started) in list(running.items()):
             code = submitted.command_proc.poll()
             if code is None:
                 continue
             del running[slot]
-            s, run_id = steps[i], submitted.run_id
-            run = mlflow.get_run(run_id)
-            if code != 0 or run.info.status != "FINISHED":
-                if run.info.status == "RUNNING":           # died before its stage could end the run
-                    client.set_terminated(run_id, "FAILED")
-                failed.append(f"{s.name} (run {run_id}, exit code {code})")
-                pipe.log(f"[{s.name}] run {run_id} FAILED after {time.perf_counter() - started:.1f} s")
-                continue
-            pipe.log(f"[{s.name}] run {run_id} finished in {time.perf_counter() - started:.1f} s")
-            results[i] = run
+            run = finish(pipe, s, submitted, started, code)
+            if run is None:
+                failed.append(f"{s.name} (run {submitted.run_id}, exit code {code})")
+            else:
+                done[node.name] = run
     if failed:
         raise StepFailed("step(s) failed: " + "; ".join(failed))
-    for i, run in results.items():
-        pipe.runs[steps[i].name] = run
-    return [results[i] for i in range(len(steps))]
-
-
-def run_one(pipe: Pipeline, s: Step) -> mlflow.entities.Run:
-    return run_steps(pipe, [s])[0]
+    if waiting:                                # a name in `after` that no node has
+        raise ValueError(f"pipeline nodes never ready: {[n.name for n in waiting]}")
+    pipe.runs.update(done)
+    return done
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,6 +252,62 @@ def demo_eval_data() -> str:
     return str(make_demo_dataset(demo.ham_output_dir, seed=demo.seed, layout="ham10000"))
 
 
+def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
+    """The paper's steps as a graph. Each node's config comes from the runs it needs (outputs pass
+    forward as run ids / model URIs); list order is the priority among nodes ready at once."""
+    p, common = cfg.profile, {"data_dir": cfg.data_dir, "seed": cfg.seed}
+
+    def generated(runs) -> str:
+        return f"runs:/{runs['generate'].info.run_id}"
+
+    def generate(runs) -> Step:
+        # the synthetic set has N_c images of class c, as many as the real training split: what
+        # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
+        ft_id = runs["finetune"].info.run_id
+        return step("generate", GenerateConfig, p, {
+            "model_uri": f"runs:/{ft_id}/model", "match_real": True, "seed": cfg.seed,
+            "output_dir": str(Path("outputs") / f"generate-{ft_id[:8]}-match-real")})
+
+    def training(stage, cfg_cls, model, train_set):
+        return Node(f"{stage}.{model}.{train_set}", lambda runs: step(stage, cfg_cls, p, {
+            **common, "model": model, "train_set": train_set, "synth": generated(runs), "eval_data": eval_data},
+            f"{stage}.{model}.{train_set}"), ("generate",))
+
+    trainings = [training(stage, cfg_cls, model, train_set)
+                 for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig))
+                 for model in PAPER_MODELS[stage] for train_set in TRAIN_SETS]
+    classifiers = PAPER_MODELS["classify"]
+
+    def explain(runs) -> Step:
+        return step("explain", ExplainConfig, p, {
+            "real_run": ",".join(runs[f"classify.{m}.real"].info.run_id for m in classifiers),
+            "hybrid_run": ",".join(runs[f"classify.{m}.hybrid"].info.run_id for m in classifiers),
+            "seed": cfg.seed})
+
+    report_params = {"ui_url": cfg.ui_url} if cfg.ui_url else {}
+    return [
+        Node("prepare", lambda runs: Step("prepare", PrepareConfig(data_dir=cfg.data_dir, seed=cfg.seed),
+                                          {k: str(v) for k, v in common.items() if v != ""})),
+        Node("finetune", lambda runs: step("finetune", FinetuneConfig, p, {**common, "base_model": cfg.base_model}),
+             ("prepare",)),
+        # needs no generated set: it runs (and trains the CAS / consistency judges) beside the fine-tune
+        Node("evaluate.real_test", lambda runs: step("evaluate", EvaluateConfig, p,
+                                                     {"real": cfg.data_dir, "seed": cfg.seed}, "evaluate.real_test"),
+             ("prepare",)),
+        Node("generate", generate, ("finetune",)),
+        Node("evaluate.synth", lambda runs: step("evaluate", EvaluateConfig, p, {
+            "real": cfg.data_dir, "fake": generated(runs), "seed": cfg.seed}, "evaluate.synth"), ("generate",)),
+        # looks at the evaluations of now: never reused
+        Node("register", lambda runs: Step("register", RegisterConfig(), {}, reuse=False),
+             ("evaluate.real_test", "evaluate.synth")),
+        *trainings,
+        Node("explain", explain, tuple(n.name for n in trainings if n.name.startswith("classify."))),
+        # the report reads whatever runs exist now: never reused, it only reads MLflow
+        Node("report", lambda runs: Step("report", ReportConfig(**report_params), report_params, reuse=False),
+             ("register", "explain", *(n.name for n in trainings))),
+    ]
+
+
 def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) -> str:
     experiment = tracking.setup(experiment)
     reap_killed_runs(experiment, log)
@@ -236,39 +317,8 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
     t0 = time.perf_counter()
     with tracking.stage_run("main", cfg, experiment=experiment) as parent:
         pipe = Pipeline(cfg, experiment, parent.info.run_id, log)
-        p = cfg.profile
-        common = {"data_dir": cfg.data_dir, "seed": cfg.seed}
-        prep = run_one(pipe, Step("prepare", PrepareConfig(data_dir=cfg.data_dir, seed=cfg.seed),
-                                  {k: str(v) for k, v in common.items() if v != ""}))
-        mlflow.set_tag(tracking.TAG_DIGEST, prep.data.tags.get(tracking.TAG_DIGEST, ""))
-
-        ft = run_one(pipe, step("finetune", FinetuneConfig, p, {**common, "base_model": cfg.base_model}))
-        # the synthetic set has N_c images of class c, as many as the real training split: what
-        # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
-        gen = run_one(pipe, step("generate", GenerateConfig, p, {
-            "model_uri": f"runs:/{ft.info.run_id}/model", "match_real": True, "seed": cfg.seed,
-            "output_dir": str(Path("outputs") / f"generate-{ft.info.run_id[:8]}-match-real")}))
-        synth = f"runs:/{gen.info.run_id}"
-
-        run_steps(pipe, [step("evaluate", EvaluateConfig, p, {"real": cfg.data_dir, "seed": cfg.seed},
-                              "evaluate.real_test"),
-                         step("evaluate", EvaluateConfig, p, {"real": cfg.data_dir, "fake": synth, "seed": cfg.seed},
-                              "evaluate.synth")])
-        run_one(pipe, Step("register", RegisterConfig(), {}, reuse=False))   # looks at the evaluations of now
-
-        trainings = [step(stage, cfg_cls, p, {**common, "model": model, "train_set": train_set, "synth": synth,
-                                              "eval_data": eval_data}, f"{stage}.{model}.{train_set}")
-                     for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig))
-                     for model in PAPER_MODELS[stage] for train_set in TRAIN_SETS]
-        runs = dict(zip((s.name for s in trainings), run_steps(pipe, trainings)))
-        classifiers = PAPER_MODELS["classify"]
-        run_one(pipe, step("explain", ExplainConfig, p, {
-            "real_run": ",".join(runs[f"classify.{m}.real"].info.run_id for m in classifiers),
-            "hybrid_run": ",".join(runs[f"classify.{m}.hybrid"].info.run_id for m in classifiers),
-            "seed": cfg.seed}))
-        # the report reads whatever runs exist now: never reused, it only reads MLflow
-        report_params = {"ui_url": cfg.ui_url} if cfg.ui_url else {}
-        run_one(pipe, Step("report", ReportConfig(**report_params), report_params, reuse=False))
+        runs = run_graph(pipe, pipeline_nodes(cfg, eval_data))
+        mlflow.set_tag(tracking.TAG_DIGEST, runs["prepare"].data.tags.get(tracking.TAG_DIGEST, ""))
         mlflow.log_metric("pipeline/seconds", time.perf_counter() - t0)
         log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pipe.parent_id})")
         return pipe.parent_id

@@ -1,7 +1,8 @@
 """Benchmarks: our costly steps side by side with a baseline doing the same work, in one process.
 
     python -m bench.run                 # CPU, demo sizes, prints a table, exit 1 if a target is missed
-    python -m bench.run --device cuda   # the same on a GPU (adds the SD2-size memory row)
+    python -m bench.run --device cuda   # the GPU check at the paper's sizes -> bench/results/cuda.json
+                                        # (bench/gpu.py; --smoke runs its code small on any device)
 
 Timed rows run ours and the baseline in pairs (each pair in a random order) and report the median of
 the per-pair ratios, so the machine's drifting speed hits both alike (the ours and baseline columns
@@ -24,9 +25,8 @@ are the medians of their times); each section prints its own wall time. Rows:
   peak_{rss,gpu_alloc}_*     peak memory of two finetune steps / generation calls at 256 px (ours vs the
                             same baselines) above what the process held before them, each in a fresh
                             process (imports alone hold ~2.9 GB here, so absolute peaks would hide it)
-  peak_gpu_sd2_512px_batch4 `finetune` on an SD2-base-shaped model, bf16 + gradient checkpointing,
-                            512 px, batch 4: peak allocated, target < 16 GiB (--device cuda; on CPU the
-                            row says unmeasured)
+  peak_gpu_sd2_512px_batch4 unmeasured on CPU: the GPU check (`--device cuda`, bench/gpu.py) measures
+                            the SD2-base-shaped finetune at 512 px, batch 4, bf16 (target < 16 GiB)
 """
 from __future__ import annotations
 
@@ -534,57 +534,6 @@ def _memory_work(kind, side, device) -> float:
     return _rss_mib("VmHWM") - before
 
 
-def sd2_shaped_components(seed=0) -> dict:
-    """SD2-base's architecture (stabilityai/stable-diffusion-2-base configs) with random weights:
-    memory and speed are those of the real model; no download."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from harness.dualgen.tiny import build_tiny_components
-    parts = build_tiny_components(seed)           # tokenizer (ids fit SD2's vocabulary) and scheduler
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024, use_linear_projection=True)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512))
-    return parts | {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-
-
-def bench_sd2_memory(device, resolution=512, batch=4, steps=3):
-    """The real `finetune` on an SD2-base-shaped model: bf16, gradient checkpointing, batch 4, 512 px;
-    peak allocated CUDA memory (target < 16 GiB)."""
-    from harness.config import FinetuneConfig
-    from harness.data.demo import make_demo_dataset
-    from harness.dualgen.tiny import save_components
-    from harness.dualgen.train import finetune
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
-        base = save_components(sd2_shaped_components(), f"{tmp}/sd2")
-        data = make_demo_dataset(f"{tmp}/demo", seed=0, per_class=4)
-        cfg = FinetuneConfig(data_dir=str(data), base_model=str(base), resolution=resolution, train_batch_size=batch,
-                             max_train_steps=steps, mixed_precision="bf16" if device == "cuda" else "no",
-                             gradient_checkpointing=True, validation_epochs=0, validation_steps=2,
-                             checkpointing_steps=0, output_dir=f"{tmp}/out", test_fraction=0.25)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        finetune(cfg, experiment="bench", progress=False)
-        seconds = time.perf_counter() - t0
-    mib = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mib("VmHWM")
-    row("peak_gpu_sd2_512px_batch4", mib, 16 * 1024, 1.0, unit=" MiB",
-        note=f"(SD2-base-shaped finetune, bf16 + gradient checkpointing, {steps} steps + validation, {seconds:.0f} s; "
-             "baseline = the 16 GiB target)")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -594,9 +543,19 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results", help="where plots go")
     ap.add_argument("--curve-steps", type=int, default=200,
                     help="steps of each demo fine-tune for the mask-loss curves (the demo profile trains 300)")
+    ap.add_argument("--json", default="", help="--device cuda: where the JSON goes (default bench/results/cuda.json)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="run the GPU check's code with the tiny model at small sizes (any device)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.device == "cuda" or args.smoke:
+        from bench.gpu import run_checks
+        out = args.json or f"{args.out}/{'smoke' if args.smoke else 'cuda'}.json"
+        result = run_checks(args.device, out, smoke=args.smoke)
+        print(f"wrote {out}")
+        return 0 if all("error" not in v for v in result.values() if isinstance(v, dict)) and \
+            result.get("sd2_finetune", {}).get("ok", False) else 1
     t0 = time.perf_counter()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}", flush=True)
     sections = [
@@ -609,16 +568,13 @@ def main(argv=None):
         ("data wait", lambda: bench_data_wait(args.device)),
         ("peak memory", lambda: bench_peak_memory(args.device)),
     ]
-    if args.device == "cuda":
-        sections.append(("SD2-size memory", lambda: bench_sd2_memory(args.device)))
     for name, run in sections:
         start = time.perf_counter()
         print(f"[{name}]", flush=True)
         run()
         print(f"    ({time.perf_counter() - start:.0f} s)", flush=True)
-    if args.device != "cuda":
-        ROWS.append(dict(name="peak_gpu_sd2_512px_batch4", unmeasured=True, target=1.0, ok=True,
-                         note="no GPU here: --device cuda runs the real finetune on an SD2-base-shaped model"))
+    ROWS.append(dict(name="peak_gpu_sd2_512px_batch4", unmeasured=True, target=1.0, ok=True,
+                     note="a GPU check: --device cuda runs the real finetune on an SD2-base-shaped model (bench/gpu.py)"))
     print("\n| benchmark | ours | baseline | ratio | target | ok |\n| --- | --- | --- | --- | --- | --- |")
     for r in ROWS:
         tgt = "-" if r["target"] is None else f"<= {r['target']}"

@@ -86,6 +86,24 @@ def test_resume_refuses_a_different_config(tiny_folder, demo_small, experiment, 
                          resume_from_checkpoint="latest"), experiment=experiment, progress=False)
 
 
+def test_bf16_mixed_precision_trains_the_mask_row_in_fp32(tiny_folder, demo_small, experiment, tmp_path):
+    """bf16 autocast on CPU, the path a GPU takes: the frozen VAE is bf16 while its trained mask layer
+    stays fp32 (a conv mixing the two failed before, found by the GPU check), and the RGB rows of that
+    layer keep their pretrained values."""
+    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "bf", mixed_precision="bf16", max_train_steps=3,
+                  mask_warmup_steps=3, checkpointing_steps=0)
+    run_id = finetune(cfg, experiment=experiment, progress=False)
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "train/loss")
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(m.value)) for m in history)
+    trained = load_file(tmp_path / "bf" / "model" / "mask_channels.safetensors")
+    weight = trained["decoder.conv_out.weight"]
+    assert weight.dtype == torch.float32
+    base = load_file(tiny_folder / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.weight"]
+    assert torch.equal(weight[:3].to(torch.bfloat16).float(), base.to(torch.bfloat16).float())
+    initial = -base.to(torch.bfloat16).float().mean(dim=0)          # widen_vae's mask row, from bf16 weights
+    assert (weight[3] - initial).abs().max() > 1e-3                   # the mask row learned
+
+
 def test_nan_loss_stops_with_failed_run(tiny_folder, demo_small, experiment, tmp_path):
     cfg = cfg_for(tiny_folder, demo_small, tmp_path / "n", lambda_bce=float("nan"))
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 0"):

@@ -9,6 +9,8 @@ like the RGB channels); on the way out the 4th channel is a logit: mask = sigmoi
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -76,7 +78,7 @@ def mask_trainable_parameters(vae) -> list[nn.Parameter]:
     for p, keep in ((conv_out.weight, keep_weight), (conv_out.bias, keep_bias)):
         p.requires_grad_(True)
         if not getattr(p, "_mask_only_hook", False):
-            p.register_hook(lambda grad, keep=keep: grad * keep.to(grad.dtype))
+            p.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))   # VAE moved later
             p._mask_only_hook = True
     return [conv_out.weight, conv_out.bias]
 
@@ -85,15 +87,24 @@ def encode(vae, rgb: torch.Tensor, mask: torch.Tensor, sample: bool = True,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """(rgb (B,3,H,W), mask (B,1,H,W)), both in [-1, 1] -> latents * scaling_factor (B,4,H/f,W/f)."""
     x = torch.cat([rgb, mask], dim=1).to(device=vae.device, dtype=vae.dtype)
-    posterior = vae.encode(x).latent_dist
+    with _half(vae):
+        posterior = vae.encode(x).latent_dist
     latents = posterior.sample(generator=generator) if sample else posterior.mode()
     return latents * vae.config.scaling_factor
 
 
 def decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """latents (scaled, as the UNet sees them) -> (rgb in about [-1, 1] (B,3,H,W), mask logits (B,1,H,W))."""
-    x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    with _half(vae):
+        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     return x[:, :3], x[:, 3:4]
+
+
+def _half(vae):
+    """Autocast to the VAE's dtype when it is bf16/fp16: its mask layers (conv_out, trained) stay fp32
+    under mixed precision while the frozen rest is half, and a conv cannot mix the two by itself."""
+    half = vae.dtype in (torch.float16, torch.bfloat16)
+    return torch.autocast(vae.device.type, dtype=vae.dtype) if half else contextlib.nullcontext()
 
 
 def mask_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

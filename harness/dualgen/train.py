@@ -461,9 +461,9 @@ def log_model(model_dir: Path) -> None:
     log_dualgen_model(model_dir)
 
 
-def summarize_losses(run_id: str) -> dict[str, float]:
-    """Mean combined loss over the first and last fifth of the steps (for tests and the note)."""
-    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "train/loss")
+def summarize_losses(run_id: str, metric: str = "train/loss") -> dict[str, float]:
+    """Mean of a loss curve (default: the combined loss) over its first and last fifth of steps."""
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, metric)
     values = np.array([m.value for m in sorted(history, key=lambda m: m.step)])
     k = max(1, len(values) // 5)
     return {"first": float(values[:k].mean()), "last": float(values[-k:].mean()), "n": len(values)}

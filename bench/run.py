@@ -404,6 +404,7 @@ def _curves_run(k, data, tmp, steps) -> dict:
 
     from harness.config import FinetuneConfig
     from harness.dualgen.train import finetune
+    from harness.schema import METRIC_TRAIN_SECONDS
     torch.set_num_threads(1)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m{k}.db"
     cfg = FinetuneConfig(data_dir=data, base_model="tiny", resolution=64, max_train_steps=steps, validation_epochs=0,
@@ -412,7 +413,7 @@ def _curves_run(k, data, tmp, steps) -> dict:
     client = mlflow.tracking.MlflowClient()
     curves = {m: [x.value for x in sorted(client.get_metric_history(run_id, f"train/{m}"), key=lambda x: x.step)]
               for m in ("loss_diffusion", "loss_bce", "loss_dice")}
-    return {"curves": curves, "seconds": mlflow.get_run(run_id).data.metrics["train/seconds"]}
+    return {"curves": curves, "seconds": mlflow.get_run(run_id).data.metrics[METRIC_TRAIN_SECONDS]}
 
 
 def bench_evaluate_cache():

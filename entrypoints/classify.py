@@ -3,6 +3,7 @@ import click
 
 from entrypoints.common import UserError, config_options, experiment_option, user_errors
 from harness.config import ClassifyConfig, with_profile
+from harness.schema import STAGE_CLASSIFY
 
 
 @click.command("classify")
@@ -13,7 +14,7 @@ from harness.config import ClassifyConfig, with_profile
 def classify(profile, experiment, **given):
     from harness.downstream.classify import classify as run_classify
     from harness.downstream.sets import DownstreamError
-    cfg = with_profile(ClassifyConfig, "classify", profile, given)
+    cfg = with_profile(ClassifyConfig, STAGE_CLASSIFY, profile, given)
     try:
         run_id = run_classify(cfg, experiment=experiment)
     except DownstreamError as e:

@@ -4,6 +4,7 @@ import click
 
 from entrypoints.common import UserError, config_options, experiment_option, user_errors
 from harness.config import ExplainConfig, with_profile
+from harness.schema import STAGE_EXPLAIN
 
 
 @click.command("explain")
@@ -14,7 +15,7 @@ from harness.config import ExplainConfig, with_profile
 def explain(profile, experiment, **given):
     from harness.downstream.explain import explain as run_explain
     from harness.downstream.sets import DownstreamError
-    cfg = with_profile(ExplainConfig, "explain", profile, given)
+    cfg = with_profile(ExplainConfig, STAGE_EXPLAIN, profile, given)
     try:
         run_id = run_explain(cfg, experiment=experiment)
     except DownstreamError as e:

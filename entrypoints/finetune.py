@@ -3,6 +3,7 @@ import click
 
 from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import FinetuneConfig, with_profile
+from harness.schema import STAGE_FINETUNE
 
 
 @click.command("finetune")
@@ -12,7 +13,7 @@ from harness.config import FinetuneConfig, with_profile
 @user_errors
 def finetune(profile, experiment, **given):
     from harness.dualgen.train import finetune as run_finetune
-    cfg = with_profile(FinetuneConfig, "finetune", profile, given)
+    cfg = with_profile(FinetuneConfig, STAGE_FINETUNE, profile, given)
     run_id = run_finetune(cfg, experiment=experiment)
     click.echo(f"finetune run {run_id}: model at runs:/{run_id}/model and {cfg.output_dir}/model")
 

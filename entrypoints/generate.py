@@ -3,6 +3,7 @@ import click
 
 from entrypoints.common import UserError, config_options, experiment_option, user_errors
 from harness.config import GenerateConfig, with_profile
+from harness.schema import STAGE_GENERATE
 
 
 @click.command("generate")
@@ -12,7 +13,7 @@ from harness.config import GenerateConfig, with_profile
 @user_errors
 def generate(profile, experiment, **given):
     from harness.dualgen.generate import ModelURIError, generate as run_generate
-    cfg = with_profile(GenerateConfig, "generate", profile, given)
+    cfg = with_profile(GenerateConfig, STAGE_GENERATE, profile, given)
     try:
         run_id, out = run_generate(cfg, experiment=experiment)
     except (ModelURIError, ValueError) as e:

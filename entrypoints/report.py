@@ -5,6 +5,7 @@ import click
 
 from entrypoints.common import UserError, config_options, experiment_option, user_errors
 from harness.config import ReportConfig
+from harness.schema import TAG_REPORT_DIR
 
 
 @click.command("report")
@@ -24,7 +25,7 @@ def report(experiment, **given):
         run_id = run_report(cfg, experiment=experiment)
     except ReportError as e:
         raise UserError(str(e)) from e
-    folder = Path(mlflow.get_run(run_id).data.tags["skindualgen.report_dir"])
+    folder = Path(mlflow.get_run(run_id).data.tags[TAG_REPORT_DIR])
     header = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     click.echo(f"report run {run_id}: {folder}/report.md (tables as .md/.tex/.csv, figures as .png)")
     click.echo(f"cells: {header['cells'] - header['cells_missing']} of {header['cells']} filled"

@@ -3,6 +3,7 @@ import click
 
 from entrypoints.common import UserError, config_options, experiment_option, user_errors
 from harness.config import SegmentConfig, with_profile
+from harness.schema import STAGE_SEGMENT
 
 
 @click.command("segment")
@@ -13,7 +14,7 @@ from harness.config import SegmentConfig, with_profile
 def segment(profile, experiment, **given):
     from harness.downstream.segment import segment as run_segment
     from harness.downstream.sets import DownstreamError
-    cfg = with_profile(SegmentConfig, "segment", profile, given)
+    cfg = with_profile(SegmentConfig, STAGE_SEGMENT, profile, given)
     try:
         run_id = run_segment(cfg, experiment=experiment)
     except DownstreamError as e:

@@ -38,11 +38,9 @@ import numpy as np
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError, Dataset, Sample
+from harness.schema import TAG_EVAL_DATA, TAG_SYNTH_DIR, TAG_SYNTH_RUN, TRAIN_SETS
 
-TRAIN_SETS = ("real", "synth", "hybrid")
 SYNTH_PREFIX = "synth:"
-TAG_SYNTH_DIR = "skindualgen.synth_dir"
-TAG_SYNTH_RUN = "skindualgen.synth_run_id"
 
 # Eval labels are matched to the model's classes by name after normalising case, "_"/"-" and spaces;
 # these aliases are the other common spellings of HAM10000's classes (applied on both sides).
@@ -262,7 +260,7 @@ def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_
         except DataError as e:
             raise DataError(f"--eval-data: {e}") from e
         ham = map_to_classes("ham", ham_data.samples, train.classes)
-        tags["skindualgen.eval_data"] = str(path)
+        tags[TAG_EVAL_DATA] = str(path)
     return DownstreamData(prepared, train, test, ham, synthetic, tags)
 
 
@@ -280,7 +278,7 @@ def log_inputs(data: DownstreamData, eval_by_class: bool = True) -> None:
     if data.ham is not None:
         ham = data.ham.samples if eval_by_class else data.ham.all_samples
         df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in ham])
-        mlflow.log_input(mlflow.data.from_pandas(df, source=data.tags["skindualgen.eval_data"], name="eval",
+        mlflow.log_input(mlflow.data.from_pandas(df, source=data.tags[TAG_EVAL_DATA], name="eval",
                                                  targets="label"), context="eval")
         metrics["ham_n"] = len(ham)
         if eval_by_class:

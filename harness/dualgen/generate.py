@@ -29,11 +29,9 @@ from harness.config import GenerateConfig
 from harness.dualgen.mlflow_model import model_folder
 from harness.dualgen.pipeline import DualGenPipeline
 from harness.dualgen.train import TRAINING_JSON, pair_grid
+from harness.schema import (PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL, TAG_FINETUNE_RUN,
+                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR, TAG_STAGE)
 
-TAG_MODEL_URI = "skindualgen.model_uri"
-TAG_MODEL_VERSION = "skindualgen.model_version"
-TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
-TAG_OUTPUT_DIR = "skindualgen.output_dir"
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -106,8 +104,8 @@ def load_settings_from_run(cfg: GenerateConfig) -> GenerateConfig:
     run = mlflow.get_run(cfg.settings_from_run)
     params = run.data.params
     try:
-        cfg.num_inference_steps = int(params["best_num_inference_steps"])
-        cfg.guidance_scale = float(params["best_guidance_scale"])
+        cfg.num_inference_steps = int(params[PARAM_BEST_STEPS])
+        cfg.guidance_scale = float(params[PARAM_BEST_GUIDANCE])
     except KeyError as e:
         raise ValueError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?") from e
     return cfg
@@ -127,7 +125,7 @@ def generated_set(spec: str) -> tuple[Path, mlflow.entities.Run | None]:
         raise DataError(f"{spec}: no such run in {tracking.tracking_uri()} ({e})") from e
     out = run.data.tags.get(TAG_OUTPUT_DIR)
     if not out:
-        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage {run.data.tags.get(tracking.TAG_STAGE, '?')!r},"
+        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage {run.data.tags.get(TAG_STAGE, '?')!r},"
                         f" status {run.info.status}); give a FINISHED generate run or the generated folder")
     if not Path(out).exists():
         raise DataError(f"{out}: output folder of generate run {run_id} does not exist on this machine "
@@ -252,7 +250,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
     training = json.loads((folder / TRAINING_JSON).read_text())
     todo = plan(training, cfg)
     judge = consistency_judge(training, cfg, progress) if cfg.min_consistency > 0 else None
-    with tracking.stage_run("generate", cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
+    with tracking.stage_run(STAGE_GENERATE, cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
         pipe = DualGenPipeline.from_folder(folder)
         template = training["prompt_template"]
         jobs, seeds, pairs, stats = generate_consistent(pipe, template, todo, cfg, judge, progress)
@@ -264,7 +262,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
                         "consistency_all_mean": float(np.mean(stats["scores"])),
                         "consistency_kept_mean": float(np.mean(stats["kept_scores"])) if rows else 0.0}
             metrics |= {f"n_dropped/{c}": n for c, n in stats["dropped"].items()}
-            tracking.tag_reference(tracking.TAG_CONSISTENCY_MODEL, judge)
+            tracking.tag_reference(TAG_CONSISTENCY_MODEL, judge)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out / "manifest.csv"))
         if pairs:

@@ -46,6 +46,8 @@ from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict,
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
+from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_OUTPUT_DIR,
+                            TAG_PREDICTION_TYPE, TAG_RESUMED_FROM)
 
 TRAINING_JSON = "training.json"     # in the model folder: classes, prompts, class counts, digest
 # config fields that may differ between an interrupted run and its resume
@@ -337,15 +339,14 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         warmup_losses = warm_up_mask_channels(vae, dataset, mask_params, cfg, device)
 
     is_main = accelerator.is_main_process
-    run_ctx = tracking.stage_run("finetune", cfg, prepared.digest, experiment) if is_main else _null()
+    run_ctx = tracking.stage_run(STAGE_FINETUNE, cfg, prepared.digest, experiment) if is_main else _null()
     with run_ctx as run:
         if is_main:
-            mlflow.set_tag("skindualgen.output_dir", str(out.resolve()))
-            mlflow.set_tags({"skindualgen.base_model": base.info["model_id"],
-                             "skindualgen.base_revision": base.info["revision"],
-                             "skindualgen.prediction_type": base.info["prediction_type"]})
+            mlflow.set_tag(TAG_OUTPUT_DIR, str(out.resolve()))
+            mlflow.set_tags({TAG_BASE_MODEL: base.info["model_id"], TAG_BASE_REVISION: base.info["revision"],
+                             TAG_PREDICTION_TYPE: base.info["prediction_type"]})
             if cfg.resume_from_checkpoint:
-                mlflow.set_tag("skindualgen.resumed_from", str(ckpt))
+                mlflow.set_tag(TAG_RESUMED_FROM, str(ckpt))
             log_dataset_input(prepared, context="training")
             if warmup_losses:
                 mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=[
@@ -410,7 +411,7 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         bar.close()
         if not is_main:
             return ""
-        mlflow.log_metric("train/seconds", time.perf_counter() - t0)
+        mlflow.log_metric(METRIC_TRAIN_SECONDS, time.perf_counter() - t0)
         _log_validation(accelerator, unet, vae, base, classes, cfg, step)
         model_dir = save_model(accelerator, unet, vae, base, cfg, classes, train.class_counts(), prepared.digest, out)
         log_model(model_dir)

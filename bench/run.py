@@ -423,7 +423,6 @@ def bench_evaluate_cache():
     from harness.config import EvaluateConfig
     from harness.data.demo import make_demo_dataset
     from harness.quality import evaluate
-    import harness.dualgen.generate  # noqa: F401  (imported by evaluate; ~14 s once, not part of either timing)
     from harness import tracking
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"

@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 
 from harness import tracking
 from harness.config import EvaluateConfig
+from harness.data.generated import generated_set
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError
@@ -426,7 +427,6 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: boo
 
 def resolve_fake(spec: str) -> tuple[Path, dict[str, str], mlflow.entities.Run | None]:
     """A dataset folder / manifest, or `runs:/<generate run id>` -> (path, lineage tags, the run)."""
-    from harness.dualgen.generate import generated_set
     path, run = generated_set(spec)
     if run is None:
         return path, {}, None

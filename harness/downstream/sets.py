@@ -35,6 +35,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from harness.data.generated import generated_set
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError, Dataset, Sample
@@ -63,7 +64,6 @@ class DownstreamError(ValueError):
 
 def resolve_synth(spec: str) -> tuple[Path, dict[str, str]]:
     """`runs:/<id>[/...]`, a folder or a CSV -> (path, tags recording where it came from)."""
-    from harness.dualgen.generate import generated_set
     try:
         path, run = generated_set(spec)
     except DataError as e:

@@ -30,7 +30,7 @@ from harness.dualgen.mlflow_model import model_folder
 from harness.dualgen.pipeline import DualGenPipeline
 from harness.dualgen.train import TRAINING_JSON, pair_grid
 from harness.schema import (PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL, TAG_FINETUNE_RUN,
-                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR, TAG_STAGE)
+                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR)
 
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -109,28 +109,6 @@ def load_settings_from_run(cfg: GenerateConfig) -> GenerateConfig:
     except KeyError as e:
         raise ValueError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?") from e
     return cfg
-
-
-def generated_set(spec: str) -> tuple[Path, mlflow.entities.Run | None]:
-    """A generated set given as `runs:/<generate run id>` (its tag skindualgen.output_dir), a folder
-    or a manifest CSV -> (path, the generate run or None). Raise DataError saying what is wrong."""
-    from harness.data.records import DataError
-    spec = spec.strip()
-    if not spec.startswith("runs:/"):
-        return Path(spec).expanduser().resolve(), None
-    run_id = spec[len("runs:/"):].strip("/").split("/")[0]
-    try:
-        run = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException as e:
-        raise DataError(f"{spec}: no such run in {tracking.tracking_uri()} ({e})") from e
-    out = run.data.tags.get(TAG_OUTPUT_DIR)
-    if not out:
-        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage {run.data.tags.get(TAG_STAGE, '?')!r},"
-                        f" status {run.info.status}); give a FINISHED generate run or the generated folder")
-    if not Path(out).exists():
-        raise DataError(f"{out}: output folder of generate run {run_id} does not exist on this machine "
-                        "(moved?); copy it here and pass its path")
-    return Path(out), run
 
 
 def generate_pairs(pipe: DualGenPipeline, template: str, jobs: list[tuple[str, int]], seeds: list[int],

@@ -27,12 +27,11 @@ from harness.data.prepare import load_prepared
 from harness.dualgen.generate import resolve_model_uri
 from harness.dualgen.mlflow_model import model_folder
 from harness.dualgen.pipeline import DualGenPipeline
-from harness.dualgen.train import TRAINING_JSON
 from harness.quality import (build_fid_extractor, extract_features, feature_statistics, frechet_distance,
                              real_split, set_statistics, warn_if_fallback)
 from harness.schema import (METRIC_FID, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_TUNE, STAGE_TUNE_TRIAL,
                             TAG_BEST_TRIAL_RUN, TAG_CODE, TAG_DIGEST, TAG_EXTRACTOR, TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL,
-                            TAG_STAGE)
+                            TAG_STAGE, TRAINING_JSON)
 
 
 def study_name(cfg: TuneConfig, digest: str) -> str:

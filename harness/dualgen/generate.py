@@ -27,10 +27,9 @@ from mlflow.tracking import MlflowClient
 from harness import tracking
 from harness.config import GenerateConfig
 from harness.dualgen.mlflow_model import model_folder
-from harness.dualgen.pipeline import DualGenPipeline
-from harness.dualgen.train import TRAINING_JSON, pair_grid
+from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.schema import (PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL, TAG_FINETUNE_RUN,
-                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR)
+                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR, TRAINING_JSON)
 
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 

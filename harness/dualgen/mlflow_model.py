@@ -18,6 +18,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from harness.schema import TRAINING_JSON
+
 ARTIFACT_KEY = "dualgen"
 
 
@@ -26,7 +28,7 @@ class DualGenPyfunc(mlflow.pyfunc.PythonModel):
         from harness.dualgen.pipeline import DualGenPipeline
         folder = Path(context.artifacts[ARTIFACT_KEY])
         self.pipe = DualGenPipeline.from_folder(folder)
-        self.training = json.loads((folder / "training.json").read_text())
+        self.training = json.loads((folder / TRAINING_JSON).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}

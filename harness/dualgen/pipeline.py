@@ -159,6 +159,16 @@ class DualGenPipeline:
         return cls(base.unet, vae, base.text_encoder, base.tokenizer, base.scheduler, base_info=recorded)
 
 
+def pair_grid(pairs) -> Image.Image:
+    """One column per (image, mask) pair: the image on top, its mask below (validation grids, samples.png)."""
+    w, h = pairs[0][0].size
+    grid = Image.new("RGB", (w * len(pairs), h * 2))
+    for i, (img, mask) in enumerate(pairs):
+        grid.paste(img, (i * w, 0))
+        grid.paste(mask.convert("RGB"), (i * w, h))
+    return grid
+
+
 @contextlib.contextmanager
 def _eval_mode(*modules):
     """Eval mode inside, the previous mode after. Train mode may pick other attention kernels (not

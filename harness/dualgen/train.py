@@ -44,12 +44,11 @@ from harness.data.prepare import load_prepared, log_dataset_input
 from harness.dualgen.base import PromptCache, load_base
 from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict, trainable_summary
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
-from harness.dualgen.pipeline import DualGenPipeline
+from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
 from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_OUTPUT_DIR,
-                            TAG_PREDICTION_TYPE, TAG_RESUMED_FROM)
+                            TAG_PREDICTION_TYPE, TAG_RESUMED_FROM, TRAINING_JSON)
 
-TRAINING_JSON = "training.json"     # in the model folder: classes, prompts, class counts, digest
 # config fields that may differ between an interrupted run and its resume
 RESUME_MAY_DIFFER = {"resume_from_checkpoint", "validation_epochs", "validation_steps", "log_every",
                      "checkpointing_steps", "checkpoints_total_limit", "num_workers", "output_dir"}
@@ -272,15 +271,6 @@ def validation_grid(pipe: DualGenPipeline, classes: list[str], cfg: FinetuneConf
     pairs = pipe(prompts, seeds=[cfg.seed + i for i in range(len(classes))], num_inference_steps=cfg.validation_steps,
                  guidance_scale=1.22, height=cfg.resolution, width=cfg.resolution, batch_size=8, progress=False)
     return pair_grid(pairs)
-
-
-def pair_grid(pairs) -> Image.Image:
-    w, h = pairs[0][0].size
-    grid = Image.new("RGB", (w * len(pairs), h * 2))
-    for i, (img, mask) in enumerate(pairs):
-        grid.paste(img, (i * w, 0))
-        grid.paste(mask.convert("RGB"), (i * w, h))
-    return grid
 
 
 # ------------------------------------------------------------------ the stage

@@ -2,7 +2,7 @@
 generated set (paper Table 1), tracked in MLflow. See harness/quality.py for the exact definitions."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import EvaluateConfig, with_profile
 from harness.schema import (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, STAGE_EVALUATE, TAG_COMPARABLE, TAG_COMPARISON,
                             TAG_EXTRACTOR, TAG_LPIPS_NET)
@@ -18,10 +18,7 @@ def evaluate(profile, experiment, **given):
 
     from harness.quality import evaluate as run_evaluate
     cfg = with_profile(EvaluateConfig, STAGE_EVALUATE, profile, given)
-    try:
-        run_id = run_evaluate(cfg, experiment=experiment)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    run_id = run_evaluate(cfg, experiment=experiment)
     run = mlflow.get_run(run_id)
     m, tags = run.data.metrics, run.data.tags
     click.echo(f"evaluate run {run_id} ({tags[TAG_COMPARISON]}, {int(m['n_real'])} real vs "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 
+from harness.errors import ConfigError
 from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
                             STAGE_SEGMENT, STAGE_TUNE)
 
@@ -287,7 +288,7 @@ PROFILE_YIELDS: dict[str, dict[str, tuple[str, ...]]] = {STAGE_GENERATE: {"per_c
 def with_profile(cfg_cls, stage: str, profile: str, given: dict):
     """Build a config: paper defaults, then the profile's values, then the options given (non-None)."""
     if profile not in PROFILES[stage]:
-        raise ValueError(f"unknown profile {profile!r}; choose {', '.join(PROFILES[stage])}")
+        raise ConfigError(f"unknown profile {profile!r}; choose {', '.join(PROFILES[stage])}")
     given = {k: v for k, v in given.items() if v is not None}
     profile_values = {k: v for k, v in PROFILES[stage][profile].items()
                       if not any(given.get(o) for o in PROFILE_YIELDS.get(stage, {}).get(k, ()))}

@@ -33,6 +33,7 @@ import mlflow
 from harness import tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
                             GenerateConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
+from harness.errors import ConfigError, HarnessError
 from harness.schema import (
     METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_MAIN,
     STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_HOST, TAG_MLFLOW_PARENT_RUN, TAG_PID,
@@ -59,8 +60,8 @@ PAPER_MODELS = {STAGE_CLASSIFY: ("densenet121", "resnet34", "squeezenet1_1", "sw
                 STAGE_SEGMENT: ("unet", "deeplabv3plus")}
 
 
-class StepFailed(RuntimeError):
-    pass
+class StepFailed(HarnessError, RuntimeError):
+    """A child step ended FAILED (the message names it and its run; its own log says why)."""
 
 
 @dataclass
@@ -316,7 +317,7 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
     experiment = tracking.setup(experiment)
     reap_killed_runs(experiment, log)
     if cfg.max_parallel < 1:
-        raise ValueError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
+        raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     t0 = time.perf_counter()
     with tracking.stage_run(STAGE_MAIN, cfg, experiment=experiment) as parent:

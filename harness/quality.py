@@ -71,6 +71,7 @@ from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError
 from harness.data.splits import dataset_digest
 from harness.data.validate import validate
+from harness.errors import ConfigError
 from harness.schema import (
     METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, REAL_VS_REAL, REAL_VS_SYNTH, STAGE_EVALUATE, TAG_CAS_MODEL, TAG_COMPARABLE,
     TAG_COMPARISON, TAG_CONSISTENCY_MODEL, TAG_DIGEST, TAG_EXTRACTOR, TAG_EXTRACTOR_SHA256, TAG_FAKE_DIGEST,
@@ -456,17 +457,17 @@ def real_split(prepared: Prepared, split: str) -> ImageSet:
 def resolve_comparison(cfg: EvaluateConfig) -> str:
     implied = REAL_VS_SYNTH if cfg.fake else REAL_VS_REAL
     if cfg.comparison in (REAL_VS_REAL, REAL_VS_SYNTH) and cfg.comparison != implied:
-        raise ValueError(f"--comparison {cfg.comparison} does not match --fake {cfg.fake!r} "
+        raise ConfigError(f"--comparison {cfg.comparison} does not match --fake {cfg.fake!r} "
                          f"(that is {implied}: fake '' = the real test split)")
     return cfg.comparison or implied
 
 
 def check_config(cfg: EvaluateConfig) -> None:
     if cfg.msssim_size <= (MSSSIM_WIN - 1) * 16:
-        raise ValueError(f"msssim_size must be > {(MSSSIM_WIN - 1) * 16} (MS-SSIM's 11-px window over 5 "
+        raise ConfigError(f"msssim_size must be > {(MSSSIM_WIN - 1) * 16} (MS-SSIM's 11-px window over 5 "
                          f"scales), got {cfg.msssim_size}")
     if cfg.lpips_size < 32 or cfg.lpips_pairs < 1 or cfg.batch_size < 1:
-        raise ValueError("lpips_size must be >= 32, lpips_pairs and batch_size >= 1")
+        raise ConfigError("lpips_size must be >= 32, lpips_pairs and batch_size >= 1")
 
 
 def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool = True) -> str:

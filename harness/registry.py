@@ -14,13 +14,14 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.config import RegisterConfig
+from harness.errors import HarnessError
 from harness.schema import (METRIC_FID, REAL_VS_SYNTH, STAGE_EVALUATE, STAGE_REGISTER, TAG_ALIAS, TAG_BASE_MODEL,
                             TAG_BASE_REVISION, TAG_COMPARISON, TAG_DIGEST, TAG_EXTRACTOR, TAG_FINETUNE_RUN,
                             TAG_GENERATE_RUN, TAG_REGISTERED, TAG_REUSED_VERSION, TAG_STAGE)
 
 
-class RegistryError(ValueError):
-    pass
+class RegistryError(HarnessError, ValueError):
+    """No candidate to register (no FINISHED evaluate run linked to a finetune run), or no experiment."""
 
 
 def candidates(experiment: str | None, comparison: str = REAL_VS_SYNTH) -> list[mlflow.entities.Run]:

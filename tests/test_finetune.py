@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from harness.config import FinetuneConfig, GenerateConfig
 from harness.data import load_dataset
 from harness.data.validate import validate
-from harness.dualgen.generate import ModelURIError, generate, plan, resolve_model_uri
+from harness.dualgen.generate import generate, plan, resolve_model_uri
+from harness.dualgen.mlflow_model import ModelURIError
 from harness.dualgen.train import NonFiniteLossError, finetune
 from harness.schema import (
     STAGE_FINETUNE, STAGE_GENERATE, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_PREDICTION_TYPE, TAG_STAGE,

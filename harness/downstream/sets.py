@@ -39,6 +39,7 @@ from harness.data.generated import generated_set
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError, Dataset, Sample
+from harness.errors import HarnessError
 from harness.schema import TAG_EVAL_DATA, TAG_SYNTH_DIR, TAG_SYNTH_RUN, TRAIN_SETS
 
 SYNTH_PREFIX = "synth:"
@@ -54,7 +55,7 @@ CLASS_ALIASES = {
 }
 
 
-class DownstreamError(ValueError):
+class DownstreamError(HarnessError, ValueError):
     """A bad option combination or too little data for the requested set; the message says why."""
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 
 from harness import tracking
 from harness.config import PrepareConfig, ReportConfig
+from harness.errors import HarnessError
 from harness.report import claims, figures
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import (
@@ -71,8 +72,8 @@ REPORT_FILES = ("report.md", "report.json", "figure2.png", "figure2.json", "figu
                 *(f"table1_per_class.{ext}" for ext in ("md", "tex", "csv")))
 
 
-class ReportError(ValueError):
-    pass
+class ReportError(HarnessError, ValueError):
+    """A report option that cannot work, or an experiment that does not exist."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ shows the whole configuration that produced it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from harness.errors import ConfigError
 from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
@@ -239,14 +239,10 @@ class ExplainConfig:
     seed: int = SEED                # the default image choice
 
 
-def field_names(cfg_cls) -> list[str]:
-    return [f.name for f in fields(cfg_cls)]
-
-
 __all__ = [
     "PROMPT_TEMPLATE", "SEED", "PrepareConfig", "DemoDataConfig", "FinetuneConfig", "GenerateConfig",
     "EvaluateConfig", "ClassifyConfig", "SegmentConfig",
-    "field_names", "field", "PROFILES", "with_profile",
+    "PROFILES", "with_profile",
 ]
 
 

@@ -263,13 +263,6 @@ def frechet_distance(stats_1: dict, stats_2: dict) -> float:
     return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
 
 
-def fid(extractor: FidExtractor, paths_1: list[Path], paths_2: list[Path], batch_size: int = 32,
-        progress: bool = True) -> float:
-    """FID between two lists of image files (no cache)."""
-    return frechet_distance(feature_statistics(extract_features(extractor, paths_1, batch_size, progress)),
-                            feature_statistics(extract_features(extractor, paths_2, batch_size, progress)))
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")
 
@@ -527,7 +520,6 @@ __all__ = [
     "evaluate",
     "extract_features",
     "feature_statistics",
-    "fid",
     "frechet_distance",
     "load_fake_set",
     "load_resized",

@@ -20,6 +20,7 @@ would have used, with no RNG state to restore beyond the step counter.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -329,7 +330,7 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         warmup_losses = warm_up_mask_channels(vae, dataset, mask_params, cfg, device)
 
     is_main = accelerator.is_main_process
-    run_ctx = tracking.stage_run(STAGE_FINETUNE, cfg, prepared.digest, experiment) if is_main else _null()
+    run_ctx = tracking.stage_run(STAGE_FINETUNE, cfg, prepared.digest, experiment) if is_main else contextlib.nullcontext()
     with run_ctx as run:
         if is_main:
             mlflow.set_tag(TAG_OUTPUT_DIR, str(out.resolve()))
@@ -407,14 +408,6 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         log_model(model_dir)
         mlflow.flush_async_logging()
         return run.info.run_id
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _pipeline(accelerator, unet, vae, base) -> DualGenPipeline:

@@ -42,7 +42,7 @@ import threading
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OMP_NUM_THREADS", "1")       # STACK-NOTES: the stable choice on 2 cores; --threads
+os.environ.setdefault("OMP_NUM_THREADS", "1")       # 2 threads on 2 cores were at times ~100x slower; --threads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -539,7 +539,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=int(os.environ["OMP_NUM_THREADS"]),
-                    help="torch CPU threads (default 1: 2 threads on 2 cores were unstable, STACK-NOTES)")
+                    help="torch CPU threads (default 1: 2 threads on 2 cores were at times ~100x slower per op)")
     ap.add_argument("--out", default="bench/results", help="where plots go")
     ap.add_argument("--curve-steps", type=int, default=200,
                     help="steps of each demo fine-tune for the mask-loss curves (the demo profile trains 300)")

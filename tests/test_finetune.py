@@ -1,7 +1,7 @@
 """finetune / generate on a small SD2-shaped base: losses, artifacts, resume equality, NaN handling,
 seeded generation, registry URIs. Uses a randomly initialised tiny base saved to a local folder (the
-same `load_base` path as the shipped pre-trained one) to stay fast; test_dualgen_e2e.py uses the
-shipped weights."""
+same `load_base` path as the shipped pre-trained one) to stay fast; test_pipeline_e2e.py fine-tunes
+the shipped weights."""
 import json
 from pathlib import Path
 

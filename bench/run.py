@@ -42,11 +42,13 @@ import threading
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OMP_NUM_THREADS", "1")       # STACK-NOTES: the stable choice on 2 cores; --threads
+os.environ.setdefault("OMP_NUM_THREADS", "1")       # 2 threads on 2 cores were at times ~100x slower; --threads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from bench.gpu import tracking_store  # noqa: E402
 
 ROWS: list[dict] = []
 
@@ -320,8 +322,7 @@ def bench_tracking(device, steps=51):
     def init(buffer, run_id, every=50, seconds=10.0):
         original_init(buffer, run_id, every, float("inf"))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+    with tempfile.TemporaryDirectory() as tmp, tracking_store(tmp):
         base = save_components(build_tiny_components(0), f"{tmp}/base")
         data = make_demo_dataset(f"{tmp}/demo", seed=0, per_class=4, min_size=32, max_size=48)
         tracking.setup("bench")                   # the experiment exists before two threads look for it
@@ -400,19 +401,24 @@ def bench_mask_subset_curves(out_dir, steps=200):
 
 def _curves_run(k, data, tmp, steps) -> dict:
     """One demo fine-tune of `bench_mask_subset_curves` (its own MLflow store): its curves, loop time."""
+    from pathlib import Path
+
     import mlflow
 
     from harness.config import FinetuneConfig
     from harness.dualgen.train import finetune
+    from harness.schema import METRIC_TRAIN_SECONDS
     torch.set_num_threads(1)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m{k}.db"
     cfg = FinetuneConfig(data_dir=data, base_model="tiny", resolution=64, max_train_steps=steps, validation_epochs=0,
                          checkpointing_steps=0, mask_loss_samples=k, output_dir=f"{tmp}/o{k}")
-    run_id = finetune(cfg, experiment="bench", progress=False)
-    client = mlflow.tracking.MlflowClient()
-    curves = {m: [x.value for x in sorted(client.get_metric_history(run_id, f"train/{m}"), key=lambda x: x.step)]
-              for m in ("loss_diffusion", "loss_bce", "loss_dice")}
-    return {"curves": curves, "seconds": mlflow.get_run(run_id).data.metrics["train/seconds"]}
+    store = Path(tmp) / f"store{k}"             # the two runs of the pair run at once: one store each
+    store.mkdir(exist_ok=True)
+    with tracking_store(str(store)):
+        run_id = finetune(cfg, experiment="bench", progress=False)
+        client = mlflow.tracking.MlflowClient()
+        curves = {m: [x.value for x in sorted(client.get_metric_history(run_id, f"train/{m}"), key=lambda x: x.step)]
+                  for m in ("loss_diffusion", "loss_bce", "loss_dice")}
+        return {"curves": curves, "seconds": mlflow.get_run(run_id).data.metrics[METRIC_TRAIN_SECONDS]}
 
 
 def bench_evaluate_cache():
@@ -422,10 +428,8 @@ def bench_evaluate_cache():
     from harness.config import EvaluateConfig
     from harness.data.demo import make_demo_dataset
     from harness.quality import evaluate
-    import harness.dualgen.generate  # noqa: F401  (imported by evaluate; ~14 s once, not part of either timing)
     from harness import tracking
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/m.db"
+    with tempfile.TemporaryDirectory() as tmp, tracking_store(tmp):
         tracking.setup("bench")                   # creating the store's tables (seconds) is not evaluation either
         real = make_demo_dataset(f"{tmp}/real", seed=0)
         fakes = [make_demo_dataset(f"{tmp}/fake{i}", seed=i + 1, per_class=4) for i in range(2)]
@@ -539,7 +543,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=int(os.environ["OMP_NUM_THREADS"]),
-                    help="torch CPU threads (default 1: 2 threads on 2 cores were unstable, STACK-NOTES)")
+                    help="torch CPU threads (default 1: 2 threads on 2 cores were at times ~100x slower per op)")
     ap.add_argument("--out", default="bench/results", help="where plots go")
     ap.add_argument("--curve-steps", type=int, default=200,
                     help="steps of each demo fine-tune for the mask-loss curves (the demo profile trains 300)")

@@ -1,8 +1,9 @@
 """`classify` entry point: one classifier x one training set (real / synth / hybrid), k-fold CV."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import ClassifyConfig, with_profile
+from harness.schema import STAGE_CLASSIFY
 
 
 @click.command("classify")
@@ -12,12 +13,8 @@ from harness.config import ClassifyConfig, with_profile
 @user_errors
 def classify(profile, experiment, **given):
     from harness.downstream.classify import classify as run_classify
-    from harness.downstream.sets import DownstreamError
-    cfg = with_profile(ClassifyConfig, "classify", profile, given)
-    try:
-        run_id = run_classify(cfg, experiment=experiment)
-    except DownstreamError as e:
-        raise UserError(str(e)) from e
+    cfg = with_profile(ClassifyConfig, STAGE_CLASSIFY, profile, given)
+    run_id = run_classify(cfg, experiment=experiment)
     click.echo(f"classify run {run_id}: {cfg.model} on {cfg.train_set}; best fold's model at runs:/{run_id}/model")
 
 

@@ -1,4 +1,4 @@
-"""Shared bits of the click wrappers: user errors become a clean message and exit code 2."""
+"""Shared bits of the click wrappers: errors in the user's input become a one-line message and exit status 2."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from harness.data.records import DataError
+from harness.errors import HarnessError
 
 
 class UserError(click.ClickException):
@@ -14,12 +14,14 @@ class UserError(click.ClickException):
 
 
 def user_errors(fn):
-    """Turn DataError / FileNotFoundError / ValueError raised for bad input into `error: ...`."""
+    """Run the command; a HarnessError (the user's input or environment is wrong: harness/errors.py) or a
+    FileNotFoundError becomes `Error: <message>` and exit status 2. Any other exception propagates with
+    its traceback: it is a bug."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DataError, FileNotFoundError) as e:
+        except (HarnessError, FileNotFoundError) as e:
             raise UserError(str(e)) from e
     return wrapper
 

@@ -2,8 +2,10 @@
 generated set (paper Table 1), tracked in MLflow. See harness/quality.py for the exact definitions."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import EvaluateConfig, with_profile
+from harness.schema import (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, STAGE_EVALUATE, TAG_COMPARABLE, TAG_COMPARISON,
+                            TAG_EXTRACTOR, TAG_LPIPS_NET)
 
 
 @click.command("evaluate")
@@ -14,20 +16,15 @@ from harness.config import EvaluateConfig, with_profile
 def evaluate(profile, experiment, **given):
     import mlflow
 
-    from harness.quality import TAG_COMPARABLE, TAG_COMPARISON, TAG_EXTRACTOR, TAG_LPIPS_NET
     from harness.quality import evaluate as run_evaluate
-    cfg = with_profile(EvaluateConfig, "evaluate", profile, given)
-    try:
-        run_id = run_evaluate(cfg, experiment=experiment)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    cfg = with_profile(EvaluateConfig, STAGE_EVALUATE, profile, given)
+    run_id = run_evaluate(cfg, experiment=experiment)
     run = mlflow.get_run(run_id)
     m, tags = run.data.metrics, run.data.tags
     click.echo(f"evaluate run {run_id} ({tags[TAG_COMPARISON]}, {int(m['n_real'])} real vs "
                f"{int(m['n_fake'])} images, {int(m['n_pairs'])} LPIPS/MS-SSIM pairs)")
-    click.echo(f"fid      {m['fid']:.4f}")
-    click.echo(f"lpips    {m['lpips']:.4f}")
-    click.echo(f"ms_ssim  {m['ms_ssim']:.4f}")
+    for name in (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM):
+        click.echo(f"{name:8s} {m[name]:.4f}")
     status = ("standard" if tags[TAG_COMPARABLE] == "true"
               else "FALLBACK, NOT comparable with published numbers")
     click.echo(f"feature extractors: {tags[TAG_EXTRACTOR]}, {tags[TAG_LPIPS_NET]} ({status})")

@@ -2,8 +2,9 @@
 classifiers for chosen real test images (paper Figure 3)."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import ExplainConfig, with_profile
+from harness.schema import STAGE_EXPLAIN
 
 
 @click.command("explain")
@@ -13,12 +14,8 @@ from harness.config import ExplainConfig, with_profile
 @user_errors
 def explain(profile, experiment, **given):
     from harness.downstream.explain import explain as run_explain
-    from harness.downstream.sets import DownstreamError
-    cfg = with_profile(ExplainConfig, "explain", profile, given)
-    try:
-        run_id = run_explain(cfg, experiment=experiment)
-    except DownstreamError as e:
-        raise UserError(str(e)) from e
+    cfg = with_profile(ExplainConfig, STAGE_EXPLAIN, profile, given)
+    run_id = run_explain(cfg, experiment=experiment)
     click.echo(f"explain run {run_id}: Figure 3 heatmaps at runs:/{run_id}/heatmaps/figure3.png")
 
 

@@ -3,6 +3,7 @@ import click
 
 from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import FinetuneConfig, with_profile
+from harness.schema import STAGE_FINETUNE
 
 
 @click.command("finetune")
@@ -11,10 +12,11 @@ from harness.config import FinetuneConfig, with_profile
 @experiment_option
 @user_errors
 def finetune(profile, experiment, **given):
-    from harness.dualgen.train import finetune as run_finetune
-    cfg = with_profile(FinetuneConfig, "finetune", profile, given)
+    from harness.dualgen.train import finetune as run_finetune, output_dir_for
+    cfg = with_profile(FinetuneConfig, STAGE_FINETUNE, profile, given)
     run_id = run_finetune(cfg, experiment=experiment)
-    click.echo(f"finetune run {run_id}: model at runs:/{run_id}/model and {cfg.output_dir}/model")
+    model_dir = output_dir_for(cfg).resolve() / "model"         # without --output-dir: outputs/finetune-<hash>
+    click.echo(f"finetune run {run_id}: model at runs:/{run_id}/model and {model_dir}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`generate` entry point: image+mask pairs per class from a run, a registry version/alias or a folder."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import GenerateConfig, with_profile
+from harness.schema import STAGE_GENERATE
 
 
 @click.command("generate")
@@ -11,12 +12,9 @@ from harness.config import GenerateConfig, with_profile
 @experiment_option
 @user_errors
 def generate(profile, experiment, **given):
-    from harness.dualgen.generate import ModelURIError, generate as run_generate
-    cfg = with_profile(GenerateConfig, "generate", profile, given)
-    try:
-        run_id, out = run_generate(cfg, experiment=experiment)
-    except (ModelURIError, ValueError) as e:
-        raise UserError(str(e)) from e
+    from harness.dualgen.generate import generate as run_generate
+    cfg = with_profile(GenerateConfig, STAGE_GENERATE, profile, given)
+    run_id, out = run_generate(cfg, experiment=experiment)
     click.echo(f"generate run {run_id}: pairs in {out}")
 
 

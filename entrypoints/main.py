@@ -1,7 +1,7 @@
 """`main` entry point: the paper pipeline as child runs of one parent run, reusing finished steps."""
 import click
 
-from entrypoints.common import UserError, experiment_option, user_errors
+from entrypoints.common import experiment_option, user_errors
 from harness.pipeline import PipelineConfig
 
 D = PipelineConfig()
@@ -22,13 +22,10 @@ D = PipelineConfig()
 @experiment_option
 @user_errors
 def main(profile, data_dir, base_model, env_manager, eval_data, max_parallel, ui_url, seed, experiment):
-    from harness.pipeline import StepFailed, run_pipeline
+    from harness.pipeline import run_pipeline
     cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager,
                          eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed)
-    try:
-        run_pipeline(cfg, experiment=experiment, log=click.echo)
-    except StepFailed as e:
-        raise UserError(str(e)) from e
+    run_pipeline(cfg, experiment=experiment, log=click.echo)
 
 
 if __name__ == "__main__":

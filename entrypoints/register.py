@@ -1,7 +1,7 @@
 """`register` entry point: register the lowest-FID finetune run's model and point an alias at it."""
 import click
 
-from entrypoints.common import UserError, experiment_option, user_errors
+from entrypoints.common import experiment_option, user_errors
 from harness.config import RegisterConfig
 
 D = RegisterConfig()
@@ -14,11 +14,8 @@ D = RegisterConfig()
 @experiment_option
 @user_errors
 def register(name, alias, comparison, experiment):
-    from harness.registry import RegistryError, register_best
-    try:
-        version, ft = register_best(RegisterConfig(name=name, alias=alias, comparison=comparison), experiment)
-    except RegistryError as e:
-        raise UserError(str(e)) from e
+    from harness.registry import register_best
+    version, ft = register_best(RegisterConfig(name=name, alias=alias, comparison=comparison), experiment)
     click.echo(f"models:/{name}/{version} (finetune run {ft}) is now models:/{name}@{alias}")
 
 

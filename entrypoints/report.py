@@ -3,8 +3,9 @@ experiment, the paper's numbers beside ours; written to <output_dir>/<experiment
 `report` run. Reads runs only: it never trains. See harness/report/ for the rules."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import ReportConfig
+from harness.schema import TAG_REPORT_DIR
 
 
 @click.command("report")
@@ -17,14 +18,10 @@ def report(experiment, **given):
 
     import mlflow
 
-    from harness.report import ReportError
     from harness.report import report as run_report
     cfg = ReportConfig(**{k: v for k, v in given.items() if v is not None})
-    try:
-        run_id = run_report(cfg, experiment=experiment)
-    except ReportError as e:
-        raise UserError(str(e)) from e
-    folder = Path(mlflow.get_run(run_id).data.tags["skindualgen.report_dir"])
+    run_id = run_report(cfg, experiment=experiment)
+    folder = Path(mlflow.get_run(run_id).data.tags[TAG_REPORT_DIR])
     header = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     click.echo(f"report run {run_id}: {folder}/report.md (tables as .md/.tex/.csv, figures as .png)")
     click.echo(f"cells: {header['cells'] - header['cells_missing']} of {header['cells']} filled"

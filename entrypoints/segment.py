@@ -1,8 +1,9 @@
 """`segment` entry point: one segmentation model x one training set (real / synth / hybrid)."""
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import SegmentConfig, with_profile
+from harness.schema import STAGE_SEGMENT
 
 
 @click.command("segment")
@@ -12,12 +13,8 @@ from harness.config import SegmentConfig, with_profile
 @user_errors
 def segment(profile, experiment, **given):
     from harness.downstream.segment import segment as run_segment
-    from harness.downstream.sets import DownstreamError
-    cfg = with_profile(SegmentConfig, "segment", profile, given)
-    try:
-        run_id = run_segment(cfg, experiment=experiment)
-    except DownstreamError as e:
-        raise UserError(str(e)) from e
+    cfg = with_profile(SegmentConfig, STAGE_SEGMENT, profile, given)
+    run_id = run_segment(cfg, experiment=experiment)
     click.echo(f"segment run {run_id}: {cfg.model} on {cfg.train_set}; model at runs:/{run_id}/model")
 
 

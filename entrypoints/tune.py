@@ -3,6 +3,7 @@ import click
 
 from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import TuneConfig, with_profile
+from harness.schema import STAGE_TUNE
 
 
 @click.command("tune")
@@ -12,7 +13,7 @@ from harness.config import TuneConfig, with_profile
 @user_errors
 def tune(profile, experiment, **given):
     from harness.tune import tune as run_tune
-    cfg = with_profile(TuneConfig, "tune", profile, given)
+    cfg = with_profile(TuneConfig, STAGE_TUNE, profile, given)
     run_id = run_tune(cfg, experiment=experiment)
     click.echo(f"tune run {run_id}: generate --settings-from-run {run_id} uses its best settings")
 

@@ -1,8 +1,8 @@
 """SkinDualGen harness: the library behind every MLproject entry point.
 
 Environment defaults that must be in place before torch / albumentations / mlflow are imported:
-- OMP_WAIT_POLICY=PASSIVE: PyTorch's spinning OpenMP threads were up to ~100x slower per op on
-  small shared CPUs (STACK-NOTES.md);
+- OMP_WAIT_POLICY=PASSIVE: PyTorch's spinning OpenMP threads were at times ~100x slower per op on
+  a shared 2-core machine (measured; passive waiting removed it);
 - NO_ALBUMENTATIONS_UPDATE, MLFLOW_DISABLE_TELEMETRY: no hidden network calls.
 Each is only a default: a value already in the environment wins.
 """

@@ -6,7 +6,11 @@ shows the whole configuration that produced it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+
+from harness.errors import ConfigError
+from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
+                            STAGE_SEGMENT, STAGE_TUNE)
 
 PROMPT_TEMPLATE = "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis"
 SEED = 42
@@ -167,7 +171,7 @@ class SegmentConfig:
 class RegisterConfig:
     name: str = "skindualgen"
     alias: str = "champion"
-    comparison: str = "real_train_vs_synth_train"
+    comparison: str = REAL_VS_SYNTH
 
 
 # Paper Sec. 3.4: the prompt GPT-4o-mini got for every image (with the image itself).
@@ -235,56 +239,52 @@ class ExplainConfig:
     seed: int = SEED                # the default image choice
 
 
-def field_names(cfg_cls) -> list[str]:
-    return [f.name for f in fields(cfg_cls)]
-
-
 __all__ = [
     "PROMPT_TEMPLATE", "SEED", "PrepareConfig", "DemoDataConfig", "FinetuneConfig", "GenerateConfig",
     "EvaluateConfig", "ClassifyConfig", "SegmentConfig",
-    "field_names", "field", "PROFILES", "with_profile",
+    "PROFILES", "with_profile",
 ]
 
 
 # `--profile demo` shrinks sizes and steps so a stage runs in minutes on 2 CPU cores; the method is
 # the same. An option given explicitly always wins over the profile.
 PROFILES: dict[str, dict[str, dict]] = {
-    "finetune": {
+    STAGE_FINETUNE: {
         "paper": {},
         "demo": {"base_model": "tiny", "resolution": 64, "max_train_steps": 300, "validation_epochs": 5,
                  "validation_steps": 20, "checkpointing_steps": 100},
     },
-    "generate": {
+    STAGE_GENERATE: {
         "paper": {},
         # guidance 5.0, not the paper's 1.22 (tuned by Optuna for SD2): the tiny base's classes are
         # recognised (CAS, 12 images per class) 0.71-0.75 of the time at 3.0 and 0.80-0.82 at 5.0 (README)
         "demo": {"resolution": 64, "per_class": 4, "guidance_scale": 5.0, "reference_profile": "demo"},
     },
-    "evaluate": {"paper": {}, "demo": {"lpips_pairs": 100, "reference_profile": "demo"}},
-    "tune": {"paper": {}, "demo": {"trials": 4, "per_class": 2, "resolution": 64, "steps_min": 10,
-                                    "steps_max": 45}},
+    STAGE_EVALUATE: {"paper": {}, "demo": {"lpips_pairs": 100, "reference_profile": "demo"}},
+    STAGE_TUNE: {"paper": {}, "demo": {"trials": 4, "per_class": 2, "resolution": 64, "steps_min": 10,
+                                      "steps_max": 45}},
     # downstream models train from scratch on the demo's 114 images (no pretrained weights offline): the
     # sizes, epochs and learning rates below are the cheapest measured to learn (real-only test accuracy
     # 88-94 %, Dice 91-96 % on 2 CPU cores; README "Demo budget"). SqueezeNet1.1 and Swin-T do not train
     # from scratch at 1e-3 (both stayed near the majority class), so they keep the paper's 1e-4.
-    "classify": {"paper": {}, "demo": {"image_size": 32, "epochs": 30, "learning_rate": 1e-3, "folds": 2,
-                                       "batch_size": 16, "val_every": 5, "per_model": {
-                                           "swin_tiny": {"learning_rate": 1e-4},
-                                           "squeezenet1_1": {"image_size": 64, "epochs": 60, "learning_rate": 1e-4}}}},
-    "segment": {"paper": {}, "demo": {"image_size": 32, "epochs": 6, "batch_size": 8}},
-    "explain": {"paper": {}, "demo": {}},
+    STAGE_CLASSIFY: {"paper": {}, "demo": {"image_size": 32, "epochs": 30, "learning_rate": 1e-3, "folds": 2,
+                                          "batch_size": 16, "val_every": 5, "per_model": {
+                                              "swin_tiny": {"learning_rate": 1e-4},
+                                              "squeezenet1_1": {"image_size": 64, "epochs": 60, "learning_rate": 1e-4}}}},
+    STAGE_SEGMENT: {"paper": {}, "demo": {"image_size": 32, "epochs": 6, "batch_size": 8}},
+    STAGE_EXPLAIN: {"paper": {}, "demo": {}},
 }
 
 
 # A profile value that gives way when one of these options is given: they choose another mode
 # (`generate --profile demo --balance` tops classes up instead of making the demo's 4 per class).
-PROFILE_YIELDS: dict[str, dict[str, tuple[str, ...]]] = {"generate": {"per_class": ("balance", "match_real")}}
+PROFILE_YIELDS: dict[str, dict[str, tuple[str, ...]]] = {STAGE_GENERATE: {"per_class": ("balance", "match_real")}}
 
 
 def with_profile(cfg_cls, stage: str, profile: str, given: dict):
     """Build a config: paper defaults, then the profile's values, then the options given (non-None)."""
     if profile not in PROFILES[stage]:
-        raise ValueError(f"unknown profile {profile!r}; choose {', '.join(PROFILES[stage])}")
+        raise ConfigError(f"unknown profile {profile!r}; choose {', '.join(PROFILES[stage])}")
     given = {k: v for k, v in given.items() if v is not None}
     profile_values = {k: v for k, v in PROFILES[stage][profile].items()
                       if not any(given.get(o) for o in PROFILE_YIELDS.get(stage, {}).get(k, ()))}

@@ -58,14 +58,12 @@ from harness.config import PROMPT_TEMPLATE, DescribeConfig, PrepareConfig
 from harness.data.layouts import load_dataset
 from harness.data.records import DataError, Sample
 from harness.data.splits import dataset_digest, train_test_split
+from harness.schema import TAG_DESCRIBE_MODE, TAG_DIGEST, TAG_DIGEST_AFTER, TAG_DIGEST_BEFORE
 
 log = logging.getLogger(__name__)
 
 DESCRIPTIONS_FILE = "descriptions.json"
 CACHE_FILE = "answers.jsonl"
-TAG_DIGEST_BEFORE = "skindualgen.dataset_digest_before"
-TAG_DIGEST_AFTER = "skindualgen.dataset_digest_after"
-TAG_MODE = "skindualgen.describe.mode"
 SOURCE_TEMPLATE = "template"
 SOURCE_DATASET = "dataset"           # an entry written by someone else (no "source" field)
 MAX_BACKOFF_S = 60.0
@@ -646,7 +644,7 @@ def _log_results(files: DescriptionFiles, samples: list[Sample], n_todo: int, st
         mlflow.log_dict(dict(sorted(failures.items())), "describe_failures.json")
     after = dataset_digest(train_test_split(load_dataset(files.root, files.layout), PrepareConfig.test_fraction,
                                             PrepareConfig.seed), shas)
-    mlflow.set_tags({TAG_DIGEST_BEFORE: digest_before, TAG_DIGEST_AFTER: after, tracking.TAG_DIGEST: after})
+    mlflow.set_tags({TAG_DIGEST_BEFORE: digest_before, TAG_DIGEST_AFTER: after, TAG_DIGEST: after})
 
 
 _DEMO_REFUSAL = ("the embedded demo dataset (--data-dir '') is a reproducible build that later stages check "
@@ -688,7 +686,7 @@ def describe(cfg: DescribeConfig, experiment: str | None = None, progress: bool 
     params = {**dataclasses.asdict(cfg), "llm_url": redact_url(cfg.llm_url, _Scrubber(key))}
     stats, failures = Stats(), {}
     with tracking.stage_run("describe", params, dataset_digest=prepared.digest, experiment=experiment,
-                            extra_tags={TAG_DIGEST_BEFORE: prepared.digest, TAG_MODE: mode}) as run:
+                            extra_tags={TAG_DIGEST_BEFORE: prepared.digest, TAG_DESCRIBE_MODE: mode}) as run:
         bar = tqdm(total=len(todo), desc=f"describe ({cfg.llm_model if cfg.llm_url else 'template'})",
                    unit="img", disable=not progress)
         try:

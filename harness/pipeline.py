@@ -33,6 +33,12 @@ import mlflow
 from harness import tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
                             GenerateConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
+from harness.errors import ConfigError, HarnessError
+from harness.schema import (
+    METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_MAIN,
+    STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_HOST, TAG_MLFLOW_PARENT_RUN, TAG_PID,
+    TAG_STEP_PREFIX, TRAIN_SETS,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,13 +56,12 @@ class PipelineConfig:
     seed: int = 42
 
 
-PAPER_MODELS = {"classify": ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"),
-                "segment": ("unet", "deeplabv3plus")}
-TRAIN_SETS = ("real", "synth", "hybrid")
+PAPER_MODELS = {STAGE_CLASSIFY: ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"),
+                STAGE_SEGMENT: ("unet", "deeplabv3plus")}
 
 
-class StepFailed(RuntimeError):
-    pass
+class StepFailed(HarnessError, RuntimeError):
+    """A child step ended FAILED (the message names it and its run; its own log says why)."""
 
 
 @dataclass
@@ -175,12 +180,12 @@ def run_graph(pipe: Pipeline, nodes: list[Node]) -> dict[str, mlflow.entities.Ru
             found = reusable(pipe, s)
             if found is not None:
                 pipe.log(f"[{s.name}] reused run {found.info.run_id}")
-                mlflow.set_tag(f"skindualgen.step.{s.name}", found.info.run_id)
+                mlflow.set_tag(TAG_STEP_PREFIX + s.name, found.info.run_id)
                 done[node.name] = found
                 continue
             submitted = launch(pipe, s, child_env(free[0], width))
-            client.set_tag(submitted.run_id, "mlflow.parentRunId", pipe.parent_id)
-            mlflow.set_tag(f"skindualgen.step.{s.name}", submitted.run_id)
+            client.set_tag(submitted.run_id, TAG_MLFLOW_PARENT_RUN, pipe.parent_id)
+            mlflow.set_tag(TAG_STEP_PREFIX + s.name, submitted.run_id)
             running[free[0]] = (node, s, submitted, time.perf_counter())
         if running:
             time.sleep(0.2)
@@ -228,12 +233,12 @@ def reap_killed_runs(experiment: str, log=print) -> list[str]:
 
     def dead(run) -> bool:
         tags = run.data.tags
-        pid = tags.get(tracking.TAG_PID, "")
-        return tags.get(tracking.TAG_HOST) == host and pid.isdigit() and not _alive(int(pid))
+        pid = tags.get(TAG_PID, "")
+        return tags.get(TAG_HOST) == host and pid.isdigit() and not _alive(int(pid))
 
     gone = {r.info.run_id for r in running if dead(r)}
-    gone |= {r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in gone
-             and not r.data.tags.get(tracking.TAG_PID)}
+    gone |= {r.info.run_id for r in running if r.data.tags.get(TAG_MLFLOW_PARENT_RUN) in gone
+             and not r.data.tags.get(TAG_PID)}
     client = mlflow.tracking.MlflowClient()
     for run_id in sorted(gone):
         client.set_terminated(run_id, "KILLED")
@@ -264,7 +269,7 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
         # the synthetic set has N_c images of class c, as many as the real training split: what
         # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
         ft_id = runs["finetune"].info.run_id
-        return step("generate", GenerateConfig, p, {
+        return step(STAGE_GENERATE, GenerateConfig, p, {
             "model_uri": f"runs:/{ft_id}/model", "match_real": True, "seed": cfg.seed,
             "output_dir": str(Path("outputs") / f"generate-{ft_id[:8]}-match-real")})
 
@@ -274,36 +279,36 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
             f"{stage}.{model}.{train_set}"), ("generate",))
 
     trainings = [training(stage, cfg_cls, model, train_set)
-                 for stage, cfg_cls in (("classify", ClassifyConfig), ("segment", SegmentConfig))
+                 for stage, cfg_cls in ((STAGE_CLASSIFY, ClassifyConfig), (STAGE_SEGMENT, SegmentConfig))
                  for model in PAPER_MODELS[stage] for train_set in TRAIN_SETS]
-    classifiers = PAPER_MODELS["classify"]
+    classifiers = PAPER_MODELS[STAGE_CLASSIFY]
 
     def explain(runs) -> Step:
-        return step("explain", ExplainConfig, p, {
+        return step(STAGE_EXPLAIN, ExplainConfig, p, {
             "real_run": ",".join(runs[f"classify.{m}.real"].info.run_id for m in classifiers),
             "hybrid_run": ",".join(runs[f"classify.{m}.hybrid"].info.run_id for m in classifiers),
             "seed": cfg.seed})
 
     report_params = {"ui_url": cfg.ui_url} if cfg.ui_url else {}
     return [
-        Node("prepare", lambda runs: Step("prepare", PrepareConfig(data_dir=cfg.data_dir, seed=cfg.seed),
+        Node("prepare", lambda runs: Step(STAGE_PREPARE, PrepareConfig(data_dir=cfg.data_dir, seed=cfg.seed),
                                           {k: str(v) for k, v in common.items() if v != ""})),
-        Node("finetune", lambda runs: step("finetune", FinetuneConfig, p, {**common, "base_model": cfg.base_model}),
+        Node("finetune", lambda runs: step(STAGE_FINETUNE, FinetuneConfig, p, {**common, "base_model": cfg.base_model}),
              ("prepare",)),
         # needs no generated set: it runs (and trains the CAS / consistency judges) beside the fine-tune
-        Node("evaluate.real_test", lambda runs: step("evaluate", EvaluateConfig, p,
-                                                     {"real": cfg.data_dir, "seed": cfg.seed}, "evaluate.real_test"),
+        Node("evaluate.real_test", lambda runs: step(STAGE_EVALUATE, EvaluateConfig, p,
+                                                          {"real": cfg.data_dir, "seed": cfg.seed}, "evaluate.real_test"),
              ("prepare",)),
         Node("generate", generate, ("finetune",)),
-        Node("evaluate.synth", lambda runs: step("evaluate", EvaluateConfig, p, {
+        Node("evaluate.synth", lambda runs: step(STAGE_EVALUATE, EvaluateConfig, p, {
             "real": cfg.data_dir, "fake": generated(runs), "seed": cfg.seed}, "evaluate.synth"), ("generate",)),
         # looks at the evaluations of now: never reused
-        Node("register", lambda runs: Step("register", RegisterConfig(), {}, reuse=False),
+        Node("register", lambda runs: Step(STAGE_REGISTER, RegisterConfig(), {}, reuse=False),
              ("evaluate.real_test", "evaluate.synth")),
         *trainings,
         Node("explain", explain, tuple(n.name for n in trainings if n.name.startswith("classify."))),
         # the report reads whatever runs exist now: never reused, it only reads MLflow
-        Node("report", lambda runs: Step("report", ReportConfig(**report_params), report_params, reuse=False),
+        Node("report", lambda runs: Step(STAGE_REPORT, ReportConfig(**report_params), report_params, reuse=False),
              ("register", "explain", *(n.name for n in trainings))),
     ]
 
@@ -312,13 +317,13 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
     experiment = tracking.setup(experiment)
     reap_killed_runs(experiment, log)
     if cfg.max_parallel < 1:
-        raise ValueError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
+        raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     t0 = time.perf_counter()
-    with tracking.stage_run("main", cfg, experiment=experiment) as parent:
+    with tracking.stage_run(STAGE_MAIN, cfg, experiment=experiment) as parent:
         pipe = Pipeline(cfg, experiment, parent.info.run_id, log)
         runs = run_graph(pipe, pipeline_nodes(cfg, eval_data))
-        mlflow.set_tag(tracking.TAG_DIGEST, runs["prepare"].data.tags.get(tracking.TAG_DIGEST, ""))
-        mlflow.log_metric("pipeline/seconds", time.perf_counter() - t0)
+        mlflow.set_tag(TAG_DIGEST, runs["prepare"].data.tags.get(TAG_DIGEST, ""))
+        mlflow.log_metric(METRIC_PIPELINE_SECONDS, time.perf_counter() - t0)
         log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pipe.parent_id})")
         return pipe.parent_id

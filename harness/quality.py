@@ -65,14 +65,20 @@ from tqdm.auto import tqdm
 
 from harness import tracking
 from harness.config import EvaluateConfig
+from harness.data.generated import generated_set
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError
 from harness.data.splits import dataset_digest
 from harness.data.validate import validate
+from harness.errors import ConfigError
+from harness.schema import (
+    METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, REAL_VS_REAL, REAL_VS_SYNTH, STAGE_EVALUATE, TAG_CAS_MODEL, TAG_COMPARABLE,
+    TAG_COMPARISON, TAG_CONSISTENCY_MODEL, TAG_DIGEST, TAG_EXTRACTOR, TAG_EXTRACTOR_SHA256, TAG_FAKE_DIGEST,
+    TAG_FAKE_SPLIT, TAG_FAKE_STATS_CACHE, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET, TAG_REAL_DIGEST,
+    TAG_REAL_SPLIT, TAG_REAL_STATS_CACHE,
+)
 
-REAL_VS_REAL = "real_train_vs_real_test"
-REAL_VS_SYNTH = "real_train_vs_synth_train"
 FALLBACK_SEED = 0
 FEATURE_LAYER = "2048"
 CACHE_VERSION = 1
@@ -81,15 +87,6 @@ MSSSIM_WIN = 11
 NOT_COMPARABLE = ("NOT comparable with published FID/LPIPS: standard weights not found, using the "
                   "seeded random fallback extractor(s) {ids}. Pass --fid-weights PATH / put the files "
                   "in {hub} for standard numbers.")
-
-TAG_COMPARISON = "comparison"
-TAG_REAL_DIGEST = "skindualgen.real_digest"
-TAG_FAKE_DIGEST = "skindualgen.fake_digest"
-TAG_EXTRACTOR = "skindualgen.feature_extractor"
-TAG_LPIPS_NET = "skindualgen.lpips_net"
-TAG_COMPARABLE = "skindualgen.metrics_comparable"
-TAG_GENERATE_RUN = "skindualgen.generate_run_id"
-TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,13 +263,6 @@ def frechet_distance(stats_1: dict, stats_2: dict) -> float:
     return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
 
 
-def fid(extractor: FidExtractor, paths_1: list[Path], paths_2: list[Path], batch_size: int = 32,
-        progress: bool = True) -> float:
-    """FID between two lists of image files (no cache)."""
-    return frechet_distance(feature_statistics(extract_features(extractor, paths_1, batch_size, progress)),
-                            feature_statistics(extract_features(extractor, paths_2, batch_size, progress)))
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")
 
@@ -381,16 +371,16 @@ def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int,
     """LPIPS and MS-SSIM means (and standard deviations) over the seeded random pairs."""
     i, j = sample_pairs(len(real_paths), len(fake_paths), n_pairs, seed)
     ui, uj = np.unique(i), np.unique(j)
-    out: dict[str, list] = {"lpips": [], "ms_ssim": []}
-    for name, size in (("lpips", lpips_size), ("ms_ssim", msssim_size)):
+    out: dict[str, list] = {METRIC_LPIPS: [], METRIC_MS_SSIM: []}
+    for name, size in ((METRIC_LPIPS, lpips_size), (METRIC_MS_SSIM, msssim_size)):
         real = dict(zip(ui.tolist(), load_resized([real_paths[k] for k in ui], size)))
         fake = dict(zip(uj.tolist(), load_resized([fake_paths[k] for k in uj], size)))
         for start in tqdm(range(0, len(i), batch_size), desc=name, disable=not progress, leave=False):
             a = np.stack([real[k] for k in i[start:start + batch_size]])
             b = np.stack([fake[k] for k in j[start:start + batch_size]])
-            out[name].append(lpips_distance(lpips_net, a, b) if name == "lpips" else ms_ssim_score(a, b))
-    lp, ms = np.concatenate(out["lpips"]), np.concatenate(out["ms_ssim"])
-    return {"lpips": float(lp.mean()), "lpips_std": float(lp.std()), "ms_ssim": float(ms.mean()),
+            out[name].append(lpips_distance(lpips_net, a, b) if name == METRIC_LPIPS else ms_ssim_score(a, b))
+    lp, ms = np.concatenate(out[METRIC_LPIPS]), np.concatenate(out[METRIC_MS_SSIM])
+    return {METRIC_LPIPS: float(lp.mean()), "lpips_std": float(lp.std()), METRIC_MS_SSIM: float(ms.mean()),
             "ms_ssim_std": float(ms.std()), "n_pairs": len(i)}
 
 
@@ -414,14 +404,14 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: boo
         clf = reference_classifier(prepared, cfg.cas_model, cfg.reference_profile, cfg.reference_cache_dir,
                                    cfg.seed, progress)
         out.update(cas(clf, fake.samples))
-        tracking.tag_reference(tracking.TAG_CAS_MODEL, clf)
+        tracking.tag_reference(TAG_CAS_MODEL, clf)
     with_mask = [s for s in fake.samples if s.mask is not None]
     if cfg.consistency_model and with_mask:
         seg = reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
                                   cfg.seed, progress)
         scores, _ = mask_consistency(seg, with_mask)
         out.update(scores)
-        tracking.tag_reference(tracking.TAG_CONSISTENCY_MODEL, seg)
+        tracking.tag_reference(TAG_CONSISTENCY_MODEL, seg)
     return out
 
 
@@ -431,7 +421,6 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: boo
 
 def resolve_fake(spec: str) -> tuple[Path, dict[str, str], mlflow.entities.Run | None]:
     """A dataset folder / manifest, or `runs:/<generate run id>` -> (path, lineage tags, the run)."""
-    from harness.dualgen.generate import generated_set
     path, run = generated_set(spec)
     if run is None:
         return path, {}, None
@@ -461,17 +450,17 @@ def real_split(prepared: Prepared, split: str) -> ImageSet:
 def resolve_comparison(cfg: EvaluateConfig) -> str:
     implied = REAL_VS_SYNTH if cfg.fake else REAL_VS_REAL
     if cfg.comparison in (REAL_VS_REAL, REAL_VS_SYNTH) and cfg.comparison != implied:
-        raise ValueError(f"--comparison {cfg.comparison} does not match --fake {cfg.fake!r} "
+        raise ConfigError(f"--comparison {cfg.comparison} does not match --fake {cfg.fake!r} "
                          f"(that is {implied}: fake '' = the real test split)")
     return cfg.comparison or implied
 
 
 def check_config(cfg: EvaluateConfig) -> None:
     if cfg.msssim_size <= (MSSSIM_WIN - 1) * 16:
-        raise ValueError(f"msssim_size must be > {(MSSSIM_WIN - 1) * 16} (MS-SSIM's 11-px window over 5 "
+        raise ConfigError(f"msssim_size must be > {(MSSSIM_WIN - 1) * 16} (MS-SSIM's 11-px window over 5 "
                          f"scales), got {cfg.msssim_size}")
     if cfg.lpips_size < 32 or cfg.lpips_pairs < 1 or cfg.batch_size < 1:
-        raise ValueError("lpips_size must be >= 32, lpips_pairs and batch_size >= 1")
+        raise ConfigError("lpips_size must be >= 32, lpips_pairs and batch_size >= 1")
 
 
 def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool = True) -> str:
@@ -486,7 +475,7 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
     if cfg.fake:
         fake_path, lineage, gen_run = resolve_fake(cfg.fake)
         fake = load_fake_set(fake_path, progress)
-        trained_on = gen_run.data.tags.get(tracking.TAG_DIGEST) if gen_run else None
+        trained_on = gen_run.data.tags.get(TAG_DIGEST) if gen_run else None
         if trained_on and trained_on != prepared.digest:
             print(f"warning: the generated set's model was trained on dataset digest {trained_on}, but the "
                   f"real set here has digest {prepared.digest} (other data, split or seed)", file=sys.stderr)
@@ -501,31 +490,28 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
     lpips_net = build_lpips()
     comparable = warn_if_fallback(extractor, lpips_net)
     tags = {TAG_COMPARISON: comparison, TAG_REAL_DIGEST: real.digest, TAG_FAKE_DIGEST: fake.digest,
-            "skindualgen.real_split": real.split, "skindualgen.fake_split": fake.split,
+            TAG_REAL_SPLIT: real.split, TAG_FAKE_SPLIT: fake.split,
             TAG_EXTRACTOR: extractor.id,
-            "skindualgen.feature_extractor_sha256": extractor.weights_sha256[:16],
+            TAG_EXTRACTOR_SHA256: extractor.weights_sha256[:16],
             TAG_LPIPS_NET: lpips_net.id, TAG_COMPARABLE: str(comparable).lower(), **lineage}
-    with tracking.stage_run("evaluate", cfg, prepared.digest, experiment,
+    with tracking.stage_run(STAGE_EVALUATE, cfg, prepared.digest, experiment,
                             run_name=f"evaluate-{comparison}", extra_tags=tags) as run:
         log_dataset_input(prepared, context="evaluate")
         real_stats, real_hit = set_statistics(real, extractor, cfg.cache_dir, cfg.batch_size, progress)
         fake_stats, fake_hit = set_statistics(fake, extractor, cfg.cache_dir, cfg.batch_size, progress)
-        metrics = {"fid": frechet_distance(real_stats, fake_stats)}
+        metrics = {METRIC_FID: frechet_distance(real_stats, fake_stats)}
         metrics.update(paired_metrics(real.paths, fake.paths, cfg.lpips_pairs, cfg.seed, lpips_net,
                                       cfg.lpips_size, cfg.msssim_size, cfg.batch_size, progress))
         metrics.update({"n_real": len(real), "n_fake": len(fake)})
         metrics.update(judge(prepared, fake, cfg, progress))
         fake_cache = "hit" if fake_hit else ("miss" if fake.cacheable else "off")
-        mlflow.set_tags({"skindualgen.real_stats_cache": "hit" if real_hit else "miss",
-                         "skindualgen.fake_stats_cache": fake_cache})
+        mlflow.set_tags({TAG_REAL_STATS_CACHE: "hit" if real_hit else "miss", TAG_FAKE_STATS_CACHE: fake_cache})
         mlflow.log_metrics(metrics)
         return run.info.run_id
 
 
 __all__ = [
     "FALLBACK_SEED",
-    "REAL_VS_REAL",
-    "REAL_VS_SYNTH",
     "FidExtractor",
     "ImageSet",
     "LpipsNet",
@@ -534,7 +520,6 @@ __all__ = [
     "evaluate",
     "extract_features",
     "feature_statistics",
-    "fid",
     "frechet_distance",
     "load_fake_set",
     "load_resized",

@@ -14,15 +14,17 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.config import RegisterConfig
-
-SYNTH_COMPARISON = "real_train_vs_synth_train"
-
-
-class RegistryError(ValueError):
-    pass
+from harness.errors import HarnessError
+from harness.schema import (METRIC_FID, REAL_VS_SYNTH, STAGE_EVALUATE, STAGE_REGISTER, TAG_ALIAS, TAG_BASE_MODEL,
+                            TAG_BASE_REVISION, TAG_COMPARISON, TAG_DIGEST, TAG_EXTRACTOR, TAG_FINETUNE_RUN,
+                            TAG_GENERATE_RUN, TAG_REGISTERED, TAG_REUSED_VERSION, TAG_STAGE)
 
 
-def candidates(experiment: str | None, comparison: str = SYNTH_COMPARISON) -> list[mlflow.entities.Run]:
+class RegistryError(HarnessError, ValueError):
+    """No candidate to register (no FINISHED evaluate run linked to a finetune run), or no experiment."""
+
+
+def candidates(experiment: str | None, comparison: str = REAL_VS_SYNTH) -> list[mlflow.entities.Run]:
     """The newest evaluate run per finetune run, lowest FID first. FIDs from different feature
     extractors (standard Inception weights vs the offline fallback) are on different scales and are
     never ranked together: standard ones win if any exist, else those of the newest run's extractor."""
@@ -32,18 +34,18 @@ def candidates(experiment: str | None, comparison: str = SYNTH_COMPARISON) -> li
         raise RegistryError(f"experiment {name!r} does not exist")
     runs = mlflow.search_runs(
         [exp.experiment_id], output_format="list", order_by=["attributes.start_time DESC"],
-        filter_string=(f"tags.`{tracking.TAG_STAGE}` = 'evaluate' and tags.comparison = '{comparison}' "
+        filter_string=(f"tags.`{TAG_STAGE}` = '{STAGE_EVALUATE}' and tags.`{TAG_COMPARISON}` = '{comparison}' "
                        "and attributes.status = 'FINISHED'"))
     newest: dict[str, mlflow.entities.Run] = {}
     for run in runs:
-        ft = run.data.tags.get("skindualgen.finetune_run_id")
-        if ft and "fid" in run.data.metrics and ft not in newest:
+        ft = run.data.tags.get(TAG_FINETUNE_RUN)
+        if ft and METRIC_FID in run.data.metrics and ft not in newest:
             newest[ft] = run
-    extractor = lambda r: r.data.tags.get("skindualgen.feature_extractor", "")   # noqa: E731
+    extractor = lambda r: r.data.tags.get(TAG_EXTRACTOR, "")   # noqa: E731
     found = list(newest.values())
     standard = [r for r in found if extractor(r).startswith("standard:")]
     keep = extractor(standard[0]) if standard else (extractor(found[0]) if found else "")
-    return sorted((r for r in found if extractor(r) == keep), key=lambda r: r.data.metrics["fid"])
+    return sorted((r for r in found if extractor(r) == keep), key=lambda r: r.data.metrics[METRIC_FID])
 
 
 def register_best(cfg: RegisterConfig, experiment: str | None = None) -> tuple[str, str]:
@@ -53,20 +55,20 @@ def register_best(cfg: RegisterConfig, experiment: str | None = None) -> tuple[s
         raise RegistryError(f"no FINISHED evaluate run with comparison {cfg.comparison!r} linked to a finetune "
                             "run in this experiment: run finetune -> generate -> evaluate first")
     best = ranked[0]
-    ft_id = best.data.tags["skindualgen.finetune_run_id"]
+    ft_id = best.data.tags[TAG_FINETUNE_RUN]
     ft = mlflow.get_run(ft_id)
     client = MlflowClient()
     lineage = {
         "finetune_run_id": ft_id,
-        "generate_run_id": best.data.tags.get("skindualgen.generate_run_id", ""),
+        "generate_run_id": best.data.tags.get(TAG_GENERATE_RUN, ""),
         "evaluate_run_id": best.info.run_id,
-        "dataset_digest": ft.data.tags.get(tracking.TAG_DIGEST, ""),
-        "fid": f"{best.data.metrics['fid']:.6g}",
-        "base_model": ft.data.tags.get("skindualgen.base_model", ""),
-        "base_revision": ft.data.tags.get("skindualgen.base_revision", ""),
-        "feature_extractor": best.data.tags.get("skindualgen.feature_extractor", ""),
+        "dataset_digest": ft.data.tags.get(TAG_DIGEST, ""),
+        "fid": f"{best.data.metrics[METRIC_FID]:.6g}",
+        "base_model": ft.data.tags.get(TAG_BASE_MODEL, ""),
+        "base_revision": ft.data.tags.get(TAG_BASE_REVISION, ""),
+        "feature_extractor": best.data.tags.get(TAG_EXTRACTOR, ""),
     }
-    with tracking.stage_run("register", cfg, lineage["dataset_digest"], experiment) as run:
+    with tracking.stage_run(STAGE_REGISTER, cfg, lineage["dataset_digest"], experiment) as run:
         existing = [v for v in client.search_model_versions(f"name='{cfg.name}'") if v.run_id == ft_id] \
             if _exists(client, cfg.name) else []
         if existing:
@@ -83,11 +85,11 @@ def register_best(cfg: RegisterConfig, experiment: str | None = None) -> tuple[s
         client.update_model_version(cfg.name, version, description=(
             f"finetune run {ft_id} on dataset {lineage['dataset_digest']} (base {lineage['base_model']} @ "
             f"{lineage['base_revision'][:12]}); FID {lineage['fid']} in evaluate run {best.info.run_id}"))
-        mlflow.set_tags({"skindualgen.registered": f"{cfg.name}/{version}", "skindualgen.alias": cfg.alias,
-                         "skindualgen.finetune_run_id": ft_id, "skindualgen.reused_version": str(bool(existing))})
-        mlflow.log_metrics({"fid": best.data.metrics["fid"], "n_candidates": len(ranked)})
-        mlflow.log_dict({"ranking": [{"finetune_run_id": r.data.tags["skindualgen.finetune_run_id"],
-                                      "evaluate_run_id": r.info.run_id, "fid": r.data.metrics["fid"]}
+        mlflow.set_tags({TAG_REGISTERED: f"{cfg.name}/{version}", TAG_ALIAS: cfg.alias, TAG_FINETUNE_RUN: ft_id,
+                         TAG_REUSED_VERSION: str(bool(existing))})
+        mlflow.log_metrics({METRIC_FID: best.data.metrics[METRIC_FID], "n_candidates": len(ranked)})
+        mlflow.log_dict({"ranking": [{"finetune_run_id": r.data.tags[TAG_FINETUNE_RUN],
+                                      "evaluate_run_id": r.info.run_id, "fid": r.data.metrics[METRIC_FID]}
                                      for r in ranked]}, "ranking.json")
         del run
     return str(version), ft_id

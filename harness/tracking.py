@@ -24,18 +24,13 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.entities import RunStatus
 
+from harness.schema import (
+    CACHED_SUFFIX, STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
+    STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST,
+    TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID, TAG_STAGE,
+)
+
 DEFAULT_EXPERIMENT = "skindualgen"
-TAG_STAGE = "skindualgen.stage"
-TAG_DIGEST = "skindualgen.dataset_digest"
-TAG_CODE = "skindualgen.code_version"
-TAG_LIB_PREFIX = "skindualgen.lib."
-TAG_HOST = "skindualgen.host"      # where the stage's process ran and its pid: `main` marks the runs of a
-TAG_PID = "skindualgen.pid"        # process that is gone KILLED (pipeline.reap_killed_runs)
-# the cache keys of the reference models that judged a run (evaluate; generate --min-consistency), and
-# whether they came from the cache (TAG_* + CACHED_SUFFIX)
-TAG_CAS_MODEL = "skindualgen.cas_model"
-TAG_CONSISTENCY_MODEL = "skindualgen.consistency_model"
-CACHED_SUFFIX = "_cached"
 TRACKED_LIBRARIES = (
     "torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "mlflow", "timm",
     "segmentation-models-pytorch", "torch-fidelity", "lpips", "pytorch-msssim", "MedPy",
@@ -43,27 +38,26 @@ TRACKED_LIBRARIES = (
 )
 
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}   # the UI's model-training view
+EXPERIMENT_KIND = {TAG_MLFLOW_EXPERIMENT_KIND: "custom_model_development"}   # the UI's model-training view
 EXPERIMENT_DESCRIPTION = (
     "SkinDualGen reproduction: Stable Diffusion 2 fine-tuned with LoRA to generate a skin-lesion image and its "
     "mask from one prompt; the synthetic pairs augment real data for classifiers and segmenters (paper "
     "Tables 1-3). Filter one step with `tags.skindualgen.stage = '<stage>'`; a `main` run's children are "
     "nested under it; the `report` run holds the tables.")
 STAGE_DESCRIPTIONS = {
-    "main": "The whole paper pipeline; every step is a child run (reused when an identical FINISHED run exists).",
-    "prepare": "Validated dataset, fixed stratified train/test split and manifest; its digest names the data.",
-    "describe": "Clinical descriptions of the images (LLM endpoint or template), paper Sec. 3.4.",
-    "finetune": "LoRA fine-tune of the 4-channel (image + mask) SD2 model: diffusion MSE + mask BCE + Dice.",
-    "generate": "Synthetic image-mask pairs from one prompt per class; manifest with seeds.",
-    "evaluate": "Table 1: FID, LPIPS, MS-SSIM of the real train split vs a second set (+ CAS, mask consistency).",
-    "register": "The lowest-FID fine-tuned model registered as a version with lineage; alias points at it.",
-    "tune": "Optuna search of the generation settings (steps, guidance) by FID; one nested run per trial.",
-    "classify": "Table 2/3: one classifier on one training set (real / synth / hybrid), k-fold CV, macro metrics.",
-    "segment": "Table 2/3: one segmenter on one training set (real / synth / hybrid); Dice, IoU, ASD, HD.",
-    "explain": "Figure 3: GradCAM, Saliency, Occlusion of the real-only vs hybrid classifiers.",
-    "report": "Tables 1-3, Figures 2-3 and the Claims rebuilt from the runs, the paper's values beside ours.",
+    STAGE_MAIN: "The whole paper pipeline; every step is a child run (reused when an identical FINISHED run exists).",
+    STAGE_PREPARE: "Validated dataset, fixed stratified train/test split and manifest; its digest names the data.",
+    STAGE_DESCRIBE: "Clinical descriptions of the images (LLM endpoint or template), paper Sec. 3.4.",
+    STAGE_FINETUNE: "LoRA fine-tune of the 4-channel (image + mask) SD2 model: diffusion MSE + mask BCE + Dice.",
+    STAGE_GENERATE: "Synthetic image-mask pairs from one prompt per class; manifest with seeds.",
+    STAGE_EVALUATE: "Table 1: FID, LPIPS, MS-SSIM of the real train split vs a second set (+ CAS, mask consistency).",
+    STAGE_REGISTER: "The lowest-FID fine-tuned model registered as a version with lineage; alias points at it.",
+    STAGE_TUNE: "Optuna search of the generation settings (steps, guidance) by FID; one nested run per trial.",
+    STAGE_CLASSIFY: "Table 2/3: one classifier on one training set (real / synth / hybrid), k-fold CV, macro metrics.",
+    STAGE_SEGMENT: "Table 2/3: one segmenter on one training set (real / synth / hybrid); Dice, IoU, ASD, HD.",
+    STAGE_EXPLAIN: "Figure 3: GradCAM, Saliency, Occlusion of the real-only vs hybrid classifiers.",
+    STAGE_REPORT: "Tables 1-3, Figures 2-3 and the Claims rebuilt from the runs, the paper's values beside ours.",
 }
-TAG_DESCRIPTION = "mlflow.note.content"      # the run's (or experiment's) description in the UI
 
 
 def tracking_uri() -> str:
@@ -90,7 +84,7 @@ def setup(experiment: str | None = None) -> str:
 def describe_experiment(exp) -> None:
     """Open the experiment in the UI's model-training view, with a description (only what is missing)."""
     client = mlflow.tracking.MlflowClient()
-    wanted = {**EXPERIMENT_KIND, TAG_DESCRIPTION: EXPERIMENT_DESCRIPTION}
+    wanted = {**EXPERIMENT_KIND, TAG_MLFLOW_NOTE: EXPERIMENT_DESCRIPTION}
     for key, value in wanted.items():
         if key not in (exp.tags or {}):
             client.set_experiment_tag(exp.experiment_id, key, value)
@@ -146,7 +140,7 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
     """
     setup(experiment)
     with mlflow.start_run(run_name=run_name or stage, nested=nested) as run:
-        description = {TAG_DESCRIPTION: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
+        description = {TAG_MLFLOW_NOTE: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
         mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
         log_config(run.info.run_id, config_params(config))
         yield run

@@ -27,9 +27,11 @@ from harness.data.prepare import load_prepared
 from harness.dualgen.generate import resolve_model_uri
 from harness.dualgen.mlflow_model import model_folder
 from harness.dualgen.pipeline import DualGenPipeline
-from harness.dualgen.train import TRAINING_JSON
 from harness.quality import (build_fid_extractor, extract_features, feature_statistics, frechet_distance,
                              real_split, set_statistics, warn_if_fallback)
+from harness.schema import (METRIC_FID, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_TUNE, STAGE_TUNE_TRIAL,
+                            TAG_BEST_TRIAL_RUN, TAG_CODE, TAG_DIGEST, TAG_EXTRACTOR, TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL,
+                            TAG_STAGE, TRAINING_JSON)
 
 
 def study_name(cfg: TuneConfig, digest: str) -> str:
@@ -56,15 +58,14 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
     storage = cfg.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
     name = study_name(cfg, prepared.digest)
 
-    with tracking.stage_run("tune", cfg, prepared.digest, experiment,
-                            extra_tags={**lineage, "skindualgen.feature_extractor": extractor.id,
-                                        "skindualgen.optuna_study": name}) as parent:
+    with tracking.stage_run(STAGE_TUNE, cfg, prepared.digest, experiment,
+                            extra_tags={**lineage, TAG_EXTRACTOR: extractor.id, TAG_OPTUNA_STUDY: name}) as parent:
         def objective(trial: optuna.Trial) -> float:
             steps = trial.suggest_int("num_inference_steps", cfg.steps_min, cfg.steps_max)
             guidance = trial.suggest_float("guidance_scale", cfg.guidance_min, cfg.guidance_max)
             with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) as child:
-                mlflow.set_tags({tracking.TAG_STAGE: "tune-trial", tracking.TAG_CODE: tracking.code_version(),
-                                 tracking.TAG_DIGEST: prepared.digest, "skindualgen.optuna_trial": str(trial.number)})
+                mlflow.set_tags({TAG_STAGE: STAGE_TUNE_TRIAL, TAG_CODE: tracking.code_version(),
+                                 TAG_DIGEST: prepared.digest, TAG_OPTUNA_TRIAL: str(trial.number)})
                 mlflow.log_params({"num_inference_steps": steps, "guidance_scale": guidance})
                 pairs = pipe(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance,
                              height=cfg.resolution, width=cfg.resolution, batch_size=cfg.batch_size, progress=False)
@@ -75,7 +76,7 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
                         image.save(paths[-1])
                     stats = feature_statistics(extract_features(extractor, paths, progress=False))
                 value = frechet_distance(real_stats, stats)
-                mlflow.log_metric("fid", value)
+                mlflow.log_metric(METRIC_FID, value)
                 trial.set_user_attr("mlflow_run_id", child.info.run_id)
             return value
 
@@ -86,8 +87,8 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=todo, show_progress_bar=progress)
         best = study.best_trial
-        mlflow.log_params({"best_num_inference_steps": best.params["num_inference_steps"],
-                           "best_guidance_scale": best.params["guidance_scale"]})
+        mlflow.log_params({PARAM_BEST_STEPS: best.params["num_inference_steps"],
+                           PARAM_BEST_GUIDANCE: best.params["guidance_scale"]})
         mlflow.log_metrics({"best_fid": best.value, "n_trials": len(study.trials), "n_trials_this_run": todo})
-        mlflow.set_tag("skindualgen.best_trial_run_id", best.user_attrs.get("mlflow_run_id", ""))
+        mlflow.set_tag(TAG_BEST_TRIAL_RUN, best.user_attrs.get("mlflow_run_id", ""))
         return parent.info.run_id

@@ -1,7 +1,7 @@
 """Shared fixtures: a real sqlite MLflow store in a tmp dir, and small datasets on disk.
 
-Environment is fixed before torch is imported: 1 OpenMP thread, passive waiting (STACK-NOTES.md),
-and no hub access at all.
+Environment is fixed before torch is imported: 1 OpenMP thread and passive waiting (2 spinning threads
+on 2 shared cores were at times ~100x slower per op), and no hub access at all.
 """
 import os
 

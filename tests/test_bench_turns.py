@@ -1,9 +1,12 @@
 """The turn-taking used by the tracking benchmark (bench/run.py): threads run one step at a time, in
-turn, and a failing thread never leaves the others waiting. No timings are asserted."""
+turn, and a failing thread never leaves the others waiting. No timings are asserted. Also: a
+benchmark's temporary MLflow store does not outlive it."""
+import os
 import threading
 
 import pytest
 
+from bench.gpu import tracking_store
 from bench.run import TakeTurns
 
 
@@ -65,3 +68,15 @@ def test_close_hook_runs_once_when_every_thread_has_finished():
     for t in threads:
         t.join(60)
     assert calls == [2]
+
+
+@pytest.mark.parametrize("before", [None, "http://server:5000"])
+def test_tracking_store_restores_the_environment(before, monkeypatch):
+    if before is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", before)
+    with pytest.raises(KeyError), tracking_store("/tmp/bench"):
+        assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/bench/m.db"
+        raise KeyError("a benchmark failed")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

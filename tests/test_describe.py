@@ -32,6 +32,7 @@ from harness.describe import (
     required_prefix,
     template_description,
 )
+from harness.schema import TAG_DIGEST, TAG_DIGEST_AFTER, TAG_DIGEST_BEFORE
 
 KEY_ENV = "SKD_TEST_LLM_KEY"
 MODEL = "gpt-4o-mini"
@@ -266,8 +267,8 @@ def test_fills_all_with_retries_then_second_run_is_free(data, llm, key, experime
     run = mlflow.get_run(run1)
     assert run.data.params["llm_url"] == llm.url and run.data.params["llm_model"] == MODEL
     assert "Analyze this {class_name} dermatology image" in run.data.params["prompt"]
-    assert run.data.tags["skindualgen.dataset_digest_before"] != run.data.tags["skindualgen.dataset_digest_after"]
-    assert run.data.tags["skindualgen.dataset_digest"] == run.data.tags["skindualgen.dataset_digest_after"]
+    assert run.data.tags[TAG_DIGEST_BEFORE] != run.data.tags[TAG_DIGEST_AFTER]
+    assert run.data.tags[TAG_DIGEST] == run.data.tags[TAG_DIGEST_AFTER]
     assert mlflow.artifacts.load_dict(f"runs:/{run1}/descriptions.json") == desc
     assert len((tmp_path / "cache" / CACHE_FILE).read_text().splitlines()) == n
 
@@ -280,7 +281,7 @@ def test_fills_all_with_retries_then_second_run_is_free(data, llm, key, experime
     assert m2["described/cache"] == n and m2["requests"] == 0 and m2["prompt_tokens"] == 0
     assert (data / "descriptions.json").read_bytes() == before
     tags = mlflow.get_run(run2).data.tags
-    assert tags["skindualgen.dataset_digest_before"] == tags["skindualgen.dataset_digest_after"]
+    assert tags[TAG_DIGEST_BEFORE] == tags[TAG_DIGEST_AFTER]
     assert_no_key(key, experiment, tmp_path, mlflow_store, caplog, capfd)
 
 

@@ -25,6 +25,10 @@ from harness.data.prepare import load_prepared
 from harness.downstream import classify as classify_mod
 from harness.downstream import segment as segment_mod
 from harness.downstream.sets import DownstreamError, build_training_set, load_synthetic, map_to_classes
+from harness.schema import (
+    STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, STAGE_SEGMENT, TAG_FOLD, TAG_MLFLOW_PARENT_RUN, TAG_MLFLOW_RUN_NAME,
+    TAG_OUTPUT_DIR, TAG_STAGE, TAG_SYNTH_RUN,
+)
 
 TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
 
@@ -129,13 +133,13 @@ def test_training_set_errors(real_dir, synth_csv, tmp_path):
 def test_synthetic_set_from_a_generate_run(synth_csv, experiment):
     tracking.setup(experiment)
     with mlflow.start_run() as gen:
-        mlflow.set_tag("skindualgen.output_dir", str(synth_csv.parent / "generated"))
+        mlflow.set_tag(TAG_OUTPUT_DIR, str(synth_csv.parent / "generated"))
     with mlflow.start_run() as other:
         pass
     dataset, tags = load_synthetic(f"runs:/{gen.info.run_id}")
     assert len(dataset) == 42 and all(s.id.startswith("synth:") and s.split == "train" for s in dataset.samples)
-    assert tags["skindualgen.synth_run_id"] == gen.info.run_id
-    with pytest.raises(DownstreamError, match="has no tag skindualgen.output_dir.*give a FINISHED generate run"):
+    assert tags[TAG_SYNTH_RUN] == gen.info.run_id
+    with pytest.raises(DownstreamError, match=f"has no tag {TAG_OUTPUT_DIR}.*give a FINISHED generate run"):
         load_synthetic(f"runs:/{other.info.run_id}")
 
 
@@ -180,10 +184,10 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
         "--experiment", experiment])
     assert result.exit_code == 0, result.output
     runs = runs_of(experiment)
-    [parent] = [r for r in runs if r.data.tags[tracking.TAG_STAGE] == "classify"]
-    folds = [r for r in runs if r.data.tags[tracking.TAG_STAGE] == "classify-fold"]
+    [parent] = [r for r in runs if r.data.tags[TAG_STAGE] == STAGE_CLASSIFY]
+    folds = [r for r in runs if r.data.tags[TAG_STAGE] == STAGE_CLASSIFY_FOLD]
     assert parent.info.status == "FINISHED" and len(folds) == 2
-    assert all(f.info.status == "FINISHED" and f.data.tags["mlflow.parentRunId"] == parent.info.run_id for f in folds)
+    assert all(f.info.status == "FINISHED" and f.data.tags[TAG_MLFLOW_PARENT_RUN] == parent.info.run_id for f in folds)
     m = parent.data.metrics
     for key in ("accuracy", "sensitivity", "precision", "f1"):
         for name in (key, f"{key}_std", f"ham_{key}", f"ham_{key}_std", f"val/{key}"):
@@ -202,7 +206,7 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
             assert m[prefix + key] == pytest.approx(scores[key].mean(), abs=1e-9)
             assert m[prefix + key + "_std"] == pytest.approx(scores[key].std(ddof=0), abs=1e-9)
         for f in folds:
-            k = int(f.data.tags["skindualgen.fold"])
+            k = int(f.data.tags[TAG_FOLD])
             assert f.data.metrics[prefix + "f1"] == pytest.approx(scores["f1"][k], abs=1e-9)
     for name in ("confusion_test.png", "confusion_ham.png", "train_set.json", "eval_sets.json"):
         assert artifact(rid, name).is_file()
@@ -258,11 +262,11 @@ def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypa
     cfg = ClassifyConfig(data_dir=str(real_dir), model="squeezenet1_1", folds=2, **TINY)
     with pytest.raises(RuntimeError, match="simulated crash"):
         classify_mod.classify(cfg, experiment=experiment, progress=False)
-    runs = {r.data.tags["mlflow.runName"]: r for r in runs_of(experiment)}
-    parent = next(r for r in runs.values() if r.data.tags[tracking.TAG_STAGE] == "classify")
+    runs = {r.data.tags[TAG_MLFLOW_RUN_NAME]: r for r in runs_of(experiment)}
+    parent = next(r for r in runs.values() if r.data.tags[TAG_STAGE] == STAGE_CLASSIFY)
     assert parent.info.status == "FAILED" and "accuracy" not in parent.data.metrics
     assert runs["squeezenet1_1 real fold 1"].info.status == "FAILED"
-    assert not [r for r in runs.values() if r.data.tags[tracking.TAG_STAGE] == "classify"
+    assert not [r for r in runs.values() if r.data.tags[TAG_STAGE] == STAGE_CLASSIFY
                 and r.info.status == "FINISHED"]
 
 
@@ -288,7 +292,7 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     assert result.exit_code == 0, result.output
     [run] = runs_of(experiment)
     m = run.data.metrics
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_STAGE] == "segment"
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_STAGE] == STAGE_SEGMENT
     for key in ("dice", "iou", "asd", "hd", "n_empty_pred", "n_empty_gt"):
         assert key in m and f"ham_{key}" in m
     assert m["ham_n"] == 30 and m["n_test"] == 7 and "ham_n_excluded" not in m

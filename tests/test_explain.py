@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from entrypoints.explain import explain as explain_command
-from harness import tracking
 from harness.config import ClassifyConfig, ExplainConfig
 from harness.data.augment import load_pair
 from harness.data.layouts import load_dataset
@@ -24,6 +23,7 @@ from harness.downstream import classify as classify_mod
 from harness.downstream import explain as explain_mod
 from harness.downstream import runtime
 from harness.downstream.sets import DownstreamError
+from harness.schema import STAGE_EXPLAIN, TAG_DIGEST, TAG_EXPLAIN_MODEL, TAG_HYBRID_RUN, TAG_REAL_RUN, TAG_STAGE
 
 SIZE = 64          # squeezenet1_1's last stage is 3x3 at 64 px (1x1 at 32 px: a flat GradCAM)
 TINY = {"model": "squeezenet1_1", "image_size": SIZE, "epochs": 1, "folds": 2, "batch_size": 8}
@@ -63,13 +63,13 @@ def test_explain_cli_figure_maps_and_saliency(trained):
     result = CliRunner().invoke(explain_command, ["--experiment", trained["experiment"], "--profile", "demo"])
     assert result.exit_code == 0, result.output
     exp = mlflow.get_experiment_by_name(trained["experiment"])
-    [run] = mlflow.search_runs([exp.experiment_id], filter_string="tags.`skindualgen.stage` = 'explain'",
+    [run] = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_EXPLAIN}'",
                                output_format="list")
     rid, tags, params = run.info.run_id, run.data.tags, run.data.params
     assert run.info.status == "FINISHED"
-    assert tags["skindualgen.real_run"] == trained["real"] and tags["skindualgen.hybrid_run"] == trained["hybrid"]
-    assert tags["skindualgen.explain_model"] == "squeezenet1_1"
-    assert tags[tracking.TAG_DIGEST] == mlflow.get_run(trained["real"]).data.tags[tracking.TAG_DIGEST]
+    assert tags[TAG_REAL_RUN] == trained["real"] and tags[TAG_HYBRID_RUN] == trained["hybrid"]
+    assert tags[TAG_EXPLAIN_MODEL] == "squeezenet1_1"
+    assert tags[TAG_DIGEST] == mlflow.get_run(trained["real"]).data.tags[TAG_DIGEST]
     assert params["gradcam_layer.squeezenet1_1"] == "features"
 
     # default images: 2 seeded test images of 2 different classes

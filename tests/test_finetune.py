@@ -1,7 +1,7 @@
 """finetune / generate on a small SD2-shaped base: losses, artifacts, resume equality, NaN handling,
 seeded generation, registry URIs. Uses a randomly initialised tiny base saved to a local folder (the
-same `load_base` path as the shipped pre-trained one) to stay fast; test_dualgen_e2e.py uses the
-shipped weights."""
+same `load_base` path as the shipped pre-trained one) to stay fast; test_pipeline_e2e.py fine-tunes
+the shipped weights."""
 import json
 from pathlib import Path
 
@@ -10,12 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness import tracking
 from harness.config import FinetuneConfig, GenerateConfig
 from harness.data import load_dataset
 from harness.data.validate import validate
-from harness.dualgen.generate import ModelURIError, generate, plan, resolve_model_uri
+from harness.dualgen.generate import generate, plan, resolve_model_uri
+from harness.dualgen.mlflow_model import ModelURIError
 from harness.dualgen.train import NonFiniteLossError, finetune
+from harness.schema import (
+    STAGE_FINETUNE, STAGE_GENERATE, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_PREDICTION_TYPE, TAG_STAGE,
+)
 
 
 def cfg_for(tiny_folder, demo_small, out, **kw):
@@ -30,8 +33,8 @@ def test_finetune_logs_losses_share_and_artifacts(tiny_folder, demo_small, exper
     run_id = finetune(cfg, experiment=experiment, progress=False)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.TAG_STAGE] == "finetune"
-    assert run.data.tags["skindualgen.prediction_type"] == "epsilon"
+    assert run.data.tags[TAG_STAGE] == STAGE_FINETUNE
+    assert run.data.tags[TAG_PREDICTION_TYPE] == "epsilon"
     assert run.data.params["lora_rank"] == "4" and run.data.params["learning_rate"] == "0.0001"
     client = mlflow.tracking.MlflowClient()
     for key in ("train/loss", "train/loss_diffusion", "train/loss_bce", "train/loss_dice"):
@@ -147,7 +150,7 @@ def test_generate_writes_a_dataset_and_is_seeded(finetuned, experiment, tmp_path
     manifest = (out_a / "manifest.csv").read_text().splitlines()
     assert manifest[0].startswith("id,image,mask,label,description,split") and len(manifest) == 15
     run = mlflow.get_run(run_a)
-    assert run.data.tags["skindualgen.finetune_run_id"] == finetuned
+    assert run.data.tags[TAG_FINETUNE_RUN] == finetuned
     assert run.data.metrics["n_generated"] == 14
 
 
@@ -182,7 +185,7 @@ def test_registry_uris_resolve_or_list_what_exists(finetuned, experiment):
     mv = mlflow.register_model(f"runs:/{finetuned}/model", name)
     client.set_registered_model_alias(name, "champion", mv.version)
     assert resolve_model_uri(f"models:/{name}@champion")[0] == f"models:/{name}/{mv.version}"
-    assert resolve_model_uri(f"models:/{name}/{mv.version}")[1]["skindualgen.model_version"] == f"{name}/{mv.version}"
+    assert resolve_model_uri(f"models:/{name}/{mv.version}")[1][TAG_MODEL_VERSION] == f"{name}/{mv.version}"
     with pytest.raises(ModelURIError, match="has no alias 'gold'; aliases: champion->v1"):
         resolve_model_uri(f"models:/{name}@gold")
     with pytest.raises(ModelURIError, match=r"has no version 9; versions: \[1\]"):
@@ -194,12 +197,12 @@ def test_registry_uris_resolve_or_list_what_exists(finetuned, experiment):
 def test_demo_profile_per_class_gives_way_to_balance_and_match_real():
     from harness.config import with_profile
     training = {"classes": ["a", "b"], "class_counts": {"a": 5, "b": 2}}
-    demo = with_profile(GenerateConfig, "generate", "demo", {})
+    demo = with_profile(GenerateConfig, STAGE_GENERATE, "demo", {})
     assert (demo.per_class, demo.resolution) == (4, 64)
-    match = with_profile(GenerateConfig, "generate", "demo", {"match_real": True, "per_class": None})
+    match = with_profile(GenerateConfig, STAGE_GENERATE, "demo", {"match_real": True, "per_class": None})
     assert (match.per_class, match.resolution) == (0, 64) and plan(training, match) == [("a", 5), ("b", 2)]
-    balance = with_profile(GenerateConfig, "generate", "demo", {"balance": True})
+    balance = with_profile(GenerateConfig, STAGE_GENERATE, "demo", {"balance": True})
     assert plan(training, balance) == [("a", 0), ("b", 3)]
-    both = with_profile(GenerateConfig, "generate", "demo", {"match_real": True, "per_class": 3})
+    both = with_profile(GenerateConfig, STAGE_GENERATE, "demo", {"match_real": True, "per_class": 3})
     with pytest.raises(ValueError, match="exactly one of"):      # an explicit count still conflicts
         plan(training, both)

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import tracking
 from harness.data import load_dataset
 from harness.data.prepare import load_prepared
+from harness.schema import (
+    STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_MAIN, STAGE_PREPARE,
+    STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_BASE_MODEL, TAG_MLFLOW_PARENT_RUN, TAG_OUTPUT_DIR,
+    TAG_REGISTERED, TAG_STAGE, TAG_STEP_PREFIX,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,38 +43,39 @@ def pipeline_runs(tmp_path_factory):
 
 
 def by_stage(runs, stage):
-    return [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == stage]
+    return [r for r in runs if r.data.tags.get(TAG_STAGE) == stage]
 
 
 def test_children_finished_under_parents_and_second_run_reuses(pipeline_runs):
     work, runs, times, second_out = pipeline_runs
-    parents = by_stage(runs, "main")
+    parents = by_stage(runs, STAGE_MAIN)
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
-    expected = {"prepare": 1, "finetune": 1, "generate": 1, "evaluate": 2, "classify": 12, "segment": 6, "explain": 1}
+    expected = {STAGE_PREPARE: 1, STAGE_FINETUNE: 1, STAGE_GENERATE: 1, STAGE_EVALUATE: 2, STAGE_CLASSIFY: 12, STAGE_SEGMENT: 6,
+                STAGE_EXPLAIN: 1}
     for stage, n in expected.items():
         children = by_stage(runs, stage)             # the second pipeline made no new run of these
         assert len(children) == n, stage
         for child in children:
             assert child.info.status == "FINISHED"
-            assert child.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+            assert child.data.tags[TAG_MLFLOW_PARENT_RUN] in {p.info.run_id for p in parents}
             assert f"reused run {child.info.run_id}" in second_out
-    registers = by_stage(runs, "register")           # register looks again each time; same version
-    assert len(registers) == 2 and len({r.data.tags["skindualgen.registered"] for r in registers}) == 1
+    registers = by_stage(runs, STAGE_REGISTER)           # register looks again each time; same version
+    assert len(registers) == 2 and len({r.data.tags[TAG_REGISTERED] for r in registers}) == 1
     for p in parents:
-        assert p.data.tags["skindualgen.step.finetune"] == by_stage(runs, "finetune")[0].info.run_id
+        assert p.data.tags[TAG_STEP_PREFIX + STAGE_FINETUNE] == by_stage(runs, STAGE_FINETUNE)[0].info.run_id
     assert times[1] < 0.25 * times[0]
 
 
 def test_combined_loss_falls(pipeline_runs):
     _, runs, _, _ = pipeline_runs
-    [ft] = by_stage(runs, "finetune")
+    [ft] = by_stage(runs, STAGE_FINETUNE)
     from harness.dualgen.train import summarize_losses
     s = summarize_losses(ft.info.run_id)
     assert s["n"] == 300
     assert s["last"] < 0.9 * s["first"], s        # measured 0.855: the mask terms start warmed up
     warmup = summarize_losses(ft.info.run_id, "train/mask_warmup_loss")
     assert warmup["n"] == 400 and warmup["last"] < 0.5 * warmup["first"], warmup   # measured 1.27 -> 0.41
-    assert ft.data.tags["skindualgen.base_model"] == "tiny"
+    assert ft.data.tags[TAG_BASE_MODEL] == "tiny"
 
 
 def region_stats(samples):
@@ -95,8 +100,8 @@ def test_generated_pairs_look_like_the_real_lesions(pipeline_runs):
     - mask on the lesion: lesion-vs-skin contrast at least half the real one; at least 80 % of the
       masks neither empty nor full."""
     work, runs, _, _ = pipeline_runs
-    [gen] = by_stage(runs, "generate")
-    synth = load_dataset(Path(gen.data.tags["skindualgen.output_dir"]) / "manifest.csv")
+    [gen] = by_stage(runs, STAGE_GENERATE)
+    synth = load_dataset(Path(gen.data.tags[TAG_OUTPUT_DIR]) / "manifest.csv")
     from harness.data.demo import make_demo_dataset   # same seed -> the same demo set the pipeline used
     real = load_prepared(str(make_demo_dataset(work / "demo-copy")), progress=False).dataset.split("test")
     s_in, s_out = region_stats([(s.image, s.mask) for s in synth])
@@ -116,7 +121,7 @@ def test_generated_pairs_look_like_the_real_lesions(pipeline_runs):
 def test_report_cells_name_their_runs(pipeline_runs):
     import csv
     _, runs, _, _ = pipeline_runs
-    reports = by_stage(runs, "report")
+    reports = by_stage(runs, STAGE_REPORT)
     assert len(reports) == 2 and all(r.info.status == "FINISHED" for r in reports)
     newest = max(reports, key=lambda r: r.info.start_time)
     path = mlflow.artifacts.download_artifacts(run_id=newest.info.run_id, artifact_path="table2.csv")
@@ -143,7 +148,7 @@ def test_generated_classes_are_recognised(pipeline_runs):
     issue's per-class floor of 0.50 is not met yet: the tiny base draws vascular lesions as nevi about
     half the time (README, "CAS and mask consistency")."""
     _, runs, _, _ = pipeline_runs
-    [synth] = [r for r in by_stage(runs, "evaluate") if r.data.params.get("fake")]
+    [synth] = [r for r in by_stage(runs, STAGE_EVALUATE) if r.data.params.get("fake")]
     m = synth.data.metrics
     per_class = {k: v for k, v in m.items() if k.startswith("cas/")}
     assert len(per_class) == 7
@@ -157,15 +162,15 @@ def test_every_model_learns(pipeline_runs):
     """Issue floors on the demo test split: real-only classifiers >= 85 % accuracy, segmenters >= 80 % Dice."""
     _, runs, _, _ = pipeline_runs
     for model in ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"):
-        assert metrics_of(runs, "classify", model=model, train_set="real")["accuracy"] >= 85.0, model
+        assert metrics_of(runs, STAGE_CLASSIFY, model=model, train_set="real")["accuracy"] >= 85.0, model
     for model in ("unet", "deeplabv3plus"):
-        assert metrics_of(runs, "segment", model=model, train_set="real")["dice"] >= 80.0, model
+        assert metrics_of(runs, STAGE_SEGMENT, model=model, train_set="real")["dice"] >= 80.0, model
 
 
 def test_report_has_no_missing_cell_and_a_claims_section(pipeline_runs):
     import json
     _, runs, _, _ = pipeline_runs
-    newest = max(by_stage(runs, "report"), key=lambda r: r.info.start_time)
+    newest = max(by_stage(runs, STAGE_REPORT), key=lambda r: r.info.start_time)
     assert newest.data.metrics["cells_missing"] == 0 and newest.data.metrics["cells"] > 100
     path = mlflow.artifacts.download_artifacts(run_id=newest.info.run_id, artifact_path="report.json")
     claims = json.load(open(path))["claims"]

@@ -1,5 +1,6 @@
 """The `main` pipeline's step graph (harness.pipeline.pipeline_nodes): what waits for what."""
-from harness.pipeline import PAPER_MODELS, TRAIN_SETS, PipelineConfig, pipeline_nodes
+from harness.pipeline import PAPER_MODELS, PipelineConfig, pipeline_nodes
+from harness.schema import STAGE_CLASSIFY, TRAIN_SETS
 
 
 def graph():
@@ -49,4 +50,4 @@ def test_step_configs_follow_the_runs_they_need():
     seg = nodes["segment.unet.hybrid"].make(runs)
     assert seg.cfg.synth == "runs:/id-generate" and seg.cfg.eval_data == "ham" and seg.cfg.train_set == "hybrid"
     explain = nodes["explain"].make(runs)
-    assert explain.cfg.real_run.split(",") == [f"id-classify.{m}.real" for m in PAPER_MODELS["classify"]]
+    assert explain.cfg.real_run.split(",") == [f"id-classify.{m}.real" for m in PAPER_MODELS[STAGE_CLASSIFY]]

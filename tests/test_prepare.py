@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from entrypoints.cli import cli
-from harness import tracking
 from harness.config import PrepareConfig
 from harness.data.prepare import load_prepared, prepare
 from harness.data.records import sha256_file
+from harness.schema import STAGE_PREPARE, TAG_DIGEST, TAG_STAGE
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def test_prepare_demo_logs_dataset_input_digest_and_counts(demo_dir, experiment,
     assert manifest == (tmp_path / "prepared" / "demo" / "manifest.csv").resolve()
     [run] = runs_of(experiment)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.TAG_DIGEST] == prepared.digest
+    assert run.data.tags[TAG_DIGEST] == prepared.digest
     [inp] = run.inputs.dataset_inputs
     assert inp.dataset.digest == prepared.digest and inp.dataset.name == "demo"
     assert run.data.metrics["n_samples"] == 140 and run.data.metrics["class_count/melanocytic nevus"] == 50
@@ -113,7 +113,7 @@ def test_mlflow_run_prepare_entry_point(tmp_path, demo_dir):
     exp = mlflow.get_experiment_by_name("e2e-prepare")
     [run] = mlflow.search_runs([exp.experiment_id], output_format="list")
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.TAG_STAGE] == "prepare"
-    assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags[tracking.TAG_DIGEST]
+    assert run.data.tags[TAG_STAGE] == STAGE_PREPARE
+    assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags[TAG_DIGEST]
     assert run.data.metrics["n_samples"] == 140
     assert (tmp_path / "prep" / "demo" / "manifest.csv").is_file()

@@ -23,6 +23,11 @@ from harness import quality, tracking
 from harness.config import EvaluateConfig
 from harness.data.layouts import load_dataset
 from harness.data.records import DataError
+from harness.schema import (
+    REAL_VS_REAL, REAL_VS_SYNTH, STAGE_EVALUATE, STAGE_GENERATE, TAG_COMPARABLE, TAG_COMPARISON, TAG_DIGEST,
+    TAG_EXTRACTOR, TAG_FAKE_DIGEST, TAG_FAKE_SPLIT, TAG_FAKE_STATS_CACHE, TAG_FINETUNE_RUN, TAG_GENERATE_RUN,
+    TAG_OUTPUT_DIR, TAG_REAL_DIGEST, TAG_REAL_SPLIT, TAG_REAL_STATS_CACHE, TAG_STAGE,
+)
 
 N_SUBSET = 12
 FAST = {"lpips_pairs": 20, "lpips_size": 64, "msssim_size": 176,   # msssim_size must stay > 160
@@ -173,13 +178,13 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
     m, t = run1.data.metrics, run1.data.tags
     assert {"fid", "lpips", "ms_ssim"} <= set(m) and m["fid"] > 0 and 0 < m["ms_ssim"] < 1 and m["lpips"] > 0
     assert m["n_pairs"] == 20 and run1.data.params["lpips_pairs"] == "20" and run1.data.params["seed"] == "42"
-    assert t["comparison"] == quality.REAL_VS_REAL and t["skindualgen.stage"] == "evaluate"
-    assert t["skindualgen.real_digest"] == t["skindualgen.fake_digest"] == t["skindualgen.dataset_digest"]
-    assert (t["skindualgen.real_split"], t["skindualgen.fake_split"]) == ("train", "test")
-    assert t["skindualgen.real_stats_cache"] == t["skindualgen.fake_stats_cache"] == "miss"
-    standard = t["skindualgen.feature_extractor"] == "standard:inception-v3-compat"
-    assert standard or t["skindualgen.feature_extractor"] == "fallback:inception-random-he-seed0"
-    fallback = t["skindualgen.metrics_comparable"] == "false"
+    assert t[TAG_COMPARISON] == REAL_VS_REAL and t[TAG_STAGE] == STAGE_EVALUATE
+    assert t[TAG_REAL_DIGEST] == t[TAG_FAKE_DIGEST] == t[TAG_DIGEST]
+    assert (t[TAG_REAL_SPLIT], t[TAG_FAKE_SPLIT]) == ("train", "test")
+    assert t[TAG_REAL_STATS_CACHE] == t[TAG_FAKE_STATS_CACHE] == "miss"
+    standard = t[TAG_EXTRACTOR] == "standard:inception-v3-compat"
+    assert standard or t[TAG_EXTRACTOR] == "fallback:inception-random-he-seed0"
+    fallback = t[TAG_COMPARABLE] == "false"
     assert ("NOT comparable with published FID/LPIPS" in capsys.readouterr().err) == fallback
     assert len(list(cache.glob("*.npz"))) == 2 and len(calls) == 2
     real_train = set(calls[0])
@@ -188,9 +193,9 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
     # Row 2, by the CLI: real train vs a generated set given as runs:/<generate run>; the real train
     # statistics come from the cache: only the generated images go through the extractor.
     with mlflow.start_run(experiment_id=run1.info.experiment_id, run_name="generate") as gen:
-        mlflow.set_tags({"skindualgen.stage": "generate", "skindualgen.output_dir": str(sets["low_dir"]),
-                         "skindualgen.finetune_run_id": "ft0123",
-                         "skindualgen.dataset_digest": t["skindualgen.real_digest"]})
+        mlflow.set_tags({TAG_STAGE: STAGE_GENERATE, TAG_OUTPUT_DIR: str(sets["low_dir"]),
+                         TAG_FINETUNE_RUN: "ft0123",
+                         TAG_DIGEST: t[TAG_REAL_DIGEST]})
     calls.clear()
     from entrypoints.evaluate import evaluate as evaluate_cmd
     result = CliRunner().invoke(evaluate_cmd, [
@@ -204,15 +209,15 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
     m2, t2 = run2.data.metrics, run2.data.tags
     assert run2.info.status == "FINISHED" and {"fid", "lpips", "ms_ssim"} <= set(m2)
     assert f"fid      {m2['fid']:.4f}" in result.output
-    assert t2["comparison"] == quality.REAL_VS_SYNTH
-    assert t2["skindualgen.generate_run_id"] == gen.info.run_id
-    assert t2["skindualgen.finetune_run_id"] == "ft0123"
-    assert t2["skindualgen.real_digest"] == t["skindualgen.real_digest"] == t2["skindualgen.dataset_digest"]
-    assert t2["skindualgen.fake_digest"] != t2["skindualgen.real_digest"]
-    assert t2["skindualgen.fake_split"] == "all" and m2["n_fake"] == N_SUBSET
-    assert t2["skindualgen.real_stats_cache"] == "hit" and t2["skindualgen.fake_stats_cache"] == "off"
+    assert t2[TAG_COMPARISON] == REAL_VS_SYNTH
+    assert t2[TAG_GENERATE_RUN] == gen.info.run_id
+    assert t2[TAG_FINETUNE_RUN] == "ft0123"
+    assert t2[TAG_REAL_DIGEST] == t[TAG_REAL_DIGEST] == t2[TAG_DIGEST]
+    assert t2[TAG_FAKE_DIGEST] != t2[TAG_REAL_DIGEST]
+    assert t2[TAG_FAKE_SPLIT] == "all" and m2["n_fake"] == N_SUBSET
+    assert t2[TAG_REAL_STATS_CACHE] == "hit" and t2[TAG_FAKE_STATS_CACHE] == "off"
     assert len(calls) == 1 and not real_train & set(calls[0])          # only the generated set extracted
-    assert t2["skindualgen.feature_extractor"] == t["skindualgen.feature_extractor"]
+    assert t2[TAG_EXTRACTOR] == t[TAG_EXTRACTOR]
     assert len(list(cache.glob("*.npz"))) == 2                          # generated sets are not cached
     assert m2["fid"] > 0 and m2["fid"] != m["fid"]
 
@@ -229,12 +234,12 @@ def test_bad_inputs_name_the_path_and_start_no_run(demo_small, experiment, tmp_p
     tracking.setup(experiment)
     with mlflow.start_run() as other:          # a run that is not a generate run
         pass
-    run(DataError, "skindualgen.output_dir", real=str(demo_small), fake=f"runs:/{other.info.run_id}")
+    run(DataError, TAG_OUTPUT_DIR, real=str(demo_small), fake=f"runs:/{other.info.run_id}")
     run(FileNotFoundError, re.escape(str(missing)), real=str(demo_small), fid_weights=str(missing))
     run(ValueError, "msssim_size", real=str(demo_small), msssim_size=128)
-    run(ValueError, "does not match", real=str(demo_small), comparison=quality.REAL_VS_SYNTH)
+    run(ValueError, "does not match", real=str(demo_small), comparison=REAL_VS_SYNTH)
     runs = mlflow.search_runs(experiment_names=[experiment],
-                              filter_string="tags.`skindualgen.stage` = 'evaluate'")
+                              filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_EVALUATE}'")
     assert len(runs) == 0
 
     from entrypoints.evaluate import evaluate as evaluate_cmd

@@ -13,12 +13,15 @@ from harness.config import FinetuneConfig, GenerateConfig, RegisterConfig
 from harness.dualgen.generate import generate
 from harness.dualgen.train import finetune
 from harness.registry import RegistryError, register_best
+from harness.schema import (
+    REAL_VS_SYNTH, STAGE_EVALUATE, STAGE_GENERATE, TAG_COMPARISON, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_STAGE,
+)
 
 
 def fake_evaluation(experiment, finetune_run, fid):
-    with tracking.stage_run("evaluate", {"fake": f"runs:/{finetune_run}"}, experiment=experiment,
-                            extra_tags={"comparison": "real_train_vs_synth_train",
-                                        "skindualgen.finetune_run_id": finetune_run}):
+    with tracking.stage_run(STAGE_EVALUATE, {"fake": f"runs:/{finetune_run}"}, experiment=experiment,
+                            extra_tags={TAG_COMPARISON: REAL_VS_SYNTH,
+                                        TAG_FINETUNE_RUN: finetune_run}):
         mlflow.log_metric("fid", fid)
 
 
@@ -66,8 +69,8 @@ def test_register_picks_lowest_fid_and_pins_generation(tiny_folder, demo_small, 
     moved = gen(f"models:/{name}@champion", "m")
     assert any(not np.array_equal(moved[k], by_alias[k]) for k in moved)
     gen_runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                  filter_string=f"tags.`{tracking.TAG_STAGE}` = 'generate'")
-    assert {r.data.tags.get("skindualgen.model_version") for r in gen_runs} >= {f"{name}/{version}",
+                                  filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_GENERATE}'")
+    assert {r.data.tags.get(TAG_MODEL_VERSION) for r in gen_runs} >= {f"{name}/{version}",
                                                                                 f"{name}/{version2}"}
 
 

@@ -22,9 +22,15 @@ from harness.report.claims import CLAIMS
 from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image, panel_mask
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import run_link, strip_credentials, ui_base
+from harness.schema import (
+    REAL_VS_REAL, REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
+    STAGE_REPORT, STAGE_SEGMENT, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_COMPARABLE, TAG_COMPARISON, TAG_DIGEST,
+    TAG_EXPLAIN_MODEL, TAG_EXTRACTOR, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET, TAG_OUTPUT_DIR, TAG_STAGE,
+    TAG_SYNTH_RUN,
+)
 
 CELLS = {"table1": 2 * 6, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
-STAGES = ("evaluate", "classify", "segment", "generate", "finetune", "explain", "report")
+STAGES = (STAGE_EVALUATE, STAGE_CLASSIFY, STAGE_SEGMENT, STAGE_GENERATE, STAGE_FINETUNE, STAGE_EXPLAIN, STAGE_REPORT)
 
 
 def log_run(experiment, stage, params, metrics, tags=None, digest="d" * 16, fail=False):
@@ -61,7 +67,7 @@ def judge_metrics(cas, consistency=None, classes=(), skip=()):
 
 def stage_counts(experiment_id):
     runs = mlflow.search_runs([experiment_id], output_format="list")
-    return {"all": len(runs), **{s: sum(r.data.tags.get(tracking.TAG_STAGE) == s for r in runs) for s in STAGES}}
+    return {"all": len(runs), **{s: sum(r.data.tags.get(TAG_STAGE) == s for r in runs) for s in STAGES}}
 
 
 @pytest.fixture(scope="module")
@@ -81,59 +87,59 @@ def scenario(mlflow_store, tmp_path_factory):
     ham = str(root / "HAM10000")
     ids = {}
 
-    ids["finetune"] = log_run(exp, "finetune", {"data_dir": str(real_dir), "test_fraction": 0.176, "seed": 42,
+    ids["finetune"] = log_run(exp, STAGE_FINETUNE, {"data_dir": str(real_dir), "test_fraction": 0.176, "seed": 42,
                                                 "base_model": "stabilityai/stable-diffusion-2-base"},
                               {"train/loss": 0.1}, digest=digest,
-                              tags={"skindualgen.base_model": "stabilityai/stable-diffusion-2-base",
-                                    "skindualgen.base_revision": "1e128c8891e52218b74cde8f26dbfc701cb99d79"})
-    ids["generate"] = log_run(exp, "generate", {"model_uri": f"runs:/{ids['finetune']}/model", "per_class": 2},
+                              tags={TAG_BASE_MODEL: "stabilityai/stable-diffusion-2-base",
+                                    TAG_BASE_REVISION: "1e128c8891e52218b74cde8f26dbfc701cb99d79"})
+    ids["generate"] = log_run(exp, STAGE_GENERATE, {"model_uri": f"runs:/{ids['finetune']}/model", "per_class": 2},
                               {"n_generated": 14}, digest=digest,
-                              tags={"skindualgen.finetune_run_id": ids["finetune"],
-                                    "skindualgen.output_dir": str(gen_dir)})
+                              tags={TAG_FINETUNE_RUN: ids["finetune"],
+                                    TAG_OUTPUT_DIR: str(gen_dir)})
     # the real test split judged for CAS only (no mask_consistency: missing cells); the synthetic set for
     # both, one class without per-class values
-    ids["eval_real"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": ""},
+    ids["eval_real"] = log_run(exp, STAGE_EVALUATE, {"real": str(real_dir), "fake": ""},
                                {"fid": 41.25, "lpips": 0.5125, "ms_ssim": 0.203125, "n_pairs": 100,
                                 **judge_metrics(0.9375, classes=sorted(DEMO_CLASSES))}, digest=digest,
-                               tags={"comparison": "real_train_vs_real_test",
-                                     "skindualgen.feature_extractor": "standard:inception-v3-compat",
-                                     "skindualgen.lpips_net": "standard:lpips-alex-v0.1",
-                                     "skindualgen.metrics_comparable": "true"})
-    ids["eval_synth"] = log_run(exp, "evaluate", {"real": str(real_dir), "fake": f"runs:/{ids['generate']}"},
+                               tags={TAG_COMPARISON: REAL_VS_REAL,
+                                     TAG_EXTRACTOR: "standard:inception-v3-compat",
+                                     TAG_LPIPS_NET: "standard:lpips-alex-v0.1",
+                                     TAG_COMPARABLE: "true"})
+    ids["eval_synth"] = log_run(exp, STAGE_EVALUATE, {"real": str(real_dir), "fake": f"runs:/{ids['generate']}"},
                                 {"fid": 73.5, "lpips": 0.53125, "ms_ssim": 0.1875, "n_pairs": 100,
                                  **judge_metrics(0.71875, 0.8125, sorted(DEMO_CLASSES), skip=("dermatofibroma",))},
                                 digest=digest,
-                                tags={"comparison": "real_train_vs_synth_train",
-                                      "skindualgen.feature_extractor": "fallback:inception-random-he-seed0",
-                                      "skindualgen.lpips_net": "fallback:lpips-alex-random-seed0",
-                                      "skindualgen.metrics_comparable": "false",
-                                      "skindualgen.generate_run_id": ids["generate"],
-                                      "skindualgen.finetune_run_id": ids["finetune"]})
+                                tags={TAG_COMPARISON: REAL_VS_SYNTH,
+                                      TAG_EXTRACTOR: "fallback:inception-random-he-seed0",
+                                      TAG_LPIPS_NET: "fallback:lpips-alex-random-seed0",
+                                      TAG_COMPARABLE: "false",
+                                      TAG_GENERATE_RUN: ids["generate"],
+                                      TAG_FINETUNE_RUN: ids["finetune"]})
     synth = {"synth": f"runs:/{ids['generate']}"}
-    syn_tag = {"skindualgen.synth_run_id": ids["generate"]}
-    ids["dn_real_old"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "real", "eval_data": ham},
+    syn_tag = {TAG_SYNTH_RUN: ids["generate"]}
+    ids["dn_real_old"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "real", "eval_data": ham},
                                  clf_metrics(60.0, ham=True), digest=digest)
-    ids["dn_real_new"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "real", "eval_data": ham},
+    ids["dn_real_new"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "real", "eval_data": ham},
                                  clf_metrics(70.75, ham=True), digest=digest)
-    ids["dn_hybrid"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "hybrid", "eval_data": ham,
+    ids["dn_hybrid"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "hybrid", "eval_data": ham,
                                                  **synth}, clf_metrics(79.5, ham=True), digest=digest, tags=syn_tag)
-    ids["dn_hybrid_failed"] = log_run(exp, "classify", {"model": "densenet121", "train_set": "hybrid",
+    ids["dn_hybrid_failed"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "hybrid",
                                                         "eval_data": ham, **synth},
                                       clf_metrics(99.0, ham=True), digest=digest, tags=syn_tag, fail=True)
-    ids["rn_real_noham"] = log_run(exp, "classify", {"model": "resnet34", "train_set": "real", "eval_data": ""},
+    ids["rn_real_noham"] = log_run(exp, STAGE_CLASSIFY, {"model": "resnet34", "train_set": "real", "eval_data": ""},
                                    clf_metrics(72.5), digest=digest)
-    ids["sq_synth_failed"] = log_run(exp, "classify", {"model": "squeezenet1_1", "train_set": "synth",
+    ids["sq_synth_failed"] = log_run(exp, STAGE_CLASSIFY, {"model": "squeezenet1_1", "train_set": "synth",
                                                        "eval_data": "", **synth},
                                      clf_metrics(40.0), digest=digest, tags=syn_tag, fail=True)
-    ids["unet_real"] = log_run(exp, "segment", {"model": "unet", "train_set": "real", "eval_data": ham},
+    ids["unet_real"] = log_run(exp, STAGE_SEGMENT, {"model": "unet", "train_set": "real", "eval_data": ham},
                                {"dice": 78.5, "iou": 64.75, "asd": 3.25, "hd": 12.5, "ham_dice": 31.0,
                                 "ham_iou": 18.5, "ham_asd": 9.0, "ham_hd": 40.0}, digest=digest)
-    ids["dl_hybrid_nohd"] = log_run(exp, "segment", {"model": "deeplabv3plus", "train_set": "hybrid",
+    ids["dl_hybrid_nohd"] = log_run(exp, STAGE_SEGMENT, {"model": "deeplabv3plus", "train_set": "hybrid",
                                                      "eval_data": "", **synth},
                                     {"dice": 82.0, "iou": 70.0, "asd": 2.5}, digest=digest, tags=syn_tag)
     # as the explain stage logs them: one run may hold several models' figures, plus figure3.png (all pairs)
-    with tracking.stage_run("explain", {"models": "resnet34,densenet121"}, digest, exp,
-                            extra_tags={"skindualgen.explain_model": "resnet34,densenet121"}) as run:
+    with tracking.stage_run(STAGE_EXPLAIN, {"models": "resnet34,densenet121"}, digest, exp,
+                            extra_tags={TAG_EXPLAIN_MODEL: "resnet34,densenet121"}) as run:
         heat = root / "heatmaps"
         heat.mkdir()
         Image.fromarray(np.full((40, 90, 3), (200, 40, 40), np.uint8)).save(heat / "figure3_resnet34.png")
@@ -175,18 +181,18 @@ def test_every_cell_equals_the_metric_of_the_run_it_names(scenario):
             run = mlflow.get_run(c["run_id"])
             assert float(c["ours"]) == run.data.metrics[c["run_metric"]]
             assert run.info.status == "FINISHED"
-            stage = run.data.tags[tracking.TAG_STAGE]
+            stage = run.data.tags[TAG_STAGE]
             if key == "table1":
-                assert stage == "evaluate" and run.data.tags["comparison"] == c["row"]
+                assert stage == STAGE_EVALUATE and run.data.tags[TAG_COMPARISON] == c["row"]
             else:
-                assert stage == ("classify" if c["section"] == "classification" else "segment")
+                assert stage == (STAGE_CLASSIFY if c["section"] == "classification" else STAGE_SEGMENT)
                 params = run.data.params
                 assert (params["model"], params["train_set"]) == (c["model"], c["train_set"])
                 assert c["run_metric"] == ("ham_" if key == "table3" else "") + c["metric"]
                 if key == "table3":
                     assert params["eval_data"]
     ok = {(k, c["row"]) for k, rows in scenario["tables"].items() for c in rows if c["status"] == "ok"}
-    assert ok == {("table1", "real_train_vs_real_test"), ("table1", "real_train_vs_synth_train"),
+    assert ok == {("table1", REAL_VS_REAL), ("table1", REAL_VS_SYNTH),
                   ("table2", "densenet121/real"), ("table2", "densenet121/hybrid"), ("table2", "resnet34/real"),
                   ("table2", "unet/real"), ("table2", "deeplabv3plus/hybrid"), ("table3", "densenet121/real"),
                   ("table3", "densenet121/hybrid"), ("table3", "unet/real")}
@@ -249,7 +255,7 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
             if key == "table1":
                 expected = paper["table1"][c["row"]][c["metric"]]
             else:
-                stage = "classify" if c["section"] == "classification" else "segment"
+                stage = STAGE_CLASSIFY if c["section"] == "classification" else STAGE_SEGMENT
                 expected = paper[key][stage][c["model"]][c["train_set"]][c["metric"]]
             assert float(c["paper"]) == expected
             if c["status"] == "ok":
@@ -257,7 +263,7 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
                 n += 1
     assert n == 6 + 12 + 4 + 3 + 8 + 2
     # spot checks of the transcription against the paper's text
-    assert paper["table1"]["real_train_vs_synth_train"] == {"fid": 68.601, "lpips": 0.524, "ms_ssim": 0.210}
+    assert paper["table1"][REAL_VS_SYNTH] == {"fid": 68.601, "lpips": 0.524, "ms_ssim": 0.210}
     assert paper["table2"]["segment"]["deeplabv3plus"]["hybrid"] == {"dice": 81.951, "iou": 69.425, "asd": 56.023,
                                                                      "hd": 89.778}
     assert paper["table3"]["classify"]["resnet34"]["hybrid"]["accuracy"] == 34.333
@@ -270,8 +276,8 @@ JUDGE = ("cas", "mask_consistency", "mask_nonempty")
 
 def test_table1_cas_and_consistency_columns_are_beyond_the_paper(scenario):
     ids, h = scenario["ids"], scenario["header"]
-    runs = {"real_train_vs_real_test": mlflow.get_run(ids["eval_real"]),
-            "real_train_vs_synth_train": mlflow.get_run(ids["eval_synth"])}
+    runs = {REAL_VS_REAL: mlflow.get_run(ids["eval_real"]),
+            REAL_VS_SYNTH: mlflow.get_run(ids["eval_synth"])}
     seen = 0
     for row, run in runs.items():
         for metric in JUDGE:
@@ -288,7 +294,7 @@ def test_table1_cas_and_consistency_columns_are_beyond_the_paper(scenario):
     # missing only where our value is absent: the real row's consistency and non-empty, nothing of the synth row
     t1_missing = [m for m in h["missing"] if m["table"] == "table1"]
     assert [(m["row"], m["metrics"], m["reason"]) for m in t1_missing] == [
-        ("real_train_vs_real_test", [label], f"metric `{metric}` absent in run {ids['eval_real']}")
+        (REAL_VS_REAL, [label], f"metric `{metric}` absent in run {ids['eval_real']}")
         for label, metric in (("Mask consistency†", "mask_consistency"), ("Mask non-empty†", "mask_nonempty"))]
     md = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
     header = next(x for x in md.splitlines() if x.startswith("| Data for calculations"))
@@ -305,8 +311,8 @@ def test_table1_cas_and_consistency_columns_are_beyond_the_paper(scenario):
 def test_per_class_table_under_table1(scenario):
     ids, folder = scenario["ids"], scenario["folder"]
     rows = list(csv.DictReader(open(folder / "table1_per_class.csv", newline="", encoding="utf-8")))
-    runs = {"real_train_vs_synth_train": mlflow.get_run(ids["eval_synth"]),
-            "real_train_vs_real_test": mlflow.get_run(ids["eval_real"])}
+    runs = {REAL_VS_SYNTH: mlflow.get_run(ids["eval_synth"]),
+            REAL_VS_REAL: mlflow.get_run(ids["eval_real"])}
     classes = sorted({k.split("/", 1)[1] for r in runs.values() for k in r.data.metrics if "/" in k})
     assert classes == sorted(DEMO_CLASSES)
     expected = [(name, comparison, metric) for name in classes for comparison in runs
@@ -332,8 +338,8 @@ def test_per_class_table_under_table1(scenario):
     assert per_class in md
     assert "| Class | CAS (synth) | Mask consistency (synth) | CAS (real test) | Mask consistency (real test) |" \
         in per_class
-    m = runs["real_train_vs_synth_train"].data.metrics
-    r = runs["real_train_vs_real_test"].data.metrics
+    m = runs[REAL_VS_SYNTH].data.metrics
+    r = runs[REAL_VS_REAL].data.metrics
     assert (f"| melanoma | {m['cas/melanoma']:.3f} | {m['mask_consistency/melanoma']:.3f} | "
             f"{r['cas/melanoma']:.3f} | — |") in per_class
     assert f"| dermatofibroma | — | — | {r['cas/dermatofibroma']:.3f} | — |" in per_class
@@ -419,13 +425,13 @@ def test_header_names_versions_base_model_digests_and_the_fallback(scenario):
 
 def test_report_run_is_finished_with_the_files_and_creates_no_other_run(scenario):
     run = mlflow.get_run(scenario["run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_STAGE] == "report"
-    assert run.data.tags[tracking.TAG_DIGEST] == scenario["digest"]
-    assert run.data.tags["skindualgen.metrics_comparable"] == "false"
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_STAGE] == STAGE_REPORT
+    assert run.data.tags[TAG_DIGEST] == scenario["digest"]
+    assert run.data.tags[TAG_COMPARABLE] == "false"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(scenario["run_id"])}
     assert artifacts == set(REPORT_FILES) == {p.name for p in scenario["folder"].iterdir()}
     before, after = scenario["before"], scenario["after"]
-    assert after == {**before, "report": before["report"] + 1, "all": before["all"] + 1}
+    assert after == {**before, STAGE_REPORT: before[STAGE_REPORT] + 1, "all": before["all"] + 1}
     assert run.data.metrics["cells_missing"] == scenario["header"]["cells_missing"]
 
 
@@ -440,7 +446,7 @@ CLF = {"densenet121": {"real": 70.0, "hybrid": 79.0, "synth": 60.0},      # +9: 
 SEG = {("unet", "real"): {"dice": 78.0, "iou": 64.0, "asd": 5.0, "hd": 20.0},
        ("unet", "hybrid"): {"dice": 78.75, "iou": 64.5, "asd": 4.5, "hd": 18.0},
        ("deeplabv3plus", "real"): {"dice": 80.0, "iou": 66.0, "asd": 6.0, "hd": 15.0}}   # ASD worse than U-Net
-FID = {"real_train_vs_real_test": 40.0, "real_train_vs_synth_train": 55.5}
+FID = {REAL_VS_REAL: 40.0, REAL_VS_SYNTH: 55.5}
 
 
 @pytest.fixture(scope="module")
@@ -450,12 +456,12 @@ def claims_report(mlflow_store, tmp_path_factory):
     exp = f"test-claims-{os.getpid()}"
     for model, sets in CLF.items():
         for train_set, base in sets.items():
-            log_run(exp, "classify", {"model": model, "train_set": train_set, "eval_data": ""}, clf_metrics(base))
+            log_run(exp, STAGE_CLASSIFY, {"model": model, "train_set": train_set, "eval_data": ""}, clf_metrics(base))
     for (model, train_set), m in SEG.items():
-        log_run(exp, "segment", {"model": model, "train_set": train_set, "eval_data": ""}, m)
+        log_run(exp, STAGE_SEGMENT, {"model": model, "train_set": train_set, "eval_data": ""}, m)
     for comparison, fid in FID.items():
-        log_run(exp, "evaluate", {}, {"fid": fid, "lpips": 0.5, "ms_ssim": 0.2},
-                tags={"comparison": comparison, "skindualgen.feature_extractor": "standard:inception-v3-compat"})
+        log_run(exp, STAGE_EVALUATE, {}, {"fid": fid, "lpips": 0.5, "ms_ssim": 0.2},
+                tags={TAG_COMPARISON: comparison, TAG_EXTRACTOR: "standard:inception-v3-compat"})
     out = tmp_path_factory.mktemp("claims")
     run_id = report(ReportConfig(output_dir=str(out)), experiment=exp)
     folder = out / exp
@@ -667,9 +673,9 @@ def test_empty_experiment_and_cli_with_links_and_digest_filter(experiment, tmp_p
     assert mlflow.get_run(run_id).data.metrics["claims/not_measured"] == len(h["claims"]) == 6
     assert not (folder / "figure2.png").exists() and mlflow.get_run(run_id).info.status == "FINISHED"
 
-    keep = log_run(experiment, "classify", {"model": "resnet34", "train_set": "synth"}, clf_metrics(50.0),
+    keep = log_run(experiment, STAGE_CLASSIFY, {"model": "resnet34", "train_set": "synth"}, clf_metrics(50.0),
                    digest="a" * 16)
-    log_run(experiment, "classify", {"model": "resnet34", "train_set": "synth"}, clf_metrics(55.0), digest="b" * 16)
+    log_run(experiment, STAGE_CLASSIFY, {"model": "resnet34", "train_set": "synth"}, clf_metrics(55.0), digest="b" * 16)
     result = CliRunner().invoke(report_cmd, ["--experiment", experiment, "--output-dir", str(tmp_path / "cli"),
                                              "--ui-url", "https://user:secret@mlflow.example.org/",
                                              "--dataset-digest", "a" * 16])

@@ -6,25 +6,26 @@ import pytest
 
 from harness import tracking
 from harness.config import PrepareConfig
+from harness.schema import STAGE_FINETUNE, STAGE_PREPARE, TAG_CODE, TAG_DIGEST, TAG_LIB_PREFIX, TAG_STAGE
 
 
 def test_stage_run_tags_and_params(experiment):
     cfg = PrepareConfig(data_dir="/data/x", test_fraction=0.25)
-    with tracking.stage_run("prepare", cfg, dataset_digest="abc123", experiment=experiment) as run:
+    with tracking.stage_run(STAGE_PREPARE, cfg, dataset_digest="abc123", experiment=experiment) as run:
         pass
     r = mlflow.get_run(run.info.run_id)
     assert r.info.status == "FINISHED"
-    assert r.data.tags[tracking.TAG_STAGE] == "prepare"
-    assert r.data.tags[tracking.TAG_DIGEST] == "abc123"
-    assert r.data.tags[tracking.TAG_CODE] == tracking.code_version()
-    assert r.data.tags["skindualgen.lib.torch"].startswith("2.14")
+    assert r.data.tags[TAG_STAGE] == STAGE_PREPARE
+    assert r.data.tags[TAG_DIGEST] == "abc123"
+    assert r.data.tags[TAG_CODE] == tracking.code_version()
+    assert r.data.tags[TAG_LIB_PREFIX + "torch"].startswith("2.14")
     assert r.data.params == {f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     assert mlflow.get_experiment(r.info.experiment_id).name == experiment
 
 
 def test_failure_marks_run_failed(experiment):
     with pytest.raises(RuntimeError):
-        with tracking.stage_run("prepare", PrepareConfig(), experiment=experiment) as run:
+        with tracking.stage_run(STAGE_PREPARE, PrepareConfig(), experiment=experiment) as run:
             raise RuntimeError("boom")
     assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
 
@@ -38,23 +39,23 @@ def test_code_version_is_a_git_commit():
 
 def test_find_reusable_run_compares_params_as_strings(experiment):
     cfg = PrepareConfig(test_fraction=0.2, seed=3)
-    assert tracking.find_reusable_run("prepare", tracking.config_params(cfg), experiment) is None
-    with tracking.stage_run("prepare", cfg, experiment=experiment) as run:
+    assert tracking.find_reusable_run(STAGE_PREPARE, tracking.config_params(cfg), experiment) is None
+    with tracking.stage_run(STAGE_PREPARE, cfg, experiment=experiment) as run:
         pass
-    found = tracking.find_reusable_run("prepare", {"test_fraction": "0.2", "seed": "3"}, experiment)
+    found = tracking.find_reusable_run(STAGE_PREPARE, {"test_fraction": "0.2", "seed": "3"}, experiment)
     assert found.info.run_id == run.info.run_id
-    assert tracking.find_reusable_run("prepare", {"seed": 3}, experiment).info.run_id == run.info.run_id
-    assert tracking.find_reusable_run("prepare", {"seed": "4"}, experiment) is None
-    assert tracking.find_reusable_run("finetune", {"seed": "3"}, experiment) is None
-    assert tracking.find_reusable_run("prepare", {"seed": "3"}, experiment, code="0" * 40) is None
+    assert tracking.find_reusable_run(STAGE_PREPARE, {"seed": 3}, experiment).info.run_id == run.info.run_id
+    assert tracking.find_reusable_run(STAGE_PREPARE, {"seed": "4"}, experiment) is None
+    assert tracking.find_reusable_run(STAGE_FINETUNE, {"seed": "3"}, experiment) is None
+    assert tracking.find_reusable_run(STAGE_PREPARE, {"seed": "3"}, experiment, code="0" * 40) is None
 
 
 def test_failed_runs_are_not_reused(experiment):
     cfg = PrepareConfig(seed=11)
     with pytest.raises(ValueError):
-        with tracking.stage_run("prepare", cfg, experiment=experiment):
+        with tracking.stage_run(STAGE_PREPARE, cfg, experiment=experiment):
             raise ValueError
-    assert tracking.find_reusable_run("prepare", tracking.config_params(cfg), experiment) is None
+    assert tracking.find_reusable_run(STAGE_PREPARE, tracking.config_params(cfg), experiment) is None
 
 
 def test_resumes_run_created_by_mlflow_run(experiment, monkeypatch):
@@ -63,10 +64,10 @@ def test_resumes_run_created_by_mlflow_run(experiment, monkeypatch):
     outer = mlflow.start_run()
     mlflow.end_run("RUNNING")   # mlflow run leaves it RUNNING for the child process
     monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
-    with tracking.stage_run("prepare", PrepareConfig(), experiment=experiment) as run:
+    with tracking.stage_run(STAGE_PREPARE, PrepareConfig(), experiment=experiment) as run:
         assert run.info.run_id == outer.info.run_id
     r = mlflow.get_run(outer.info.run_id)
-    assert r.data.tags[tracking.TAG_STAGE] == "prepare" and r.info.status == "FINISHED"
+    assert r.data.tags[TAG_STAGE] == STAGE_PREPARE and r.info.status == "FINISHED"
 
 
 def test_default_store_is_sqlite_in_cwd(monkeypatch, tmp_path):

@@ -6,6 +6,7 @@ from harness import tracking
 from harness.config import FinetuneConfig, GenerateConfig, TuneConfig
 from harness.dualgen.generate import generate
 from harness.dualgen.train import finetune
+from harness.schema import STAGE_TUNE_TRIAL, TAG_MLFLOW_PARENT_RUN, TAG_STAGE
 from harness.tune import tune
 
 
@@ -23,9 +24,9 @@ def test_tune_trials_best_settings_and_resume(tiny_folder, demo_small, experimen
     run = mlflow.get_run(parent)
     assert run.data.metrics["n_trials"] == 4 and run.data.metrics["n_trials_this_run"] == 2
     trials = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                filter_string=f"tags.`{tracking.TAG_STAGE}` = 'tune-trial'")
+                                filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_TUNE_TRIAL}'")
     assert len(trials) == 4
-    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {first, parent}
+    assert {t.data.tags[TAG_MLFLOW_PARENT_RUN] for t in trials} == {first, parent}
     best = min(trials, key=lambda t: t.data.metrics["fid"])
     assert run.data.params["best_num_inference_steps"] == best.data.params["num_inference_steps"]
     assert float(run.data.params["best_guidance_scale"]) == float(best.data.params["guidance_scale"])

@@ -66,6 +66,7 @@ from PIL import Image, ImageDraw
 
 from harness.config import PROMPT_TEMPLATE
 from harness.data.layouts import HAM_DX, HAM_METADATA
+from harness.errors import HarnessError
 
 GENERATOR_VERSION = 1   # bump when the drawing changes, so old builds are not taken for new ones
 
@@ -116,7 +117,7 @@ HAM_SHIFT: dict[str, tuple[float, float]] = {
 HAM_VIEWS = ((1, 2, 3), (0.5, 0.3, 0.2))
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(HarnessError, RuntimeError):
     """The output folder cannot be used for the demo dataset (the message names it)."""
 
 

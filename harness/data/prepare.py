@@ -20,6 +20,7 @@ from harness.data.layouts import load_dataset
 from harness.data.records import DataError, Dataset
 from harness.data.splits import dataset_digest, train_test_split
 from harness.data.validate import validate
+from harness.schema import STAGE_PREPARE, TAG_CLASSES, TAG_DIGEST, TAG_LAYOUT
 
 MANIFEST_FIELDS = ("id", "image", "mask", "label", "description", "split", "group",
                    "image_sha256", "mask_sha256")
@@ -110,12 +111,12 @@ def class_count_metrics(dataset: Dataset) -> dict[str, float]:
 
 def prepare(cfg: PrepareConfig, experiment: str | None = None, progress: bool = True) -> tuple[Prepared, Path]:
     """Validate + split + manifest + MLflow run. On bad input: DataError, no manifest, run FAILED."""
-    with tracking.stage_run("prepare", cfg, experiment=experiment):
+    with tracking.stage_run(STAGE_PREPARE, cfg, experiment=experiment):
         prepared = load_prepared(cfg.data_dir, cfg.layout, cfg.test_fraction, cfg.seed, progress=progress)
         manifest = write_manifest(prepared, Path(cfg.output_dir) / prepared.name / "manifest.csv")
-        mlflow.set_tag(tracking.TAG_DIGEST, prepared.digest)
-        mlflow.set_tags({"skindualgen.layout": prepared.dataset.layout,
-                         "skindualgen.classes": ",".join(prepared.dataset.classes)})
+        mlflow.set_tag(TAG_DIGEST, prepared.digest)
+        mlflow.set_tags({TAG_LAYOUT: prepared.dataset.layout,
+                         TAG_CLASSES: ",".join(prepared.dataset.classes)})
         log_dataset_input(prepared, context="prepare", source=str(manifest))
         mlflow.log_metrics(class_count_metrics(prepared.dataset))
         mlflow.log_artifact(str(manifest))

@@ -5,8 +5,10 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.errors import HarnessError
 
-class DataError(ValueError):
+
+class DataError(HarnessError, ValueError):
     """Bad input data. The message always names the offending file and the problem."""
 
 

@@ -58,11 +58,12 @@ from harness.downstream.metrics import (
     mean_and_std,
 )
 from harness.downstream.sets import DownstreamError, EvalSet, load_inputs, log_inputs
+from harness.schema import (CLASSIFY_METRICS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE, TAG_FOLD,
+                            TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX)
 
 PAPER_EPOCHS = {"densenet121": 50, "resnet34": 50, "squeezenet1_1": 40, "swin_tiny": 40}
 MODELS = tuple(PAPER_EPOCHS)
 SWIN = "swin_tiny_patch4_window7_224"
-METRICS = ("accuracy", "sensitivity", "precision", "f1")
 
 
 class PretrainedUnavailable(DownstreamError):
@@ -287,7 +288,7 @@ def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y,
         last["val"] = predict(model, val_dl, device, amp_dtype)
         val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(last["val"]).clamp_min(1e-12)),
                                                 torch.from_numpy(val_y)))
-        val_f1 = classification_metrics(val_y, last["val"].argmax(1), classes)["f1"]
+        val_f1 = classification_metrics(val_y, last["val"].argmax(1), classes)[METRIC_F1]
         mlflow.log_metrics({"train/loss": loss, "val/loss": val_loss, "val/f1": val_f1}, step=epoch + 1)
 
     model, step_seconds = train_classifier(model_name, classes, train_images, train_y, cfg, epochs, device,
@@ -313,10 +314,9 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
     epochs = cfg.epochs or PAPER_EPOCHS[cfg.model]
     evals: dict[str, EvalSet] = {"test": data.test, **({"ham": data.ham} if data.ham is not None else {})}
     evals = {name: e for name, e in evals.items() if e.samples}
-    tags = {"skindualgen.model": cfg.model, "skindualgen.train_set": cfg.train_set,
-            "skindualgen.device": str(device), **data.tags}
+    tags = {TAG_MODEL: cfg.model, TAG_TRAIN_SET: cfg.train_set, TAG_DEVICE: str(device), **data.tags}
 
-    with tracking.stage_run("classify", cfg, data.prepared.digest, experiment,
+    with tracking.stage_run(STAGE_CLASSIFY, cfg, data.prepared.digest, experiment,
                             run_name=f"classify {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
         log_inputs(data)
         mlflow.log_metric("epochs", epochs)
@@ -336,12 +336,12 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
         for k, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
             with mlflow.start_run(run_name=f"{cfg.model} {cfg.train_set} fold {k}", nested=True,
                                   experiment_id=run.info.experiment_id,
-                                  tags={**tracking.run_tags("classify-fold", data.prepared.digest), **tags,
-                                        "skindualgen.fold": str(k)}):
+                                  tags={**tracking.run_tags(STAGE_CLASSIFY_FOLD, data.prepared.digest), **tags,
+                                        TAG_FOLD: str(k)}):
                 mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va)})
                 missing = sorted(set(classes) - {classes[i] for i in y[tr]})
                 if missing:       # cannot happen after check_folds; see the module docstring
-                    mlflow.MlflowClient().set_tag(run.info.run_id, f"skindualgen.fold{k}_missing_classes",
+                    mlflow.MlflowClient().set_tag(run.info.run_id, TAG_FOLD_MISSING_CLASSES.format(k=k),
                                                   ",".join(missing))
                 out = run_fold(k, cfg.model, classes, images[tr], y[tr], images[va], y[va], eval_images, cfg,
                                epochs, device, amp_dtype, progress)
@@ -349,28 +349,28 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
                 val_samples = [train.samples[i] for i in va]
                 val_m = classification_metrics(y[va], out["val"].argmax(1), classes)
                 # the validation curve's last point: `val/<metric>` at step = epochs (one name per metric)
-                mlflow.log_metrics({f"val/{key}": val_m[key] for key in METRICS}, step=epochs)
+                mlflow.log_metrics({VAL_PREFIX + key: val_m[key] for key in CLASSIFY_METRICS}, step=epochs)
                 per_fold["val"].append(val_m)
                 rows["val"] += _prediction_rows(k, val_samples, out["val"], classes)
                 for name, e in evals.items():
                     pred = out[name].argmax(1)
                     m = classification_metrics(eval_y[name], pred, classes)
                     per_fold[name].append(m)
-                    fold_metrics.update({(key if name == "test" else f"{name}_{key}"): v for key, v in m.items()})
+                    fold_metrics.update({(key if name == "test" else HAM_PREFIX + key): v for key, v in m.items()})
                     cms[name] += confusion_matrix(eval_y[name], pred, len(classes))
                     rows[name] += _prediction_rows(k, e.samples, out[name], classes)
                 fold_metrics["time/step_seconds"] = out["step_seconds"]
                 step_seconds.append(out["step_seconds"])
                 mlflow.log_metrics(fold_metrics)
-                if best is None or val_m["f1"] > best["val_f1"]:
-                    best = {"fold": k, "val_f1": val_m["f1"], "state_dict": out["state_dict"]}
+                if best is None or val_m[METRIC_F1] > best["val_f1"]:
+                    best = {"fold": k, "val_f1": val_m[METRIC_F1], "state_dict": out["state_dict"]}
 
         summary = {"best_fold": best["fold"], "time/train_seconds": time.perf_counter() - t_start,
                    "time/step_seconds": float(np.mean(step_seconds))}
         for name, folds in per_fold.items():
-            prefix = {"test": "", "val": "val/"}.get(name, f"{name}_")
+            prefix = {"test": "", "val": VAL_PREFIX, "ham": HAM_PREFIX}[name]
             if name == "val":     # the folds' validation sets differ: only the headline numbers
-                folds = [{key: m[key] for key in METRICS} for m in folds]
+                folds = [{key: m[key] for key in CLASSIFY_METRICS} for m in folds]
             summary.update({prefix + key: v for key, v in mean_and_std(folds).items()})
         mlflow.log_metrics(summary)
         _log_artifacts(cfg, classes, evals, rows, cms, best)

@@ -69,6 +69,8 @@ from harness.data.records import Sample
 from harness.downstream import runtime
 from harness.downstream.classify import MODELS, load_classifier
 from harness.downstream.sets import DownstreamError
+from harness.schema import (STAGE_CLASSIFY, STAGE_EXPLAIN, TAG_DEVICE, TAG_DIGEST, TAG_EXPLAIN_MODEL, TAG_HYBRID_RUN,
+                            TAG_MODEL, TAG_REAL_RUN, TAG_STAGE, TAG_TRAIN_SET)
 
 METHODS = ("gradcam", "saliency", "occlusion")
 METHOD_TITLES = {"gradcam": "GradCAM", "saliency": "Saliency", "occlusion": "Occlusion"}
@@ -76,7 +78,6 @@ SETS = ("real", "hybrid")
 SET_TITLES = {"real": "real-only", "hybrid": "hybrid"}
 CAM_LAYERS = {"densenet121": "features", "resnet34": "layer4", "squeezenet1_1": "features",
               "swin_tiny": "layers[-1] (NHWC -> NCHW)"}
-TAG_REAL, TAG_HYBRID, TAG_MODEL = "skindualgen.real_run", "skindualgen.hybrid_run", "skindualgen.explain_model"
 
 # Figure layout, in pixels (the PNG is exactly 8 * PANEL_PX wide and TITLE_PX + rows * ROW_PX high).
 PANEL_PX, LABEL_PX, TITLE_PX, DPI = 160, 48, 30, 100
@@ -237,7 +238,7 @@ def _split(value: str) -> list[str]:
 def _finished_classify_runs(experiment_id: str) -> list[mlflow.entities.Run]:
     return mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=(f"tags.`{tracking.TAG_STAGE}` = 'classify' and "
+        filter_string=(f"tags.`{TAG_STAGE}` = '{STAGE_CLASSIFY}' and "
                        f"attributes.status = '{RunStatus.to_string(RunStatus.FINISHED)}'"),
         order_by=["attributes.start_time DESC"], output_format="list")
 
@@ -246,7 +247,7 @@ def _describe(runs: list[mlflow.entities.Run]) -> str:
     if not runs:
         return "it has no FINISHED classify runs (run `classify --train-set real` and `--train-set hybrid` first)"
     return "its FINISHED classify runs: " + "; ".join(
-        f"{r.info.run_id} ({r.data.tags.get('skindualgen.model')}, {r.data.tags.get('skindualgen.train_set')})"
+        f"{r.info.run_id} ({r.data.tags.get(TAG_MODEL)}, {r.data.tags.get(TAG_TRAIN_SET)})"
         for r in runs)
 
 
@@ -257,18 +258,18 @@ def _given_run(run_id: str, train_set: str) -> mlflow.entities.Run:
     except mlflow.exceptions.MlflowException as e:
         raise DownstreamError(f"{option} {run_id}: no such run in {mlflow.get_tracking_uri()}") from e
     tags = run.data.tags
-    if tags.get(tracking.TAG_STAGE) != "classify":
-        raise DownstreamError(f"{option} {run_id}: not a classify run (stage {tags.get(tracking.TAG_STAGE)!r})")
+    if tags.get(TAG_STAGE) != STAGE_CLASSIFY:
+        raise DownstreamError(f"{option} {run_id}: not a classify run (stage {tags.get(TAG_STAGE)!r})")
     if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
         raise DownstreamError(f"{option} {run_id}: the run is {run.info.status}, not FINISHED")
-    if tags.get("skindualgen.train_set") != train_set:
-        raise DownstreamError(f"{option} {run_id}: trained on {tags.get('skindualgen.train_set')!r}, "
+    if tags.get(TAG_TRAIN_SET) != train_set:
+        raise DownstreamError(f"{option} {run_id}: trained on {tags.get(TAG_TRAIN_SET)!r}, "
                               f"not {train_set!r}")
     return run
 
 
 def model_of(run: mlflow.entities.Run) -> str | None:
-    return run.data.tags.get("skindualgen.model")
+    return run.data.tags.get(TAG_MODEL)
 
 
 def resolve_pairs(cfg: ExplainConfig, experiment_name: str) -> list[Pair]:
@@ -279,7 +280,7 @@ def resolve_pairs(cfg: ExplainConfig, experiment_name: str) -> list[Pair]:
 
     def newest(model: str, train_set: str) -> mlflow.entities.Run:
         for r in available:
-            if r.data.tags.get("skindualgen.model") == model and r.data.tags.get("skindualgen.train_set") == train_set:
+            if r.data.tags.get(TAG_MODEL) == model and r.data.tags.get(TAG_TRAIN_SET) == train_set:
                 return r
         raise DownstreamError(f"no FINISHED classify run of {model} trained on {train_set!r} in {where}; "
                               f"{_describe(available)}. Pass --{train_set}-run <run id> or train one")
@@ -305,7 +306,7 @@ def resolve_pairs(cfg: ExplainConfig, experiment_name: str) -> list[Pair]:
         pairs = [Pair(model_of(h), newest(model_of(h), "real"), h) for h in hybrids]
     else:
         if not models:
-            have = {(model_of(r), r.data.tags.get("skindualgen.train_set")) for r in available}
+            have = {(model_of(r), r.data.tags.get(TAG_TRAIN_SET)) for r in available}
             models = [m for m in MODELS if (m, "real") in have and (m, "hybrid") in have]
             if not models:
                 raise DownstreamError(f"no model has both a FINISHED real and a FINISHED hybrid classify run in "
@@ -322,9 +323,9 @@ def resolve_pairs(cfg: ExplainConfig, experiment_name: str) -> list[Pair]:
 
 def load_data(pairs: list[Pair], data_dir: str, progress: bool) -> Prepared:
     """The real data the runs were trained and tested on, split as they split it (their params)."""
-    digests = {r.data.tags.get(tracking.TAG_DIGEST) for p in pairs for r in (p.real, p.hybrid)}
+    digests = {r.data.tags.get(TAG_DIGEST) for p in pairs for r in (p.real, p.hybrid)}
     if len(digests) != 1:
-        listing = "; ".join(f"{r.info.run_id}: {r.data.tags.get(tracking.TAG_DIGEST)}"
+        listing = "; ".join(f"{r.info.run_id}: {r.data.tags.get(TAG_DIGEST)}"
                             for p in pairs for r in (p.real, p.hybrid))
         raise DownstreamError(f"the classify runs were trained on different real data (dataset digests {listing}); "
                               "explain runs whose real data is the same")
@@ -452,10 +453,10 @@ def explain(cfg: ExplainConfig, experiment: str | None = None, progress: bool = 
             raise DownstreamError(f"{p.model}: the real and hybrid runs have different classes")
     torch.manual_seed(cfg.seed)
 
-    tags = {TAG_REAL: ",".join(p.real.info.run_id for p in pairs),
-            TAG_HYBRID: ",".join(p.hybrid.info.run_id for p in pairs),
-            TAG_MODEL: ",".join(p.model for p in pairs), "skindualgen.device": str(device)}
-    with tracking.stage_run("explain", cfg, prepared.digest, experiment,
+    tags = {TAG_REAL_RUN: ",".join(p.real.info.run_id for p in pairs),
+            TAG_HYBRID_RUN: ",".join(p.hybrid.info.run_id for p in pairs),
+            TAG_EXPLAIN_MODEL: ",".join(p.model for p in pairs), TAG_DEVICE: str(device)}
+    with tracking.stage_run(STAGE_EXPLAIN, cfg, prepared.digest, experiment,
                             run_name=f"explain {','.join(p.model for p in pairs)}", extra_tags=tags) as run:
         log_dataset_input(prepared, context="real")
         mlflow.log_params({"image_ids": ",".join(s.id for s in samples),

@@ -32,6 +32,9 @@ import math
 
 import numpy as np
 
+from harness.schema import (CLASSIFY_METRICS, METRIC_ACCURACY, METRIC_ASD, METRIC_DICE, METRIC_F1, METRIC_HD, METRIC_IOU,
+                            METRIC_PRECISION, METRIC_SENSITIVITY, SEGMENT_METRICS)
+
 # ---------------------------------------------------------------------------------------------
 # Classification
 # ---------------------------------------------------------------------------------------------
@@ -60,16 +63,15 @@ def classification_metrics(y_true, y_pred, classes: list[str]) -> dict[str, floa
     recall, precision = _ratio(tp, n_true), _ratio(tp, n_pred)
     f1 = _ratio(2 * precision * recall, precision + recall)
     used = (n_true > 0) | (n_pred > 0)
-    out = {"accuracy": 100.0 * tp.sum() / len(y_true),
-           "sensitivity": 100.0 * recall[used].mean(),
-           "precision": 100.0 * precision[used].mean(),
-           "f1": 100.0 * f1[used].mean()}
-    out.update({f"sensitivity/{c}": 100.0 * recall[i] for i, c in enumerate(classes) if n_true[i] > 0})
+    out = {METRIC_ACCURACY: 100.0 * tp.sum() / len(y_true),
+           METRIC_SENSITIVITY: 100.0 * recall[used].mean(),
+           METRIC_PRECISION: 100.0 * precision[used].mean(),
+           METRIC_F1: 100.0 * f1[used].mean()}
+    out.update({f"{METRIC_SENSITIVITY}/{c}": 100.0 * recall[i] for i, c in enumerate(classes) if n_true[i] > 0})
     return out
 
 
-def mean_and_std(per_fold: list[dict[str, float]], std_keys=("accuracy", "sensitivity", "precision", "f1"),
-                 ) -> dict[str, float]:
+def mean_and_std(per_fold: list[dict[str, float]], std_keys=CLASSIFY_METRICS) -> dict[str, float]:
     """Mean over folds of every key present in all folds, plus `<key>_std` (population std, ddof=0)
     for the keys in `std_keys`."""
     keys = [k for k in per_fold[0] if all(k in m for m in per_fold)]
@@ -141,17 +143,15 @@ def segmentation_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         raise ValueError(f"predicted mask {pred.shape} and ground truth {gt.shape} differ in shape")
     d, j = dice_iou(pred, gt)
     a, h = surface_distances(pred, gt)
-    return {"dice": d, "iou": j, "asd": a, "hd": h, "empty_pred": int(not pred.any()), "empty_gt": int(not gt.any())}
-
-
-SEGMENTATION_KEYS = ("dice", "iou", "asd", "hd")
+    return {METRIC_DICE: d, METRIC_IOU: j, METRIC_ASD: a, METRIC_HD: h,
+            "empty_pred": int(not pred.any()), "empty_gt": int(not gt.any())}
 
 
 def summarize_segmentation(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean dice, iou, asd, hd over all images (none dropped), n_images, n_empty_pred, n_empty_gt."""
     if not rows:
         raise ValueError("no images to score")
-    out = {k: float(np.mean([r[k] for r in rows])) for k in SEGMENTATION_KEYS}
+    out = {k: float(np.mean([r[k] for r in rows])) for k in SEGMENT_METRICS}
     out.update({"n_images": len(rows), "n_empty_pred": sum(int(r["empty_pred"]) for r in rows),
                 "n_empty_gt": sum(int(r["empty_gt"]) for r in rows)})
     return out

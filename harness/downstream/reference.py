@@ -43,6 +43,7 @@ from harness.downstream import classify as classify_mod
 from harness.downstream import runtime
 from harness.downstream import segment as segment_mod
 from harness.downstream.metrics import dice_iou
+from harness.schema import METRIC_CAS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, STAGE_CLASSIFY, STAGE_SEGMENT
 
 REFERENCE_VERSION = 2          # bump when the judges train differently (2: small last batch dropped)
 
@@ -60,7 +61,7 @@ class Reference:
 
 
 def _config(stage: str, model: str, profile: str, seed: int):
-    cls = ClassifyConfig if stage == "classify" else SegmentConfig
+    cls = ClassifyConfig if stage == STAGE_CLASSIFY else SegmentConfig
     return with_profile(cls, stage, profile, {"model": model, "seed": seed, "train_set": "real"})
 
 
@@ -110,9 +111,9 @@ def reference_classifier(prepared: Prepared, model: str = "resnet34", profile: s
                          cache_dir=".cache/skindualgen/reference", seed: int = 42,
                          progress: bool = True) -> Reference:
     """The classifier `model` trained on prepared's train split with the classify settings of `profile`."""
-    cfg = _config("classify", model, profile, seed)
+    cfg = _config(STAGE_CLASSIFY, model, profile, seed)
     device = runtime.pick_device()
-    weights, meta = cache_paths(cache_dir, prepared.digest, "classify", cfg)
+    weights, meta = cache_paths(cache_dir, prepared.digest, STAGE_CLASSIFY, cfg)
     with _lock(weights):
         found = _load(weights, meta, lambda info: classify_mod.build_model(info["model"], len(info["classes"]),
                                                                            info["config"]["image_size"]))
@@ -131,7 +132,7 @@ def _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progr
     epochs = cfg.epochs or classify_mod.PAPER_EPOCHS[cfg.model]
     net, _ = classify_mod.train_classifier(cfg.model, classes, images, y, cfg, epochs, device, amp, progress, seed,
                                            desc=f"reference {cfg.model}")
-    info = {"stage": "classify", "model": cfg.model, "classes": classes, "epochs": epochs, "profile": profile,
+    info = {"stage": STAGE_CLASSIFY, "model": cfg.model, "classes": classes, "epochs": epochs, "profile": profile,
             "config": dataclasses.asdict(cfg), "digest": prepared.digest, "key": weights.stem,
             "n_train": len(train)}
     _save(weights, meta, net, info)
@@ -141,9 +142,9 @@ def _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progr
 def reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper",
                         cache_dir=".cache/skindualgen/reference", seed: int = 42, progress: bool = True) -> Reference:
     """The segmenter `model` trained on prepared's train split with the segment settings of `profile`."""
-    cfg = _config("segment", model, profile, seed)
+    cfg = _config(STAGE_SEGMENT, model, profile, seed)
     device = runtime.pick_device()
-    weights, meta = cache_paths(cache_dir, prepared.digest, "segment", cfg)
+    weights, meta = cache_paths(cache_dir, prepared.digest, STAGE_SEGMENT, cfg)
     with _lock(weights):
         found = _load(weights, meta, lambda info: segment_mod.build_model(info["model"]))
         if found is not None:
@@ -157,7 +158,7 @@ def _train_segmenter(prepared, cfg, profile, weights, meta, device, seed, progre
     segment_mod.check_masks({"real train": train.samples})
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
     net, _ = segment_mod.train_segmenter(cfg.model, train.samples, cfg, device, amp, progress, seed)
-    info = {"stage": "segment", "model": cfg.model, "profile": profile, "config": dataclasses.asdict(cfg),
+    info = {"stage": STAGE_SEGMENT, "model": cfg.model, "profile": profile, "config": dataclasses.asdict(cfg),
             "digest": prepared.digest, "key": weights.stem, "n_train": len(train)}
     _save(weights, meta, net, info)
     return Reference(net.eval(), info, False, device)
@@ -189,7 +190,7 @@ def cas(ref: Reference, samples: list[Sample]) -> dict[str, float]:
         raise ValueError("CAS needs at least one image")
     predicted = predict_classes(ref, samples)
     labels = [s.label for s in samples]
-    return _per_class(np.array([p == t for p, t in zip(predicted, labels)], np.float64), labels, "cas")
+    return _per_class(np.array([p == t for p, t in zip(predicted, labels)], np.float64), labels, METRIC_CAS)
 
 
 def consistency_scores(ref: Reference, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,4 +211,4 @@ def mask_consistency(ref: Reference, samples: list[Sample]) -> tuple[dict[str, f
         raise ValueError("mask consistency needs at least one image")
     dice, nonempty = consistency_scores(ref, samples)
     labels = [s.label for s in samples]
-    return {**_per_class(dice, labels, "mask_consistency"), "mask_nonempty": float(nonempty.mean())}, dice
+    return {**_per_class(dice, labels, METRIC_MASK_CONSISTENCY), METRIC_MASK_NONEMPTY: float(nonempty.mean())}, dice

@@ -49,10 +49,11 @@ from harness.data.records import Sample
 from harness.downstream import runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
 from harness.downstream.sets import DownstreamError, load_inputs, log_inputs
+from harness.schema import HAM_PREFIX, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL, TAG_TRAIN_SET
 
 MODELS = {"unet": ("Unet", "resnet34"), "deeplabv3plus": ("DeepLabV3Plus", "resnet50")}
 THRESHOLD = 0.5
-SCORE_KEYS = ("dice", "iou", "asd", "hd", "n_empty_pred", "n_empty_gt")
+SCORE_KEYS = (*SEGMENT_METRICS, "n_empty_pred", "n_empty_gt")
 
 
 class PretrainedUnavailable(DownstreamError):
@@ -225,10 +226,9 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
     check_masks({"train": data.train.samples, **evals})
     if cfg.pretrained:        # fail before the run starts when the weights cannot be had
         build_model(cfg.model, pretrained=True)
-    tags = {"skindualgen.model": cfg.model, "skindualgen.train_set": cfg.train_set,
-            "skindualgen.device": str(device), **data.tags}
+    tags = {TAG_MODEL: cfg.model, TAG_TRAIN_SET: cfg.train_set, TAG_DEVICE: str(device), **data.tags}
 
-    with tracking.stage_run("segment", cfg, data.prepared.digest, experiment,
+    with tracking.stage_run(STAGE_SEGMENT, cfg, data.prepared.digest, experiment,
                             run_name=f"segment {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
         log_inputs(data, eval_by_class=False)
         t_start = time.perf_counter()
@@ -241,7 +241,7 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
             for name, samples in evals.items():
                 rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
                 _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
-                prefix = "" if name == "test" else f"{name}_"
+                prefix = "" if name == "test" else HAM_PREFIX
                 summary.update({prefix + k: scores[k] for k in SCORE_KEYS})
             (tmp / "model").mkdir()
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")

@@ -35,14 +35,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from harness.data.generated import generated_set
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError, Dataset, Sample
+from harness.errors import HarnessError
+from harness.schema import TAG_EVAL_DATA, TAG_SYNTH_DIR, TAG_SYNTH_RUN, TRAIN_SETS
 
-TRAIN_SETS = ("real", "synth", "hybrid")
 SYNTH_PREFIX = "synth:"
-TAG_SYNTH_DIR = "skindualgen.synth_dir"
-TAG_SYNTH_RUN = "skindualgen.synth_run_id"
 
 # Eval labels are matched to the model's classes by name after normalising case, "_"/"-" and spaces;
 # these aliases are the other common spellings of HAM10000's classes (applied on both sides).
@@ -55,7 +55,7 @@ CLASS_ALIASES = {
 }
 
 
-class DownstreamError(ValueError):
+class DownstreamError(HarnessError, ValueError):
     """A bad option combination or too little data for the requested set; the message says why."""
 
 
@@ -65,7 +65,6 @@ class DownstreamError(ValueError):
 
 def resolve_synth(spec: str) -> tuple[Path, dict[str, str]]:
     """`runs:/<id>[/...]`, a folder or a CSV -> (path, tags recording where it came from)."""
-    from harness.dualgen.generate import generated_set
     try:
         path, run = generated_set(spec)
     except DataError as e:
@@ -262,7 +261,7 @@ def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_
         except DataError as e:
             raise DataError(f"--eval-data: {e}") from e
         ham = map_to_classes("ham", ham_data.samples, train.classes)
-        tags["skindualgen.eval_data"] = str(path)
+        tags[TAG_EVAL_DATA] = str(path)
     return DownstreamData(prepared, train, test, ham, synthetic, tags)
 
 
@@ -280,7 +279,7 @@ def log_inputs(data: DownstreamData, eval_by_class: bool = True) -> None:
     if data.ham is not None:
         ham = data.ham.samples if eval_by_class else data.ham.all_samples
         df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in ham])
-        mlflow.log_input(mlflow.data.from_pandas(df, source=data.tags["skindualgen.eval_data"], name="eval",
+        mlflow.log_input(mlflow.data.from_pandas(df, source=data.tags[TAG_EVAL_DATA], name="eval",
                                                  targets="label"), context="eval")
         metrics["ham_n"] = len(ham)
         if eval_by_class:

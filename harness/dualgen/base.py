@@ -19,6 +19,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from harness.errors import HarnessError
+
 TINY_BASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-sd2"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -34,7 +36,7 @@ HUB_ALLOW_PATTERNS = [
 ]
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(HarnessError, RuntimeError):
     """The base model could not be found or fetched; the message says which and what to do."""
 
 

@@ -26,23 +26,18 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.config import GenerateConfig
-from harness.dualgen.mlflow_model import model_folder
-from harness.dualgen.pipeline import DualGenPipeline
-from harness.dualgen.train import TRAINING_JSON, pair_grid
+from harness.data.records import DataError
+from harness.dualgen.mlflow_model import ModelURIError, model_folder
+from harness.errors import ConfigError
+from harness.dualgen.pipeline import DualGenPipeline, pair_grid
+from harness.schema import (PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL, TAG_FINETUNE_RUN,
+                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR, TRAINING_JSON)
 
-TAG_MODEL_URI = "skindualgen.model_uri"
-TAG_MODEL_VERSION = "skindualgen.model_version"
-TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
-TAG_OUTPUT_DIR = "skindualgen.output_dir"
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
 MANIFEST_FIELDS = ["id", "image", "mask", "label", "description", "split", "group", "prompt", "seed",
                    "model_uri", "model_version"]
-
-
-class ModelURIError(ValueError):
-    pass
 
 
 def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
@@ -88,9 +83,9 @@ def plan(training: dict, cfg: GenerateConfig) -> list[tuple[str, int]]:
     classes = [c.strip() for c in cfg.classes.split(",") if c.strip()] or training["classes"]
     unknown = [c for c in classes if c not in training["classes"]]
     if unknown:
-        raise ValueError(f"class(es) {unknown} unknown to this model; it knows {training['classes']}")
+        raise ConfigError(f"class(es) {unknown} unknown to this model; it knows {training['classes']}")
     if sum((bool(cfg.per_class), cfg.balance, cfg.match_real)) != 1:
-        raise ValueError("give exactly one of --per-class N, --balance or --match-real")
+        raise ConfigError("give exactly one of --per-class N, --balance or --match-real")
     if cfg.per_class:
         return [(c, cfg.per_class) for c in classes]
     counts = training["class_counts"]
@@ -106,33 +101,11 @@ def load_settings_from_run(cfg: GenerateConfig) -> GenerateConfig:
     run = mlflow.get_run(cfg.settings_from_run)
     params = run.data.params
     try:
-        cfg.num_inference_steps = int(params["best_num_inference_steps"])
-        cfg.guidance_scale = float(params["best_guidance_scale"])
+        cfg.num_inference_steps = int(params[PARAM_BEST_STEPS])
+        cfg.guidance_scale = float(params[PARAM_BEST_GUIDANCE])
     except KeyError as e:
-        raise ValueError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?") from e
+        raise ConfigError(f"run {cfg.settings_from_run} has no best settings (param {e}); is it a tune run?") from e
     return cfg
-
-
-def generated_set(spec: str) -> tuple[Path, mlflow.entities.Run | None]:
-    """A generated set given as `runs:/<generate run id>` (its tag skindualgen.output_dir), a folder
-    or a manifest CSV -> (path, the generate run or None). Raise DataError saying what is wrong."""
-    from harness.data.records import DataError
-    spec = spec.strip()
-    if not spec.startswith("runs:/"):
-        return Path(spec).expanduser().resolve(), None
-    run_id = spec[len("runs:/"):].strip("/").split("/")[0]
-    try:
-        run = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException as e:
-        raise DataError(f"{spec}: no such run in {tracking.tracking_uri()} ({e})") from e
-    out = run.data.tags.get(TAG_OUTPUT_DIR)
-    if not out:
-        raise DataError(f"{spec}: run has no tag {TAG_OUTPUT_DIR} (stage {run.data.tags.get(tracking.TAG_STAGE, '?')!r},"
-                        f" status {run.info.status}); give a FINISHED generate run or the generated folder")
-    if not Path(out).exists():
-        raise DataError(f"{out}: output folder of generate run {run_id} does not exist on this machine "
-                        "(moved?); copy it here and pass its path")
-    return Path(out), run
 
 
 def generate_pairs(pipe: DualGenPipeline, template: str, jobs: list[tuple[str, int]], seeds: list[int],
@@ -153,7 +126,7 @@ def consistency_judge(training: dict, cfg: GenerateConfig, progress: bool = True
     prepared = load_prepared(ft.get("data_dir", ""), "auto", ft.get("test_fraction", 0.176), ft.get("seed", 42),
                              progress=progress)
     if prepared.digest != training["dataset_digest"]:
-        raise ValueError(f"--min-consistency: the model's training data {ft.get('data_dir') or '(demo)'} now has "
+        raise DataError(f"--min-consistency: the model's training data {ft.get('data_dir') or '(demo)'} now has "
                          f"dataset digest {prepared.digest}, not {training['dataset_digest']} as when it was "
                          "fine-tuned; the judging segmenter must learn from the same real data")
     return reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
@@ -185,7 +158,7 @@ def generate_consistent(pipe, template: str, todo: list[tuple[str, int]], cfg: G
     while any(len(kept[c]) < n for c, n in need.items()):
         if rounds == max(1, cfg.max_rounds):
             short = {c: f"{len(kept[c])}/{n}" for c, n in need.items() if len(kept[c]) < n}
-            raise ValueError(f"--min-consistency {cfg.min_consistency}: after {rounds} rounds these classes still lack "
+            raise ConfigError(f"--min-consistency {cfg.min_consistency}: after {rounds} rounds these classes still lack "
                              f"pairs that pass (kept/needed): {short}; lower --min-consistency or raise --max-rounds")
         jobs = [(c, len(kept[c]) + k) for c, n in need.items() for k in range(n - len(kept[c]))]
         seeds = list(range(next_seed, next_seed + len(jobs)))
@@ -235,7 +208,7 @@ def write_generated_set(out: Path, run_id: str, jobs, seeds, pairs, template: st
     if out.exists():
         if any(out.iterdir()) and not (out / "manifest.csv").is_file():
             shutil.rmtree(tmp)
-            raise ValueError(f"{out} exists and is not a generated set (no manifest.csv): not overwriting it")
+            raise ConfigError(f"{out} exists and is not a generated set (no manifest.csv): not overwriting it")
         shutil.rmtree(out)
     tmp.rename(out)
     return rows
@@ -246,13 +219,13 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
     tracking.setup(experiment)
     cfg = load_settings_from_run(cfg)
     if not 0.0 <= cfg.min_consistency <= 1.0:
-        raise ValueError(f"--min-consistency is a Dice in [0, 1], got {cfg.min_consistency}")
+        raise ConfigError(f"--min-consistency is a Dice in [0, 1], got {cfg.min_consistency}")
     fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())
     todo = plan(training, cfg)
     judge = consistency_judge(training, cfg, progress) if cfg.min_consistency > 0 else None
-    with tracking.stage_run("generate", cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
+    with tracking.stage_run(STAGE_GENERATE, cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
         pipe = DualGenPipeline.from_folder(folder)
         template = training["prompt_template"]
         jobs, seeds, pairs, stats = generate_consistent(pipe, template, todo, cfg, judge, progress)
@@ -264,7 +237,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
                         "consistency_all_mean": float(np.mean(stats["scores"])),
                         "consistency_kept_mean": float(np.mean(stats["kept_scores"])) if rows else 0.0}
             metrics |= {f"n_dropped/{c}": n for c, n in stats["dropped"].items()}
-            tracking.tag_reference(tracking.TAG_CONSISTENCY_MODEL, judge)
+            tracking.tag_reference(TAG_CONSISTENCY_MODEL, judge)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out / "manifest.csv"))
         if pairs:

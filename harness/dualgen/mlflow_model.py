@@ -18,7 +18,15 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from harness.errors import HarnessError
+from harness.schema import TRAINING_JSON
+
 ARTIFACT_KEY = "dualgen"
+
+
+class ModelURIError(HarnessError, ValueError):
+    """A model URI that names no DualGen model (no such run, registered model, version or alias, or
+    not a DualGen model); the message lists what exists."""
 
 
 class DualGenPyfunc(mlflow.pyfunc.PythonModel):
@@ -26,7 +34,7 @@ class DualGenPyfunc(mlflow.pyfunc.PythonModel):
         from harness.dualgen.pipeline import DualGenPipeline
         folder = Path(context.artifacts[ARTIFACT_KEY])
         self.pipe = DualGenPipeline.from_folder(folder)
-        self.training = json.loads((folder / "training.json").read_text())
+        self.training = json.loads((folder / TRAINING_JSON).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
@@ -66,7 +74,7 @@ def log_dualgen_model(model_dir: Path, name: str = "model"):
 
 def model_folder(uri: str) -> Path:
     """The DualGen model folder behind a pyfunc URI (runs:/, models:/, a local pyfunc folder) or a
-    plain DualGen folder. Raise ValueError when the model is not a DualGen model."""
+    plain DualGen folder. Raise ModelURIError when the model is not a DualGen model."""
     local = Path(uri).expanduser()
     if local.is_dir() and (local / "dualgen.json").is_file():
         return local
@@ -78,4 +86,4 @@ def model_folder(uri: str) -> Path:
         rel = (flavor.get("artifacts") or {}).get(ARTIFACT_KEY, {}).get("path")
         if rel and (path / rel / "dualgen.json").is_file():
             return path / rel
-    raise ValueError(f"{uri} is not a SkinDualGen dual-generation model (no {ARTIFACT_KEY}/dualgen.json in it)")
+    raise ModelURIError(f"{uri} is not a SkinDualGen dual-generation model (no {ARTIFACT_KEY}/dualgen.json in it)")

@@ -42,8 +42,7 @@ from PIL import Image
 from harness.dualgen.base import BaseModelError, PromptCache, load_base
 from harness.dualgen.lora import load_lora, save_lora
 from harness.dualgen.vae4 import decode, mask_from_logits
-
-FORMAT = "skindualgen.dualgen/1"
+from harness.schema import DUALGEN_FORMAT
 
 
 class DualGenPipeline:
@@ -123,7 +122,7 @@ class DualGenPipeline:
         save_lora(self.unet, folder / "lora")
         lora_config = self.unet.peft_config["default"]
         meta = {
-            "format": FORMAT,
+            "format": DUALGEN_FORMAT,
             "base": {"model_id": self.base_info.get("model_id", ""), "revision": self.base_info.get("revision", ""),
                      "prediction_type": self.scheduler.config.prediction_type},
             "base_included": include_base,
@@ -143,8 +142,8 @@ class DualGenPipeline:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder} is not a DualGen model folder (no dualgen.json)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+        if meta.get("format") != DUALGEN_FORMAT:
+            raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {DUALGEN_FORMAT})")
         recorded = meta["base"]
         if meta["base_included"]:
             base = load_base(str(folder), dtype=dtype)
@@ -158,6 +157,16 @@ class DualGenPipeline:
         vae.requires_grad_(False)
         load_lora(base.unet, folder / "lora")
         return cls(base.unet, vae, base.text_encoder, base.tokenizer, base.scheduler, base_info=recorded)
+
+
+def pair_grid(pairs) -> Image.Image:
+    """One column per (image, mask) pair: the image on top, its mask below (validation grids, samples.png)."""
+    w, h = pairs[0][0].size
+    grid = Image.new("RGB", (w * len(pairs), h * 2))
+    for i, (img, mask) in enumerate(pairs):
+        grid.paste(img, (i * w, 0))
+        grid.paste(mask.convert("RGB"), (i * w, h))
+    return grid
 
 
 @contextlib.contextmanager

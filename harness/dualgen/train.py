@@ -20,6 +20,7 @@ would have used, with no RNG state to restore beyond the step counter.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -44,10 +45,11 @@ from harness.data.prepare import load_prepared, log_dataset_input
 from harness.dualgen.base import PromptCache, load_base
 from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict, trainable_summary
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
-from harness.dualgen.pipeline import DualGenPipeline
+from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
+from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_OUTPUT_DIR,
+                            TAG_PREDICTION_TYPE, TAG_RESUMED_FROM, TRAINING_JSON)
 
-TRAINING_JSON = "training.json"     # in the model folder: classes, prompts, class counts, digest
 # config fields that may differ between an interrupted run and its resume
 RESUME_MAY_DIFFER = {"resume_from_checkpoint", "validation_epochs", "validation_steps", "log_every",
                      "checkpointing_steps", "checkpoints_total_limit", "num_workers", "output_dir"}
@@ -272,15 +274,6 @@ def validation_grid(pipe: DualGenPipeline, classes: list[str], cfg: FinetuneConf
     return pair_grid(pairs)
 
 
-def pair_grid(pairs) -> Image.Image:
-    w, h = pairs[0][0].size
-    grid = Image.new("RGB", (w * len(pairs), h * 2))
-    for i, (img, mask) in enumerate(pairs):
-        grid.paste(img, (i * w, 0))
-        grid.paste(mask.convert("RGB"), (i * w, h))
-    return grid
-
-
 # ------------------------------------------------------------------ the stage
 def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool = True,
              stop_after_step: int | None = None) -> str:
@@ -337,15 +330,14 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         warmup_losses = warm_up_mask_channels(vae, dataset, mask_params, cfg, device)
 
     is_main = accelerator.is_main_process
-    run_ctx = tracking.stage_run("finetune", cfg, prepared.digest, experiment) if is_main else _null()
+    run_ctx = tracking.stage_run(STAGE_FINETUNE, cfg, prepared.digest, experiment) if is_main else contextlib.nullcontext()
     with run_ctx as run:
         if is_main:
-            mlflow.set_tag("skindualgen.output_dir", str(out.resolve()))
-            mlflow.set_tags({"skindualgen.base_model": base.info["model_id"],
-                             "skindualgen.base_revision": base.info["revision"],
-                             "skindualgen.prediction_type": base.info["prediction_type"]})
+            mlflow.set_tag(TAG_OUTPUT_DIR, str(out.resolve()))
+            mlflow.set_tags({TAG_BASE_MODEL: base.info["model_id"], TAG_BASE_REVISION: base.info["revision"],
+                             TAG_PREDICTION_TYPE: base.info["prediction_type"]})
             if cfg.resume_from_checkpoint:
-                mlflow.set_tag("skindualgen.resumed_from", str(ckpt))
+                mlflow.set_tag(TAG_RESUMED_FROM, str(ckpt))
             log_dataset_input(prepared, context="training")
             if warmup_losses:
                 mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=[
@@ -410,20 +402,12 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         bar.close()
         if not is_main:
             return ""
-        mlflow.log_metric("train/seconds", time.perf_counter() - t0)
+        mlflow.log_metric(METRIC_TRAIN_SECONDS, time.perf_counter() - t0)
         _log_validation(accelerator, unet, vae, base, classes, cfg, step)
         model_dir = save_model(accelerator, unet, vae, base, cfg, classes, train.class_counts(), prepared.digest, out)
         log_model(model_dir)
         mlflow.flush_async_logging()
         return run.info.run_id
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _pipeline(accelerator, unet, vae, base) -> DualGenPipeline:

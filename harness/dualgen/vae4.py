@@ -51,7 +51,8 @@ def widen_vae(vae):
     new_in.requires_grad_(old_in.weight.requires_grad)
     new_out.requires_grad_(old_out.weight.requires_grad)
     vae.encoder.conv_in, vae.decoder.conv_out = new_in, new_out
-    # Without this, save_pretrained/from_pretrained would rebuild 3-channel layers (STACK-NOTES).
+    # Without this, save_pretrained/from_pretrained would rebuild 3-channel layers (with it the round trip
+    # was bit-exact).
     vae.register_to_config(in_channels=4, out_channels=4)
     return vae
 

@@ -33,12 +33,12 @@ from PIL import Image
 
 from harness import tracking
 from harness.config import PrepareConfig, ReportConfig
+from harness.errors import HarnessError
 from harness.report import claims, figures
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import (
     CHOICE_RULE,
     FINISHED,
-    TAG_EXTRACTOR,
     RunIndex,
     newest_first,
     param,
@@ -58,14 +58,12 @@ from harness.report.tables import (
     to_latex,
     to_markdown,
 )
+from harness.schema import (
+    STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_REPORT, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_CODE,
+    TAG_COMPARABLE, TAG_DIGEST, TAG_EXPLAIN_MODEL, TAG_EXTRACTOR, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET,
+    TAG_OUTPUT_DIR, TAG_REPORT_DIR, TAG_STAGE, TAG_SYNTH_RUN,
+)
 
-TAG_OUTPUT_DIR = "skindualgen.output_dir"
-TAG_GENERATE_RUN = "skindualgen.generate_run_id"
-TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"
-TAG_SYNTH_RUN = "skindualgen.synth_run_id"
-TAG_LPIPS_NET = "skindualgen.lpips_net"
-TAG_COMPARABLE = "skindualgen.metrics_comparable"
-TAG_EXPLAIN_MODEL = "skindualgen.explain_model"
 FIGURE3_RE = re.compile(r"^figure3_(?P<model>.+)\.png$")
 NOT_COMPARABLE = "NOT comparable with published numbers"
 
@@ -74,8 +72,8 @@ REPORT_FILES = ("report.md", "report.json", "figure2.png", "figure2.json", "figu
                 *(f"table1_per_class.{ext}" for ext in ("md", "tex", "csv")))
 
 
-class ReportError(ValueError):
-    pass
+class ReportError(HarnessError, ValueError):
+    """A report option that cannot work, or an experiment that does not exist."""
 
 
 @dataclass
@@ -120,7 +118,7 @@ def _generate_run(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
         if linked is not None and linked.info.status == FINISHED and _has_output(linked):
             notes.append(f"the generate run of Table 1's synthetic row (evaluate run {synth_eval.info.run_id})")
             return linked, "", notes
-    runs = index.stage("generate")
+    runs = index.stage(STAGE_GENERATE)
     finished = [r for r in runs if r.info.status == FINISHED]
     for run in finished:
         if _has_output(run):
@@ -168,7 +166,7 @@ def build_figure2(cfg: ReportConfig, index: RunIndex, synth_eval: Run | None) ->
         real = prepared.dataset
         result.notes.append(f"real data: {show_path(data_dir) or 'the embedded demo dataset'} ({where}; train split, "
                             f"test_fraction {test_fraction}, seed {seed}; digest {prepared.digest})")
-        trained_on = gen_run.data.tags.get(tracking.TAG_DIGEST, "")
+        trained_on = gen_run.data.tags.get(TAG_DIGEST, "")
         if trained_on and trained_on != prepared.digest:
             result.notes.append(f"⚠ the generated set's model was trained on dataset digest {trained_on}, "
                                 f"the real data shown has digest {prepared.digest}")
@@ -204,7 +202,7 @@ def _no_progress_bar():
 
 
 def build_figure3(index: RunIndex, workdir: Path) -> FigureResult:
-    runs = index.stage("explain")
+    runs = index.stage(STAGE_EXPLAIN)
     finished = [r for r in runs if r.info.status == FINISHED]
     if not runs:
         return FigureResult(reason="no explain run")
@@ -256,7 +254,7 @@ def _finetune_runs(index: RunIndex, runs: list[Run]) -> list[Run]:
     found: dict[str, Run] = {}
     for run in runs:
         tags = run.data.tags
-        if tags.get(tracking.TAG_STAGE) == "finetune":
+        if tags.get(TAG_STAGE) == STAGE_FINETUNE:
             found[run.info.run_id] = run
             continue
         gen_ids = [tags.get(TAG_GENERATE_RUN, ""), tags.get(TAG_SYNTH_RUN, "")]
@@ -280,10 +278,10 @@ def build_header(name: str, experiment_id: str, cfg: ReportConfig, index: RunInd
     finetunes = _finetune_runs(index, list(used.values()))
     used.update({r.info.run_id: r for r in finetunes})
 
-    code = _counts([r.data.tags.get(tracking.TAG_CODE, "(no tag)") for r in used.values()])
-    digests = _counts([r.data.tags.get(tracking.TAG_DIGEST, "(no tag)") for r in row_runs.values()])
-    bases = sorted({(show_path(r.data.tags.get("skindualgen.base_model", "(no tag)")),
-                     r.data.tags.get("skindualgen.base_revision", "(no tag)"), r.info.run_id) for r in finetunes})
+    code = _counts([r.data.tags.get(TAG_CODE, "(no tag)") for r in used.values()])
+    digests = _counts([r.data.tags.get(TAG_DIGEST, "(no tag)") for r in row_runs.values()])
+    bases = sorted({(show_path(r.data.tags.get(TAG_BASE_MODEL, "(no tag)")),
+                     r.data.tags.get(TAG_BASE_REVISION, "(no tag)"), r.info.run_id) for r in finetunes})
 
     extractor_rows, loud = [], []
     table1 = tables[0].sections[0]
@@ -321,7 +319,7 @@ def build_header(name: str, experiment_id: str, cfg: ReportConfig, index: RunInd
             for row in s.rows:
                 for r in row.choice.ignored:
                     ignored.setdefault(r.info.run_id, {"run_id": r.info.run_id, "status": r.info.status,
-                                                       "stage": r.data.tags.get(tracking.TAG_STAGE, ""),
+                                                       "stage": r.data.tags.get(TAG_STAGE, ""),
                                                        "rows": []})["rows"].append(f"{t.key} {row.key}")
     cells = [c for t in tables for c in t.cells]
     digest_note = f" and dataset digest `{cfg.dataset_digest}`" if cfg.dataset_digest else ""
@@ -415,9 +413,9 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
     for msg in header["not_comparable"]:
         print(f"WARNING: {msg}", file=sys.stderr)
     digests = [d for d in header["dataset_digests"] if d != "(no tag)"]
-    tags = {"skindualgen.report_dir": str(out.resolve()),
-            "skindualgen.metrics_comparable": str(not header["not_comparable"]).lower()}
-    with tracking.stage_run("report", cfg, digests[0] if len(digests) == 1 else None, experiment,
+    tags = {TAG_REPORT_DIR: str(out.resolve()),
+            TAG_COMPARABLE: str(not header["not_comparable"]).lower()}
+    with tracking.stage_run(STAGE_REPORT, cfg, digests[0] if len(digests) == 1 else None, experiment,
                             run_name="report", extra_tags=tags) as run:
         run_id = run.info.run_id
         out.mkdir(parents=True, exist_ok=True)

@@ -18,15 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.report.runs import TAG_EXTRACTOR
 from harness.report.tables import CLASSIFIERS, SEGMENTERS, TRAIN_SETS_T2, Cell, Table, fmt
+from harness.schema import (
+    METRIC_ACCURACY, METRIC_ASD, METRIC_DICE, METRIC_F1, METRIC_FID, METRIC_HD, METRIC_IOU, METRIC_SENSITIVITY,
+    REAL_VS_REAL, REAL_VS_SYNTH, SEGMENT_METRICS, TAG_EXTRACTOR,
+)
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
 VERDICTS = (HOLDS, FAILS, NOT_MEASURED)
 METRIC_METRICS = {HOLDS: "claims/holds", FAILS: "claims/does_not_hold", NOT_MEASURED: "claims/not_measured"}
 MARK = {HOLDS: "✓", FAILS: "✗", NOT_MEASURED: "—"}
-LABELS = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "f1": "F1", "dice": "Dice", "iou": "IoU",
-          "asd": "ASD", "hd": "HD", "fid": "FID"}
+LABELS = {METRIC_ACCURACY: "Accuracy", METRIC_SENSITIVITY: "Sensitivity", METRIC_F1: "F1", METRIC_DICE: "Dice",
+          METRIC_IOU: "IoU", METRIC_ASD: "ASD", METRIC_HD: "HD", METRIC_FID: "FID"}
 
 
 @dataclass(frozen=True)
@@ -113,23 +116,23 @@ def combine(results: list[str]) -> str:
 def hybrid_gain_classification(cells: Cells) -> list[Check]:
     return [Check(name, f"{LABELS[metric]}: hybrid − real (points)", cells("table2", f"{model}/hybrid", metric),
                   cells("table2", f"{model}/real", metric), (between(8, 15), ABOVE))
-            for model, name in CLASSIFIERS.items() for metric in ("accuracy", "f1")]
+            for model, name in CLASSIFIERS.items() for metric in (METRIC_ACCURACY, METRIC_F1)]
 
 
 def synth_below_real(cells: Cells) -> list[Check]:
     checks = [Check(name, f"{LABELS[metric]}: synth − real (points)", cells("table2", f"{model}/synth", metric),
                     cells("table2", f"{model}/real", metric), (BELOW,))
-              for model, name in CLASSIFIERS.items() for metric in ("accuracy", "f1")]
-    return checks + [Check(name, "Dice: synth − real (points)", cells("table2", f"{model}/synth", "dice"),
-                           cells("table2", f"{model}/real", "dice"), (BELOW,)) for model, name in SEGMENTERS.items()]
+              for model, name in CLASSIFIERS.items() for metric in (METRIC_ACCURACY, METRIC_F1)]
+    return checks + [Check(name, "Dice: synth − real (points)", cells("table2", f"{model}/synth", METRIC_DICE),
+                           cells("table2", f"{model}/real", METRIC_DICE), (BELOW,)) for model, name in SEGMENTERS.items()]
 
 
 def hybrid_gain_segmentation(cells: Cells) -> list[Check]:
     checks = []
     for model, name in SEGMENTERS.items():
-        for metric in ("dice", "iou", "asd", "hd"):
-            unit = "points" if metric in ("dice", "iou") else "px"
-            tests = (between(0.5, 1), ABOVE) if metric in ("dice", "iou") else (BELOW, BELOW)
+        for metric in SEGMENT_METRICS:
+            unit = "points" if metric in (METRIC_DICE, METRIC_IOU) else "px"
+            tests = (between(0.5, 1), ABOVE) if metric in (METRIC_DICE, METRIC_IOU) else (BELOW, BELOW)
             checks.append(Check(name, f"{LABELS[metric]}: hybrid − real ({unit})",
                                 cells("table2", f"{model}/hybrid", metric), cells("table2", f"{model}/real", metric),
                                 tests))
@@ -138,18 +141,18 @@ def hybrid_gain_segmentation(cells: Cells) -> list[Check]:
 
 def deeplab_beats_unet(cells: Cells) -> list[Check]:
     return [Check(name, f"{LABELS[metric]}: DeepLabV3+ − U-Net", cells("table2", f"deeplabv3plus/{train_set}", metric),
-                  cells("table2", f"unet/{train_set}", metric), (ABOVE if metric in ("dice", "iou") else BELOW,))
-            for train_set, name in TRAIN_SETS_T2.items() for metric in ("dice", "iou", "asd", "hd")]
+                  cells("table2", f"unet/{train_set}", metric), (ABOVE if metric in (METRIC_DICE, METRIC_IOU) else BELOW,))
+            for train_set, name in TRAIN_SETS_T2.items() for metric in SEGMENT_METRICS]
 
 
 def ham_hybrid_gain(cells: Cells) -> list[Check]:
     return [Check(name, f"HAM10000 {LABELS[metric]}: hybrid − real (points)",
                   cells("table3", f"{model}/hybrid", metric), cells("table3", f"{model}/real", metric), (ABOVE,))
-            for model, name in CLASSIFIERS.items() for metric in ("sensitivity", "f1")]
+            for model, name in CLASSIFIERS.items() for metric in (METRIC_SENSITIVITY, METRIC_F1)]
 
 
 def fid_synth_above_real(cells: Cells) -> list[Check]:
-    synth, real = "real_train_vs_synth_train", "real_train_vs_real_test"
+    synth, real = REAL_VS_SYNTH, REAL_VS_REAL
     blocked = ""
     runs = [cells.run("table1", synth), cells.run("table1", real)]
     if all(r is not None for r in runs):
@@ -157,8 +160,8 @@ def fid_synth_above_real(cells: Cells) -> list[Check]:
         if all(ext) and ext[0] != ext[1]:
             blocked = (f"the two evaluate runs used different FID feature extractors ({ext[0]}, {ext[1]}): their "
                        "FIDs are not comparable")
-    return [Check("Table 1", "FID: real train vs synth train − real train vs real test", cells("table1", synth, "fid"),
-                  cells("table1", real, "fid"), (ABOVE,), blocked)]
+    return [Check("Table 1", "FID: real train vs synth train − real train vs real test", cells("table1", synth, METRIC_FID),
+                  cells("table1", real, METRIC_FID), (ABOVE,), blocked)]
 
 
 CLAIMS: tuple[Claim, ...] = (

@@ -20,9 +20,9 @@ import mlflow
 from mlflow.entities import Run
 
 from harness import tracking
+from harness.schema import TAG_DIGEST, TAG_PREFIX, TAG_STAGE
 
 FINISHED = "FINISHED"
-TAG_EXTRACTOR = "skindualgen.feature_extractor"       # the FID feature extractor an evaluate run used
 
 CHOICE_RULE = (
     "each table row uses the newest FINISHED run (latest start time; ties: latest end time) among the runs "
@@ -48,9 +48,9 @@ class RunIndex:
     def stage(self, stage: str) -> list[Run]:
         """Runs of `stage` (tag skindualgen.stage), newest first, of the report's dataset digest if any."""
         if stage not in self._by_stage:
-            flt = f"tags.`{tracking.TAG_STAGE}` = '{stage}'"
+            flt = f"tags.`{TAG_STAGE}` = '{stage}'"
             if self.dataset_digest:
-                flt += f" and tags.`{tracking.TAG_DIGEST}` = '{_quote(self.dataset_digest)}'"
+                flt += f" and tags.`{TAG_DIGEST}` = '{_quote(self.dataset_digest)}'"
             runs = mlflow.search_runs([self.experiment_id], filter_string=flt, output_format="list")
             self._by_stage[stage] = newest_first(runs)
             for r in runs:
@@ -113,7 +113,7 @@ def param(run: Run, key: str) -> str:
     """A resolved param, else the tag `skindualgen.<key>` the stage also sets, else ""."""
     value = tracking.effective_params(run).get(key)
     if value is None:
-        value = run.data.tags.get(f"skindualgen.{key}", "")
+        value = run.data.tags.get(TAG_PREFIX + key, "")
     return value
 
 
@@ -147,5 +147,5 @@ def run_link(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base and run_id else ""
 
 
-__all__ = ["CHOICE_RULE", "TAG_EXTRACTOR", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
+__all__ = ["CHOICE_RULE", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
            "run_link", "strip_credentials", "ui_base"]

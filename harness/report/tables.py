@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from harness.report.runs import Choice, RunIndex, choose, metric_value, param, run_link
+from harness.schema import (
+    HAM_PREFIX, METRIC_ACCURACY, METRIC_ASD, METRIC_CAS, METRIC_DICE, METRIC_F1, METRIC_FID, METRIC_HD, METRIC_IOU,
+    METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, METRIC_MS_SSIM, METRIC_PRECISION, METRIC_SENSITIVITY,
+    REAL_VS_REAL, REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_SEGMENT, TAG_COMPARISON,
+)
 
 MISSING = "—"
 
@@ -32,8 +37,7 @@ CLASSIFIERS = {"densenet121": "DenseNet121", "resnet34": "ResNet34", "squeezenet
 SEGMENTERS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+"}
 TRAIN_SETS_T2 = {"real": "Real only", "synth": "Synth only", "hybrid": "50%Real+50%Synth"}
 TRAIN_SETS_T3 = {"real": "Real", "hybrid": "Hybrid"}
-COMPARISONS = {"real_train_vs_real_test": "Real Train vs Real Test",
-               "real_train_vs_synth_train": "Real Train vs Synth Train"}
+COMPARISONS = {REAL_VS_REAL: "Real Train vs Real Test", REAL_VS_SYNTH: "Real Train vs Synth Train"}
 
 
 @dataclass(frozen=True)
@@ -44,20 +48,20 @@ class Column:
     in_paper: bool = True
 
 
-QUALITY_COLUMNS = (Column("fid", "FID", ""), Column("lpips", "LPIPS", ""), Column("ms_ssim", "MS-SSIM", ""))
-JUDGE_COLUMNS = (Column("cas", "CAS†", "", in_paper=False),
-                 Column("mask_consistency", "Mask consistency†", "", in_paper=False),
-                 Column("mask_nonempty", "Mask non-empty†", "", in_paper=False))
+QUALITY_COLUMNS = (Column(METRIC_FID, "FID", ""), Column(METRIC_LPIPS, "LPIPS", ""), Column(METRIC_MS_SSIM, "MS-SSIM", ""))
+JUDGE_COLUMNS = (Column(METRIC_CAS, "CAS†", "", in_paper=False),
+                 Column(METRIC_MASK_CONSISTENCY, "Mask consistency†", "", in_paper=False),
+                 Column(METRIC_MASK_NONEMPTY, "Mask non-empty†", "", in_paper=False))
 JUDGE_NOTE = ("† not in the paper: CAS = the share of the set's images that a classifier trained on the real "
               "train split assigns to their class; mask consistency = the mean Dice between each mask and the "
               "mask a segmenter trained on the real train split predicts for its image; mask non-empty = the "
               "share of masks with a lesion pixel. Fractions in [0, 1] (the evaluate run's `cas`, "
               "`mask_consistency`, `mask_nonempty`); the paper has no value, so paper and Δ are —.")
-PER_CLASS_METRICS = {"cas": "CAS", "mask_consistency": "Mask consistency"}
-CLASSIFY_COLUMNS = (Column("accuracy", "Accuracy", "%"), Column("sensitivity", "Sensitivity", "%"),
-                    Column("precision", "Precision", "%"), Column("f1", "F1score", "%"))
-SEGMENT_COLUMNS = (Column("dice", "Dice", "%"), Column("iou", "IoU", "%"), Column("asd", "ASD", "px"),
-                   Column("hd", "HD", "px"))
+PER_CLASS_METRICS = {METRIC_CAS: "CAS", METRIC_MASK_CONSISTENCY: "Mask consistency"}
+CLASSIFY_COLUMNS = (Column(METRIC_ACCURACY, "Accuracy", "%"), Column(METRIC_SENSITIVITY, "Sensitivity", "%"),
+                    Column(METRIC_PRECISION, "Precision", "%"), Column(METRIC_F1, "F1score", "%"))
+SEGMENT_COLUMNS = (Column(METRIC_DICE, "Dice", "%"), Column(METRIC_IOU, "IoU", "%"), Column(METRIC_ASD, "ASD", "px"),
+                   Column(METRIC_HD, "HD", "px"))
 
 
 @dataclass
@@ -148,9 +152,9 @@ def _digest_note(index: RunIndex) -> str:
 
 def table1(index: RunIndex, paper: dict, link_base: str) -> Table:
     section = Section("quality", ("Data for calculations",), QUALITY_COLUMNS + JUDGE_COLUMNS)
-    runs = index.stage("evaluate")
+    runs = index.stage(STAGE_EVALUATE)
     for comparison, label in COMPARISONS.items():
-        matching = [r for r in runs if r.data.tags.get("comparison") == comparison]
+        matching = [r for r in runs if r.data.tags.get(TAG_COMPARISON) == comparison]
         choice = choose(matching, f"evaluate {comparison}",
                         f"no evaluate run with comparison {comparison}{_digest_note(index)}")
         section.rows.append(_row("table1", "quality", comparison, (label,), "", "", section.columns, choice,
@@ -161,7 +165,7 @@ def table1(index: RunIndex, paper: dict, link_base: str) -> Table:
 
 def _downstream(table: str, stage: str, models: dict, train_sets: dict, columns, index: RunIndex,
                 paper: dict, link_base: str, ham: bool) -> Section:
-    name = "classification" if stage == "classify" else "segmentation"
+    name = "classification" if stage == STAGE_CLASSIFY else "segmentation"
     section = Section(name, ("Models", "Train Dataset" if table == "table2" else "Dataset"), columns)
     runs = index.stage(stage)
     for model, model_label in models.items():
@@ -178,25 +182,25 @@ def _downstream(table: str, stage: str, models: dict, train_sets: dict, columns,
             choice = choose(matching, what, none_reason)
             section.rows.append(_row(table, name, f"{model}/{train_set}", (model_label, set_label), model,
                                      train_set, columns, choice, paper[table][stage][model][train_set],
-                                     "ham_" if ham else "", link_base))
+                                     HAM_PREFIX if ham else "", link_base))
     return section
 
 
 def table2(index: RunIndex, paper: dict, link_base: str) -> Table:
     return Table("table2", "Table 2: Real / synthetic / hybrid training sets (real test split)",
                  paper["table2"]["caption"],
-                 [_downstream("table2", "classify", CLASSIFIERS, TRAIN_SETS_T2, CLASSIFY_COLUMNS, index, paper,
+                 [_downstream("table2", STAGE_CLASSIFY, CLASSIFIERS, TRAIN_SETS_T2, CLASSIFY_COLUMNS, index, paper,
                               link_base, ham=False),
-                  _downstream("table2", "segment", SEGMENTERS, TRAIN_SETS_T2, SEGMENT_COLUMNS, index, paper,
+                  _downstream("table2", STAGE_SEGMENT, SEGMENTERS, TRAIN_SETS_T2, SEGMENT_COLUMNS, index, paper,
                               link_base, ham=False)])
 
 
 def table3(index: RunIndex, paper: dict, link_base: str) -> Table:
     return Table("table3", "Table 3: Robustness on HAM10000 (the ham_* metrics of runs given eval_data)",
                  paper["table3"]["caption"],
-                 [_downstream("table3", "classify", CLASSIFIERS, TRAIN_SETS_T3, CLASSIFY_COLUMNS, index, paper,
+                 [_downstream("table3", STAGE_CLASSIFY, CLASSIFIERS, TRAIN_SETS_T3, CLASSIFY_COLUMNS, index, paper,
                               link_base, ham=True),
-                  _downstream("table3", "segment", SEGMENTERS, TRAIN_SETS_T3, SEGMENT_COLUMNS[:2], index, paper,
+                  _downstream("table3", STAGE_SEGMENT, SEGMENTERS, TRAIN_SETS_T3, SEGMENT_COLUMNS[:2], index, paper,
                               link_base, ham=True)])
 
 
@@ -219,8 +223,8 @@ class PerClassTable:
     notes: list[str] = field(default_factory=list)     # why a row of Table 1 gives no column
 
 
-PER_CLASS_ORDER = ("real_train_vs_synth_train", "real_train_vs_real_test")
-PER_CLASS_SHORT = {"real_train_vs_synth_train": "synth", "real_train_vs_real_test": "real test"}
+PER_CLASS_ORDER = (REAL_VS_SYNTH, REAL_VS_REAL)
+PER_CLASS_SHORT = {REAL_VS_SYNTH: "synth", REAL_VS_REAL: "real test"}
 
 
 def per_class_table(t1: Table) -> PerClassTable:

@@ -1,0 +1,12 @@
+"""The base of every error the harness raises for bad input."""
+
+
+class HarnessError(Exception):
+    """An error in the user's input or environment: a bad option value, unreadable or insufficient
+    data, a run, model or file that is not there, a service that cannot be reached. The message says
+    what is wrong and what to do; the CLI reports it as one line, `Error: <message>`, with exit
+    status 2 (entrypoints/common.py). Any other exception is a bug and keeps its traceback."""
+
+
+class ConfigError(HarnessError, ValueError):
+    """An option value, or a combination of options, that cannot work; the message names the option."""

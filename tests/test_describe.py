@@ -198,7 +198,7 @@ def _in_tmp(tmp_path, monkeypatch, caplog):
 
 def cfg_for(data, llm=None, tmp=None, **kw):
     values = {"data_dir": str(data), "llm_url": llm.url if llm else "", "llm_model": MODEL,
-              "api_key_env": KEY_ENV, "concurrency": 4, "timeout": 5.0, "max_retries": 3, "backoff": 0.05,
+              "api_key_env": KEY_ENV, "concurrency": 4, "timeout": 5.0, "max_retries": 3,
               "cache_dir": str((tmp or Path(data).parent) / "cache")}
     return DescribeConfig(**{**values, **kw})
 

@@ -66,11 +66,12 @@ class DescriptionFiles:
         """The raw object of a descriptions.json ({} if there is none), read once."""
         if path not in self.raw:
             try:
-                self.raw[path] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+                raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise DescribeError(f"{path}: not valid JSON ({e})") from e
-            if not isinstance(self.raw[path], dict):
+            if not isinstance(raw, dict):
                 raise DescribeError(f"{path}: expected an object mapping image id -> description")
+            self.raw[path] = raw
         return self.raw[path]
 
     def check_writable(self, samples: list[Sample]) -> None:

@@ -7,7 +7,7 @@ Exit status: 0 when every image has a description afterwards, 1 when some could 
 """
 import click
 
-from entrypoints.common import UserError, config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import DescribeConfig
 
 
@@ -19,13 +19,9 @@ def describe(experiment, **given):
     """Describe every image lacking a description (all with --overwrite true), tracked in MLflow."""
     import mlflow
 
-    from harness.describe import DescribeError
     from harness.describe import describe as run_describe
     cfg = DescribeConfig(**{k: v for k, v in given.items() if v is not None})
-    try:
-        run_id = run_describe(cfg, experiment=experiment)
-    except DescribeError as e:
-        raise UserError(str(e)) from e
+    run_id = run_describe(cfg, experiment=experiment)
     m = mlflow.get_run(run_id).data.metrics
     click.echo(f"describe run {run_id}: {int(m.get('described/llm', 0))} from the LLM, "
                f"{int(m.get('described/cache', 0))} from the cache, {int(m.get('described/template', 0))} "

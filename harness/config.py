@@ -189,9 +189,9 @@ class DescribeConfig:
     prompt: str = DESCRIBE_PROMPT   # {class_name} is filled in; answers must begin with PROMPT_TEMPLATE
     overwrite: bool = False         # False: only images without a description; True: all of them
     concurrency: int = 4            # requests in flight at once
-    timeout: float = 60.0           # seconds per request (socket timeout)
-    max_retries: int = 4            # extra attempts on 429 / 5xx / timeout / invalid answer
-    backoff: float = 1.0            # first retry delay (s), doubled per retry, capped at 60 s; Retry-After wins
+    timeout: float = 60.0           # seconds per request (the openai client's timeout)
+    max_retries: int = 4            # the openai client's retries per request (429 / 5xx / timeout, with backoff,
+                                    # Retry-After honoured), and new requests after an invalid answer
     max_tokens: int = 300           # answer length cap sent to the endpoint (0 = not sent)
     cache_dir: str = ".cache/skindualgen/descriptions"   # answers.jsonl: sha256(image)+prompt+model -> text
 

@@ -1,9 +1,11 @@
-"""`describe` against a REAL OpenAI-shaped HTTP server on 127.0.0.1 (http.server in a thread), not a mock.
+"""`describe` against a REAL OpenAI-shaped HTTP server on 127.0.0.1 (http.server in a thread), not a mock:
+the official openai client in harness.describe.client talks to it over TCP.
 
-The server checks every request (path, model, Authorization, vision message with a base64 PNG) and
-can answer 429 + Retry-After, 500, too slowly, with an invalid description, or send SIGINT to the
-main thread after N answers (a Ctrl-C mid-run). Like a careless real service it echoes the
-Authorization header in its error bodies and invalid answers, so the key-leak checks have teeth.
+The server checks every request (path, model, Authorization, vision message with a base64 PNG, the
+key nowhere but in the Authorization header) and can answer 429 + Retry-After, 500, 422, too slowly,
+with an invalid description, or send SIGINT to the main thread after N answers (a Ctrl-C mid-run).
+Like a careless real service it echoes the Authorization header in its error bodies and invalid
+answers, so the key-leak checks have teeth.
 """
 import base64
 import hashlib
@@ -16,6 +18,7 @@ import signal
 import string
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -42,7 +45,7 @@ USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
 # ------------------------------------------------------------------------------------ the server
 class FakeLLM:
     """POST /v1/chat/completions. `script`: behaviours for the next requests in arrival order
-    ("429", "500", "slow", "invalid"); afterwards every request is answered properly, except images
+    ("429", "500", "422", "slow", "invalid"); afterwards every request is answered properly, except images
     of a class in `always_invalid`."""
 
     def __init__(self, key: str):
@@ -56,6 +59,7 @@ class FakeLLM:
         self.requests: list[dict] = []       # {"t", "sha", "label", "did"}
         self.answers = 0                     # valid answers written to the socket
         self.bad: list[str] = []             # malformed requests (must stay empty)
+        self.queries: list[str] = []         # the query string of every request
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -97,9 +101,16 @@ class FakeLLM:
 
     def _parse(self, h):
         """(label, image sha256) of a well-formed request, else an error text."""
-        if h.path != "/v1/chat/completions":
+        path, _, query = h.path.partition("?")
+        raw = h.rfile.read(int(h.headers["Content-Length"]))
+        with self.lock:
+            self.queries.append(query)
+        others = [f"{k}: {v}" for k, v in h.headers.items() if k.lower() != "authorization"]
+        if self.key in h.path or self.key.encode() in raw or any(self.key in o for o in others):
+            return "the key outside the Authorization header"
+        if path != "/v1/chat/completions":
             return f"path {h.path}"
-        body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
+        body = json.loads(raw)
         if body.get("model") != MODEL:
             return f"model {body.get('model')!r}"
         content = body["messages"][0]["content"]
@@ -141,6 +152,8 @@ class FakeLLM:
                               [("Retry-After", self.retry_after)])
         if did == "500":
             return self._send(h, 500, {"error": {"message": f"internal error while serving {auth}"}})
+        if did == "422":
+            return self._send(h, 422, {"error": {"message": f"cannot process this image ({auth})"}})
         if did == "slow":
             time.sleep(self.slow_s)
         text = (f"Sure! ({auth}) This lesion looks benign." if did == "invalid" else
@@ -199,7 +212,7 @@ def _in_tmp(tmp_path, monkeypatch, caplog):
 
 def cfg_for(data, llm=None, tmp=None, **kw):
     values = {"data_dir": str(data), "llm_url": llm.url if llm else "", "llm_model": MODEL,
-              "api_key_env": KEY_ENV, "concurrency": 4, "timeout": 5.0, "max_retries": 3, "backoff": 0.05,
+              "api_key_env": KEY_ENV, "concurrency": 4, "timeout": 5.0, "max_retries": 3,
               "cache_dir": str((tmp or Path(data).parent) / "cache")}
     return DescribeConfig(**{**values, **kw})
 
@@ -321,6 +334,29 @@ def test_interrupted_run_keeps_answers_and_resume_asks_only_for_the_rest(data, l
     assert_no_key(key, experiment, tmp_path, mlflow_store, caplog, capfd)
 
 
+def test_failed_images_are_listed_with_the_echoed_key_scrubbed(data, llm, key, experiment, tmp_path, mlflow_store,
+                                                                caplog, capfd):
+    """A 422 (this image will not do: not retried) whose body echoes the key, and an image whose every
+    attempt times out, are listed as failures, key-free. The URL may end in /chat/completions and
+    carry a query: the openai client gets the base and the query separately."""
+    n = len(labels_of(data))
+    llm.script = ["422", "slow", "slow"]
+    llm.slow_s = 0.8
+    url = llm.url + "/chat/completions?api-version=2024-06-01"
+    run = describe(cfg_for(data, llm, llm_url=url, concurrency=1, max_retries=1, timeout=0.3),
+                   experiment=experiment, progress=False)
+    assert llm.bad == [] and set(llm.queries) == {"api-version=2024-06-01"}
+    assert llm.count() == n + 1 and llm.count("422") == 1 and llm.count("slow") == 2
+    failed = mlflow.artifacts.load_dict(f"runs:/{run}/describe_failures.json")
+    assert sorted(failed.values()) == ["HTTP 422: cannot process this image (Bearer ***)",
+                                       "gave up after 2 request(s): no answer within 0.3 s"]
+    m = metrics(run)
+    assert m["failures"] == 2 and m["missing"] == 2 and m["described/llm"] == n - 2 and m["retries"] == 1
+    assert set(read_desc(data)) == set(labels_of(data)) - set(failed)
+    assert mlflow.get_run(run).data.params["llm_url"] == url
+    assert_no_key(key, experiment, tmp_path, mlflow_store, caplog, capfd)
+
+
 def test_invalid_answers_are_flagged_not_stored_via_cli(data, llm, key, experiment, tmp_path, mlflow_store,
                                                         caplog, capfd):
     from entrypoints.describe import describe as describe_cmd
@@ -390,6 +426,7 @@ def test_bad_key_unreachable_endpoint_and_config_errors_never_show_the_key(data,
         describe(cfg_for(data, llm, api_key_env="SKD_OTHER_KEY", concurrency=1), experiment=experiment,
                  progress=False)
     assert key[::-1] not in str(e.value) and llm.count("401") >= 1
+    assert key[::-1] not in "".join(traceback.format_exception(e.value))     # as Python would print it
     assert not (data / "descriptions.json").exists()
     # nothing listening: unreachable after the retries
     with pytest.raises(DescribeError, match="unreachable"):

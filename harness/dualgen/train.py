@@ -33,6 +33,7 @@ import mlflow
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -280,6 +281,10 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
     """Run the fine-tune as one MLflow run; return its run id. `stop_after_step` simulates a kill
     (KeyboardInterrupt after that step's checkpointing) for the resume test."""
     torch.manual_seed(cfg.seed)
+    # accelerate keeps one mixed-precision state per process and refuses a second Accelerator with
+    # another setting (a bf16 finetune after an fp32 one in the same process: tests, the bench, a
+    # notebook); the distributed part of the state (PartialState) is kept
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     device = accelerator.device

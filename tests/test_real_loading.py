@@ -157,8 +157,15 @@ def metric_weights(homes):
     return {"inception": homes["checkpoints"] / INCEPTION_FILE, "alexnet": homes["checkpoints"] / ALEXNET_FILE}
 
 
-def finetune_cfg(demo_small, out, **kw):
-    return FinetuneConfig(**{**dict(data_dir=str(demo_small), resolution=32, train_batch_size=2, max_train_steps=2,
+@pytest.fixture(scope="module")
+def demo_tiny(tmp_path_factory):
+    """The demo generator at 2 per class (7 train and 7 test images): evaluate's Inception pass stays short."""
+    from harness.data.demo import make_demo_dataset
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "d", seed=0, per_class=2, min_size=32, max_size=40)
+
+
+def finetune_cfg(data, out, **kw):
+    return FinetuneConfig(**{**dict(data_dir=str(data), resolution=32, train_batch_size=2, max_train_steps=2,
                                     mask_warmup_steps=2, validation_epochs=0, validation_steps=2,
                                     checkpointing_steps=0, output_dir=str(out), test_fraction=0.25), **kw})
 
@@ -167,14 +174,14 @@ def finetune_cfg(demo_small, out, **kw):
 # 1. A hub id as the base model
 # ------------------------------------------------------------------------------------------------
 
-def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, demo_small, experiment, tmp_path):
+def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, demo_tiny, experiment, tmp_path):
     from huggingface_hub import try_to_load_from_cache
     snapshot = bases / "models--tiny-org--sd2-base" / "snapshots" / BASE_REV
     # the cache is laid out as huggingface_hub reads it
     assert try_to_load_from_cache(BASE_ID, "unet/config.json", cache_dir=bases) == str(snapshot / "unet" / "config.json")
     assert try_to_load_from_cache(V_ID, "model_index.json", cache_dir=bases, revision=V_REV) is not None
 
-    run = mlflow.get_run(finetune(finetune_cfg(demo_small, tmp_path / "ft", base_model=BASE_ID), experiment=experiment,
+    run = mlflow.get_run(finetune(finetune_cfg(demo_tiny, tmp_path / "ft", base_model=BASE_ID), experiment=experiment,
                                   progress=False))
     assert run.info.status == "FINISHED" and run.data.tags[TAG_STAGE] == STAGE_FINETUNE
     assert run.data.tags[TAG_BASE_MODEL] == BASE_ID
@@ -187,7 +194,7 @@ def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, 
             ("tiny-org/not-there", "", [missing / "snapshots", missing / "refs" / "main"]),
             (BASE_ID, "f" * 40, [bases / "models--tiny-org--sd2-base" / "snapshots" / ("f" * 40)])):
         with pytest.raises(BaseModelError) as err:
-            finetune(finetune_cfg(demo_small, tmp_path / "missing", base_model=base_model, revision=revision),
+            finetune(finetune_cfg(demo_tiny, tmp_path / "missing", base_model=base_model, revision=revision),
                      experiment=experiment, progress=False)
         message = str(err.value)
         assert repr(base_model) in message and f"revision {revision or 'main'}" in message
@@ -200,8 +207,8 @@ def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, 
 # ------------------------------------------------------------------------------------------------
 
 def test_v_prediction_base_pinned_by_revision_finetunes_generates_and_evaluates(
-        bases, metric_weights, demo_small, experiment, tmp_path):
-    ft_id = finetune(finetune_cfg(demo_small, tmp_path / "ft", base_model=V_ID, revision=V_REV),
+        bases, metric_weights, demo_tiny, experiment, tmp_path):
+    ft_id = finetune(finetune_cfg(demo_tiny, tmp_path / "ft", base_model=V_ID, revision=V_REV),
                      experiment=experiment, progress=False)
     ft = mlflow.get_run(ft_id)
     assert ft.info.status == "FINISHED"
@@ -221,14 +228,14 @@ def test_v_prediction_base_pinned_by_revision_finetunes_generates_and_evaluates(
     assert gen.data.tags[TAG_FINETUNE_RUN] == ft_id and gen.data.metrics["n_generated"] == 2
     assert len(list((out / "images").rglob("*.png"))) == 2
 
-    ev_id = quality.evaluate(EvaluateConfig(real=str(demo_small), fake=f"runs:/{gen_id}", test_fraction=0.25,
+    ev_id = quality.evaluate(EvaluateConfig(real=str(demo_tiny), fake=f"runs:/{gen_id}", test_fraction=0.25,
                                             cache_dir=str(tmp_path / "stats"), lpips_pairs=4, lpips_size=64,
                                             msssim_size=176, cas_model="", consistency_model=""),
                              experiment=experiment, progress=False)
     ev = mlflow.get_run(ev_id)
     assert ev.info.status == "FINISHED" and ev.data.tags[TAG_STAGE] == STAGE_EVALUATE
     assert ev.data.tags[TAG_GENERATE_RUN] == gen_id and ev.data.tags[TAG_FINETUNE_RUN] == ft_id
-    assert ev.data.metrics["n_fake"] == 2 and ev.data.metrics["fid"] >= 0
+    assert ev.data.metrics["n_real"] == 7 and ev.data.metrics["n_fake"] == 2 and ev.data.metrics["fid"] >= 0
     # with the standard weights in place the run says its numbers are comparable
     assert ev.data.tags[TAG_COMPARABLE] == "true" and ev.data.tags[TAG_EXTRACTOR] == "standard:inception-v3-compat"
 

@@ -189,6 +189,13 @@ def build_lpips(fallback_seed: int = FALLBACK_SEED) -> LpipsNet:
     return LpipsNet(net=net.eval(), id=ext_id)
 
 
+def extractor_tags(extractor: FidExtractor, lpips_net: LpipsNet) -> dict[str, str]:
+    """The run tags saying which FID and LPIPS networks measured it, and whether the numbers are
+    comparable with published ones (both standard)."""
+    return {TAG_EXTRACTOR: extractor.id, TAG_EXTRACTOR_SHA256: extractor.weights_sha256[:16],
+            TAG_LPIPS_NET: lpips_net.id, TAG_COMPARABLE: str(extractor.standard and lpips_net.standard).lower()}
+
+
 def warn_if_fallback(*extractors) -> bool:
     """Print the loud stderr line when any extractor is the fallback; True if all are standard."""
     fallback = [e.id for e in extractors if not e.standard]
@@ -488,12 +495,10 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
 
     extractor = build_fid_extractor(cfg.fid_weights)
     lpips_net = build_lpips()
-    comparable = warn_if_fallback(extractor, lpips_net)
+    warn_if_fallback(extractor, lpips_net)
     tags = {TAG_COMPARISON: comparison, TAG_REAL_DIGEST: real.digest, TAG_FAKE_DIGEST: fake.digest,
-            TAG_REAL_SPLIT: real.split, TAG_FAKE_SPLIT: fake.split,
-            TAG_EXTRACTOR: extractor.id,
-            TAG_EXTRACTOR_SHA256: extractor.weights_sha256[:16],
-            TAG_LPIPS_NET: lpips_net.id, TAG_COMPARABLE: str(comparable).lower(), **lineage}
+            TAG_REAL_SPLIT: real.split, TAG_FAKE_SPLIT: fake.split, **extractor_tags(extractor, lpips_net),
+            **lineage}
     with tracking.stage_run(STAGE_EVALUATE, cfg, prepared.digest, experiment,
                             run_name=f"evaluate-{comparison}", extra_tags=tags) as run:
         log_dataset_input(prepared, context="evaluate")
@@ -519,6 +524,7 @@ __all__ = [
     "build_lpips",
     "evaluate",
     "extract_features",
+    "extractor_tags",
     "feature_statistics",
     "frechet_distance",
     "load_fake_set",

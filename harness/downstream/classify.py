@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,7 @@ from harness.downstream.metrics import (
     mean_and_std,
 )
 from harness.downstream.sets import DownstreamError, EvalSet, load_inputs, log_inputs
+from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import (CLASSIFY_METRICS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE, TAG_FOLD,
                             TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX)
 
@@ -74,35 +76,46 @@ class PretrainedUnavailable(DownstreamError):
 # Model
 # ---------------------------------------------------------------------------------------------
 
-def _no_weights(name: str, err: Exception, where: str) -> PretrainedUnavailable:
+def _no_weights(name: str, err: Exception | None, where: str) -> PretrainedUnavailable:
+    cause = f" ({type(err).__name__}: {err})" if err is not None else ""
     return PretrainedUnavailable(
-        f"--pretrained: could not load the ImageNet weights of {name} ({type(err).__name__}: {err}). This "
-        f"machine may be offline; put the weights in {where}, or run with --pretrained false "
-        "(random initialisation)")
+        f"--pretrained: could not load the ImageNet weights of {name}{cause}. This machine may be offline; "
+        f"put the weights at {where}, or run with --pretrained false (random initialisation)")
 
 
 def build_model(name: str, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
     """torchvision DenseNet121 / ResNet34 / SqueezeNet1.1 or timm Swin-T (built for `image_size`), with a
-    `num_classes` head. pretrained=True loads ImageNet weights (network or local cache) and replaces
-    the head; when they cannot be loaded it raises PretrainedUnavailable, never silently continues."""
+    `num_classes` head. pretrained=True loads ImageNet weights and replaces the head: torchvision's from
+    torch hub's checkpoint folder ($TORCH_HOME/hub/checkpoints/<file of the weights' URL>), Swin-T's from
+    the Hugging Face cache (timm's hub repo); each is downloaded first when missing, unless
+    HF_HUB_OFFLINE is set. When they cannot be had it raises PretrainedUnavailable naming the file and
+    where it goes, never silently continues."""
     if name not in MODELS:
         raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
     if name == "swin_tiny":
         import timm
+        if not pretrained:
+            return timm.create_model(SWIN, num_classes=num_classes, img_size=image_size)
+        repo_id = timm.models.get_pretrained_cfg(SWIN).hf_hub_id
         try:
-            return timm.create_model(SWIN, pretrained=pretrained, num_classes=num_classes, img_size=image_size)
+            return timm.create_model(SWIN, pretrained=True, num_classes=num_classes, img_size=image_size,
+                                     cache_dir=hf_hub_cache())
         except Exception as e:
-            if not pretrained:
-                raise
-            raise _no_weights(SWIN, e, "the Hugging Face cache (timm/" + SWIN + ".ms_in1k)") from e
+            raise _no_weights(SWIN, e, f"{hf_cache_place(repo_id, file='model.safetensors')}: hub repo {repo_id}, "
+                                       f"`hf download {repo_id} model.safetensors` puts it there") from e
     import torchvision
     factory = getattr(torchvision.models, name)
     if not pretrained:
         return factory(weights=None, num_classes=num_classes)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    where = f"{path} (downloaded from {weights.url})"
+    if offline() and not path.is_file():
+        raise _no_weights(name, None, where)
     try:
-        model = factory(weights="DEFAULT")
+        model = factory(weights=weights)
     except Exception as e:
-        raise _no_weights(name, e, f"{torch.hub.get_dir()}/checkpoints/") from e
+        raise _no_weights(name, e, where) from e
     if name == "densenet121":
         model.classifier = nn.Linear(model.classifier.in_features, num_classes)
     elif name == "resnet34":

@@ -49,6 +49,7 @@ from harness.data.records import Sample
 from harness.downstream import runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
 from harness.downstream.sets import DownstreamError, load_inputs, log_inputs
+from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import HAM_PREFIX, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL, TAG_TRAIN_SET
 
 MODELS = {"unet": ("Unet", "resnet34"), "deeplabv3plus": ("DeepLabV3Plus", "resnet50")}
@@ -61,21 +62,41 @@ class PretrainedUnavailable(DownstreamError):
 
 
 def build_model(name: str, pretrained: bool = False) -> nn.Module:
-    """smp U-Net (ResNet34) or DeepLabV3+ (ResNet50) with one output channel (the lesion logit)."""
+    """smp U-Net (ResNet34) or DeepLabV3+ (ResNet50) with one output channel (the lesion logit).
+
+    pretrained=True loads the encoder's ImageNet weights as smp's encoder_weights="imagenet" does (the
+    same hub repo, pinned revision and file, strict load_state_dict into the encoder), but from the
+    Hugging Face cache chosen at call time (smp's own download has no cache_dir). When they cannot be
+    had it raises PretrainedUnavailable naming the repo and the folder the file goes in."""
     if name not in MODELS:
         raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
     import segmentation_models_pytorch as smp
     arch, encoder = MODELS[name]
+    weights = encoder_weights(encoder) if pretrained else None     # first: a missing file fails fast
+    model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
+    if weights is not None:
+        model.encoder.load_state_dict(weights)
+    return model
+
+
+def encoder_weights(encoder: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of an smp encoder from its smp hub repo (downloaded into the Hugging Face
+    cache when missing, unless HF_HUB_OFFLINE is set)."""
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+    settings = smp.encoders.encoders[encoder]["pretrained_settings"]["imagenet"]
+    repo_id, revision = settings["repo_id"], settings["revision"]
     try:
-        return getattr(smp, arch)(encoder_name=encoder, encoder_weights="imagenet" if pretrained else None,
-                                  in_channels=3, classes=1)
+        path = hf_hub_download(repo_id, "model.safetensors", revision=revision, cache_dir=hf_hub_cache(),
+                               local_files_only=offline())
     except Exception as e:
-        if not pretrained:
-            raise
         raise PretrainedUnavailable(
             f"--pretrained: could not load the ImageNet weights of the {encoder} encoder ({type(e).__name__}: "
-            f"{e}). This machine may be offline; put them in the Hugging Face / torch hub cache, or run with "
-            "--pretrained false (random initialisation)") from e
+            f"{e}). This machine may be offline; put them at {hf_cache_place(repo_id, revision, 'model.safetensors')} "
+            f"(hub repo {repo_id} at revision {revision}; `hf download {repo_id} model.safetensors --revision "
+            f"{revision}` puts it there), or run with --pretrained false (random initialisation)") from e
+    return load_file(path, device="cpu")
 
 
 def load_segmenter(run_id: str) -> tuple[nn.Module, dict]:

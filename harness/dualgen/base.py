@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from harness.errors import HarnessError
+from harness.hub import hf_cache_place, hf_hub_cache, offline
 
 TINY_BASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-sd2"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -86,12 +87,15 @@ def resolve_base(spec: str, revision: str = "") -> tuple[Path, str]:
         raise BaseModelError(f"Base model {spec!r}: no such folder, and not a hub id (owner/name).")
     from huggingface_hub import snapshot_download
     try:
-        folder = Path(snapshot_download(spec, revision=revision or None, allow_patterns=HUB_ALLOW_PATTERNS))
+        folder = Path(snapshot_download(spec, revision=revision or None, allow_patterns=HUB_ALLOW_PATTERNS,
+                                        cache_dir=hf_hub_cache(), local_files_only=offline()))
     except Exception as err:  # offline without a cache entry, unknown repo, gated repo, no network...
         raise BaseModelError(
             f"Could not fetch base model {spec!r} (revision {revision or 'main'}) from the Hugging Face "
-            f"hub or its local cache: {type(err).__name__}: {err}. With HF_HUB_OFFLINE=1 the model must "
-            f"already be in the cache (`hf download {spec}`); or pass a local folder, or 'tiny'.") from err
+            f"hub or its local cache: {type(err).__name__}: {str(err).rstrip('.')}. With HF_HUB_OFFLINE=1 the model must "
+            f"already be in the cache, in {hf_cache_place(spec, revision)}; `hf download {spec}"
+            f"{' --revision ' + revision if revision else ''}` puts it there (HF_HOME or HF_HUB_CACHE choose "
+            "the cache). Or pass a local folder, or 'tiny'.") from err
     return folder, folder.name   # the snapshot folder is named after the commit hash
 
 

@@ -116,5 +116,7 @@ def wait_for_running_trials(study: optuna.Study) -> None:
     """Until no trial of the study is running: other workers' trials finish, or fail as stale."""
     running = (optuna.trial.TrialState.RUNNING,)
     while study.get_trials(deepcopy=False, states=running):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():     # experimental in Optuna 5.0, like the heartbeats
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         time.sleep(1)

@@ -96,7 +96,7 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
             return value
 
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+                                    sampler=TrialSeededTPE(cfg.seed))
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         todo = max(0, cfg.trials - len(done))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,6 +110,32 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
         mlflow.log_metrics({"best_fid": best.value, "n_trials": len(study.trials), "n_trials_this_run": len(ran)})
         mlflow.set_tag(TAG_BEST_TRIAL_RUN, best.user_attrs.get("mlflow_run_id", ""))
         return parent.info.run_id
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE whose random draws for trial n come from seed + n. One TPESampler(seed) per process would
+    repeat its first suggestions in every worker sharing a study and in every resumed run; this way
+    each trial number gets its own draws, and one worker still suggests the same on every re-run."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.tpe = optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.tpe = optuna.samplers.TPESampler(seed=self.seed + trial.number)
+        self.tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.tpe.after_trial(study, trial, state, values)
 
 
 def wait_for_running_trials(study: optuna.Study) -> None:

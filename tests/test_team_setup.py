@@ -290,6 +290,7 @@ def test_two_tune_workers_share_one_study(tracking_server, team):
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     ran = {run_id: int(p.data.metrics["n_trials_this_run"]) for run_id, p in parents.items()}
     assert sum(ran.values()) == len(trials) and min(ran.values()) >= 1    # both workers ran trials
+    assert len({tuple(t.params.values()) for t in trials}) == len(trials)   # and did not repeat each other
 
     # each trial is a nested run of the tune run of the worker that ran it
     children: dict[str, int] = {run_id: 0 for run_id in parents}

@@ -16,6 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.schema import (METRIC_FID, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_EVALUATE, STAGE_FINETUNE,
+                            STAGE_GENERATE, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_TUNE_TRIAL,
+                            TAG_BEST_TRIAL_RUN, TAG_MLFLOW_PARENT_RUN, TAG_MODEL_VERSION, TAG_OPTUNA_STUDY,
+                            TAG_OPTUNA_TRIAL, TAG_STAGE)
+
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "team"
@@ -239,9 +244,9 @@ def test_stages_track_to_postgres_and_artifacts_go_over_http(postgres, tracking_
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     by_stage: dict[str, list] = {}
     for run in runs:
-        by_stage.setdefault(run.data.tags["skindualgen.stage"], []).append(run)
-    assert {s: len(r) for s, r in by_stage.items()} == {"prepare": 1, "finetune": 1, "generate": 2, "evaluate": 1,
-                                                         "register": 1, "report": 1}
+        by_stage.setdefault(run.data.tags[TAG_STAGE], []).append(run)
+    assert {s: len(r) for s, r in by_stage.items()} == {STAGE_PREPARE: 1, STAGE_FINETUNE: 1, STAGE_GENERATE: 2,
+                                                         STAGE_EVALUATE: 1, STAGE_REGISTER: 1, STAGE_REPORT: 1}
     assert all(r.info.status == "FINISHED" for r in runs)
 
     # the runs live in PostgreSQL
@@ -271,7 +276,7 @@ def test_stages_track_to_postgres_and_artifacts_go_over_http(postgres, tracking_
     champion = client.get_model_version_by_alias("skindualgen", "champion")
     assert champion.run_id == team["finetune"]
     assert f"models:/skindualgen/{champion.version}" in team["registered"]
-    assert client.get_run(team["pinned"]).data.tags["skindualgen.model_version"] == f"skindualgen/{champion.version}"
+    assert client.get_run(team["pinned"]).data.tags[TAG_MODEL_VERSION] == f"skindualgen/{champion.version}"
 
 
 def test_two_tune_workers_share_one_study(tracking_server, team):
@@ -280,7 +285,7 @@ def test_two_tune_workers_share_one_study(tracking_server, team):
     uri, _ = tracking_server
     client = MlflowClient(tracking_uri=uri)
     parents = {run_id: client.get_run(run_id) for run_id in team["tunes"]}
-    [study_name] = {p.data.tags["skindualgen.optuna_study"] for p in parents.values()}   # same command, same study
+    [study_name] = {p.data.tags[TAG_OPTUNA_STUDY] for p in parents.values()}   # same command, same study
     assert [s.study_name for s in optuna.get_all_study_summaries(team["storage"])] == [study_name]
     trials = optuna.load_study(study_name=study_name, storage=team["storage"]).trials
 
@@ -297,21 +302,21 @@ def test_two_tune_workers_share_one_study(tracking_server, team):
     for t in trials:
         child = client.get_run(t.user_attrs["mlflow_run_id"])
         assert child.info.status == "FINISHED" and child.info.artifact_uri.startswith("mlflow-artifacts:/")
-        assert child.data.tags["skindualgen.stage"] == "tune-trial"
-        assert child.data.tags["skindualgen.optuna_trial"] == str(t.number)
+        assert child.data.tags[TAG_STAGE] == STAGE_TUNE_TRIAL
+        assert child.data.tags[TAG_OPTUNA_TRIAL] == str(t.number)
         assert int(child.data.params["num_inference_steps"]) == t.params["num_inference_steps"]
         assert float(child.data.params["guidance_scale"]) == t.params["guidance_scale"]
-        assert child.data.metrics["fid"] == t.value
-        children[child.data.tags["mlflow.parentRunId"]] += 1
+        assert child.data.metrics[METRIC_FID] == t.value
+        children[child.data.tags[TAG_MLFLOW_PARENT_RUN]] += 1
     assert children == ran
 
     # both workers waited for each other's trials and report the study's best (the same trial)
     best_value = min(t.value for t in trials)
     best = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.value == best_value}
-    [best_run] = {p.data.tags["skindualgen.best_trial_run_id"] for p in parents.values()}
+    [best_run] = {p.data.tags[TAG_BEST_TRIAL_RUN] for p in parents.values()}
     assert best_run in best
     for p in parents.values():
         assert p.data.metrics["best_fid"] == best_value
         assert p.data.metrics["n_trials"] == len(trials)
-        assert int(p.data.params["best_num_inference_steps"]) == best[best_run].params["num_inference_steps"]
-        assert float(p.data.params["best_guidance_scale"]) == best[best_run].params["guidance_scale"]
+        assert int(p.data.params[PARAM_BEST_STEPS]) == best[best_run].params["num_inference_steps"]
+        assert float(p.data.params[PARAM_BEST_GUIDANCE]) == best[best_run].params["guidance_scale"]

@@ -119,8 +119,8 @@ class EvaluateConfig:
     batch_size: int = 32
     cache_dir: str = ".cache/skindualgen/features"   # real-set feature statistics (mu, sigma)
     # beyond the paper: CAS and mask consistency, judged by models trained on the real train split
-    cas_model: str = "resnet34"     # the classify model that judges CAS ("" = no CAS)
-    consistency_model: str = "unet"   # the segment model that judges mask consistency ("" = none)
+    cas_model: str = "resnet34"     # the classify model that judges CAS ("" or "none" = no CAS)
+    consistency_model: str = "unet"   # the segment model that judges mask consistency ("" or "none" = none)
     reference_profile: str = "paper"   # the classify/segment settings they are trained with
     reference_cache_dir: str = ".cache/skindualgen/reference"   # trained once per dataset digest
     test_fraction: float = 0.176    # the real set's train/test split, as in finetune (same seed)

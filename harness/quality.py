@@ -395,6 +395,11 @@ def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int,
 # Beyond the paper: CAS and mask consistency (harness.downstream.reference)
 # ------------------------------------------------------------------------------------------------
 
+# cas_model / consistency_model values that turn a judge off; "none" because the command line and
+# MLproject read "" as "not given" (= the default judge)
+NO_JUDGE = ("", "none")
+
+
 def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: bool = True) -> dict[str, float]:
     """`cas`, `cas/<class>` (the reference classifier's accuracy on the set's labels) and
     `mask_consistency`, `mask_consistency/<class>`, `mask_nonempty` of the compared set (a generated set
@@ -407,13 +412,13 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: boo
         raise DataError(f"{fake.source}: class(es) {unknown} are not classes of the real train split {classes}; "
                         "CAS needs the generated set's classes to be the real ones")
     out: dict[str, float] = {}
-    if cfg.cas_model:
+    if cfg.cas_model not in NO_JUDGE:
         clf = reference_classifier(prepared, cfg.cas_model, cfg.reference_profile, cfg.reference_cache_dir,
                                    cfg.seed, progress)
         out.update(cas(clf, fake.samples))
         tracking.tag_reference(TAG_CAS_MODEL, clf)
     with_mask = [s for s in fake.samples if s.mask is not None]
-    if cfg.consistency_model and with_mask:
+    if cfg.consistency_model not in NO_JUDGE and with_mask:
         seg = reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
                                   cfg.seed, progress)
         scores, _ = mask_consistency(seg, with_mask)

@@ -27,6 +27,8 @@ def test_tune_trials_best_settings_and_resume(tiny_folder, demo_small, experimen
                                 filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_TUNE_TRIAL}'")
     assert len(trials) == 4
     assert {t.data.tags[TAG_MLFLOW_PARENT_RUN] for t in trials} == {first, parent}
+    # the resumed run suggests new settings, not its first run's again
+    assert len({(t.data.params["num_inference_steps"], t.data.params["guidance_scale"]) for t in trials}) == 4
     best = min(trials, key=lambda t: t.data.metrics["fid"])
     assert run.data.params["best_num_inference_steps"] == best.data.params["num_inference_steps"]
     assert float(run.data.params["best_guidance_scale"]) == float(best.data.params["guidance_scale"])

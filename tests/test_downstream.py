@@ -166,16 +166,6 @@ def test_cli_reports_missing_synthetic_set_cleanly(real_dir, experiment):
     assert result.exit_code == 2 and "needs a synthetic set" in result.output
 
 
-def test_pretrained_weights_unavailable_is_said_clearly(monkeypatch):
-    import urllib.error
-
-    def offline(*a, **k):
-        raise urllib.error.URLError("Name or service not known")
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(classify_mod.PretrainedUnavailable, match="could not load the ImageNet weights of resnet34"):
-        classify_mod.build_model("resnet34", 3, 32, pretrained=True)
-
-
 # ------------------------------------------------------------------------------- classify
 def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
     result = CliRunner().invoke(classify_command, [

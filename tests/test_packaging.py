@@ -40,3 +40,22 @@ def test_mlproject_entry_points_match_cli_commands():
             flag = "--" + param.replace("_", "-")
             assert flag in options, f"{name}: {flag} missing from the CLI"
             assert f"{flag} {{{param}}}" in command, f"{name}: {param} not passed on"
+
+
+def test_mlproject_option_lists_name_every_config_field():
+    """Each `# Options (-P name=value): ...` comment above an entry point lists exactly the fields of
+    that stage's config that are not declared as parameters (the ones users pass as extra -P)."""
+    import dataclasses
+
+    from harness import config
+    stages = {"finetune": config.FinetuneConfig, "generate": config.GenerateConfig, "evaluate": config.EvaluateConfig,
+              "tune": config.TuneConfig, "classify": config.ClassifyConfig, "segment": config.SegmentConfig,
+              "explain": config.ExplainConfig}
+    text = (ROOT / "MLproject").read_text()
+    declared = {name: set(ep.get("parameters", {})) for name, ep in yaml.safe_load(text)["entry_points"].items()}
+    blocks = re.findall(r"# Options \(-P name=value\): (.*?)\n  ([a-z_]+):\n", text, flags=re.S)
+    listed = {name: {o.strip() for o in re.sub(r"\n\s*#", " ", body).split(",")} for body, name in blocks}
+    assert set(listed) == set(stages)
+    for name, cfg_cls in stages.items():
+        fields = {f.name for f in dataclasses.fields(cfg_cls)} - declared[name]
+        assert listed[name] == fields, f"MLproject {name}: listed {sorted(listed[name] ^ fields)} differ from the config"

@@ -144,9 +144,11 @@ def bench_finetune_step(device, resolution, repeats):
             note="(cached lookup vs encoding each step; SD2's encoder is ~350M params)")
 
 
-def generate_pair(device, batch, steps=20, resolution=64):
+def generate_pair(device, batch, steps=20, resolution=64, fuse=False):
     """(ours, baseline): one generation call each, same prompts, seeds, steps, guidance and size, the
-    same UNet and text encoder objects (see finetune_step_pair); the VAEs are 4- and 3-channel."""
+    same UNet and text encoder objects (see finetune_step_pair); the VAEs are 4- and 3-channel.
+    fuse: ours merges the LoRA into the UNet (what `generate` does) at the start of each call and
+    unmerges it at the end (both inside its time), so the baseline runs the stock unfused LoRA."""
     from diffusers import StableDiffusionPipeline
     from harness.dualgen.lora import add_lora
     from harness.dualgen.pipeline import DualGenPipeline
@@ -161,14 +163,32 @@ def generate_pair(device, batch, steps=20, resolution=64):
     prompts = [PROMPT] * batch
 
     def ours(i):
+        if fuse:
+            ours_pipe.fuse_lora()
         ours_pipe(prompts, seeds=list(range(i, i + batch)), num_inference_steps=steps, guidance_scale=1.22,
                   height=resolution, width=resolution, batch_size=batch, progress=False)
+        if fuse:
+            _unmerge(c["unet"])
 
     def baseline(i):
         sd(prompts, num_inference_steps=steps, guidance_scale=1.22, height=resolution, width=resolution,
            generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
 
     return ours, baseline, c["unet"]
+
+
+def _unmerge(unet):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer) and module.merged:
+            module.unmerge()
+
+
+def bench_generate_fused(device, batch=4, steps=20, resolution=64):
+    ours, baseline, _ = generate_pair(device, batch, steps, resolution, fuse=True)
+    a, b, ratio = interleaved(ours, baseline, 12)
+    row(f"generate_fused_lora_batch{batch}", a, b, 0.85, ratio=ratio,
+        note=f"(LoRA merged into the UNet vs the stock pipeline with unfused LoRA; {batch / a:.1f} vs {batch / b:.1f} images/s)")
 
 
 def bench_generate(device, batch, steps=20, resolution=64):
@@ -565,7 +585,7 @@ def main(argv=None):
     sections = [
         ("finetune step 64 px", lambda: bench_finetune_step(args.device, 64, 5 * args.repeats)),   # 0.2 s steps
         ("finetune step 256 px", lambda: bench_finetune_step(args.device, 256, max(2, args.repeats // 3))),
-        ("generation", lambda: [bench_generate(args.device, b) for b in (1, 4, 16)]),
+        ("generation", lambda: [bench_generate(args.device, b) for b in (1, 4, 16)] + [bench_generate_fused(args.device)]),
         ("mask-loss curves", lambda: bench_mask_subset_curves(args.out, args.curve_steps)),
         ("tracking", lambda: bench_tracking(args.device)),
         ("evaluation", bench_evaluate_cache),

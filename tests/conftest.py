@@ -11,6 +11,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+# pytest imports numpy before this file (pyproject's filterwarnings names a pandas warning class), so
+# OpenBLAS has already started one thread per core and ignores OMP_NUM_THREADS: apply it here too
+# (FID's 2048x2048 eigvals took ~40 s with 2 threads on 2 busy cores, ~10 s with 1).
+threadpool_limits(int(os.environ["OMP_NUM_THREADS"]), user_api="blas")
+
 import itertools  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402

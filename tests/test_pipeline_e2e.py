@@ -74,7 +74,8 @@ def test_combined_loss_falls(pipeline_runs):
     assert s["n"] == 300
     assert s["last"] < 0.9 * s["first"], s        # measured 0.855: the mask terms start warmed up
     warmup = summarize_losses(ft.info.run_id, "train/mask_warmup_loss")
-    assert warmup["n"] == 400 and warmup["last"] < 0.5 * warmup["first"], warmup   # measured 1.27 -> 0.41
+    # means of the first and last fifth of the warm-up: measured 0.60 -> 0.36
+    assert warmup["n"] == 400 and warmup["last"] < 0.7 * warmup["first"], warmup
     assert ft.data.tags[TAG_BASE_MODEL] == "tiny"
 
 

@@ -37,6 +37,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -63,8 +64,22 @@ from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import (CLASSIFY_METRICS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE, TAG_FOLD,
                             TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX)
 
-PAPER_EPOCHS = {"densenet121": 50, "resnet34": 50, "squeezenet1_1": 40, "swin_tiny": 40}
-MODELS = tuple(PAPER_EPOCHS)
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Per-backbone facts: the paper's epoch count and the layer GradCAM attributes to (explain.py)."""
+    paper_epochs: int
+    cam_layer: str
+
+
+CLASSIFIERS = {
+    "densenet121": ClassifierSpec(paper_epochs=50, cam_layer="features"),
+    "resnet34": ClassifierSpec(paper_epochs=50, cam_layer="layer4"),
+    "squeezenet1_1": ClassifierSpec(paper_epochs=40, cam_layer="features"),
+    "swin_tiny": ClassifierSpec(paper_epochs=40, cam_layer="layers[-1] (NHWC -> NCHW)"),
+}
+MODELS = tuple(CLASSIFIERS)
+PAPER_EPOCHS = {name: spec.paper_epochs for name, spec in CLASSIFIERS.items()}
 SWIN = "swin_tiny_patch4_window7_224"
 
 
@@ -324,7 +339,7 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
     check_folds(train.labels, cfg.folds)
     if cfg.pretrained:        # fail before the run starts when the weights cannot be had
         build_model(cfg.model, len(classes), cfg.image_size, pretrained=True)
-    epochs = cfg.epochs or PAPER_EPOCHS[cfg.model]
+    epochs = cfg.epochs or CLASSIFIERS[cfg.model].paper_epochs
     evals: dict[str, EvalSet] = {"test": data.test, **({"ham": data.ham} if data.ham is not None else {})}
     evals = {name: e for name, e in evals.items() if e.samples}
     tags = {TAG_MODEL: cfg.model, TAG_TRAIN_SET: cfg.train_set, TAG_DEVICE: str(device), **data.tags}

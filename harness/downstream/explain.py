@@ -23,7 +23,7 @@ test_fraction and seed params, checked against their dataset digest tag.
 
 Each image is decoded and normalised exactly as `classify` does (LANCZOS to the run's image_size,
 ImageNet mean/std). Every method explains the model's predicted class (argmax of the logits):
-  GradCAM    captum LayerGradCam on the last convolutional stage (see CAM_LAYERS), ReLU'd, then
+  GradCAM    captum LayerGradCam on the last convolutional stage (see classify.CLASSIFIERS), ReLU'd, then
              upsampled bilinearly to the image size.
   Saliency   captum Saliency: |d logit_pred / d input| (3, H, W); the panel shows the max over the
              colour channels (Simonyan et al. 2014).
@@ -67,7 +67,7 @@ from harness.data.augment import load_pair
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import Sample
 from harness.downstream import runtime
-from harness.downstream.classify import MODELS, load_classifier
+from harness.downstream.classify import CLASSIFIERS, MODELS, load_classifier
 from harness.downstream.sets import DownstreamError
 from harness.schema import (STAGE_CLASSIFY, STAGE_EXPLAIN, TAG_DEVICE, TAG_DIGEST, TAG_EXPLAIN_MODEL, TAG_HYBRID_RUN,
                             TAG_MODEL, TAG_REAL_RUN, TAG_STAGE, TAG_TRAIN_SET)
@@ -76,8 +76,7 @@ METHODS = ("gradcam", "saliency", "occlusion")
 METHOD_TITLES = {"gradcam": "GradCAM", "saliency": "Saliency", "occlusion": "Occlusion"}
 SETS = ("real", "hybrid")
 SET_TITLES = {"real": "real-only", "hybrid": "hybrid"}
-CAM_LAYERS = {"densenet121": "features", "resnet34": "layer4", "squeezenet1_1": "features",
-              "swin_tiny": "layers[-1] (NHWC -> NCHW)"}
+CAM_LAYERS = {name: spec.cam_layer for name, spec in CLASSIFIERS.items()}
 
 # Figure layout, in pixels (the PNG is exactly 8 * PANEL_PX wide and TITLE_PX + rows * ROW_PX high).
 PANEL_PX, LABEL_PX, TITLE_PX, DPI = 160, 48, 30, 100

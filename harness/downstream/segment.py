@@ -269,23 +269,30 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
         model, history = train_segmenter(cfg.model, data.train.samples, cfg, device, amp_dtype, progress, cfg.seed,
                                          on_epoch=lambda e, loss: mlflow.log_metrics({"train/loss": loss}, step=e + 1))
         summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": history["step_seconds"]}
-
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            for name, samples in evals.items():
-                rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
-                _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
-                prefix = "" if name == "test" else HAM_PREFIX
-                summary.update({prefix + k: scores[k] for k in SCORE_KEYS})
-            (tmp / "model").mkdir()
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
-            arch, encoder = SEGMENTERS[cfg.model].arch, SEGMENTERS[cfg.model].encoder
-            (tmp / "model" / "model.json").write_text(json.dumps(
-                {"model": cfg.model, "architecture": arch, "encoder": encoder, "image_size": cfg.image_size,
-                 "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
-                 "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
-                indent=1))
-            mlflow.log_artifacts(str(tmp))
+        summary.update(_evaluate_and_log(model, evals, cfg, device, amp_dtype, progress))
         mlflow.log_metrics(summary)
         return run.info.run_id
 
+
+def _evaluate_and_log(model, evals: dict[str, list[Sample]], cfg: SegmentConfig, device, amp_dtype,
+                      progress: bool) -> dict[str, float]:
+    """The writer: score every eval set (per-image CSV, predicted masks) and save the model; return the
+    sets' summary metrics (`ham_` prefixed for HAM)."""
+    scores_by_set = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, samples in evals.items():
+            rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
+            _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
+            prefix = "" if name == "test" else HAM_PREFIX
+            scores_by_set.update({prefix + k: scores[k] for k in SCORE_KEYS})
+        (tmp / "model").mkdir()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
+        spec = SEGMENTERS[cfg.model]
+        (tmp / "model" / "model.json").write_text(json.dumps(
+            {"model": cfg.model, "architecture": spec.arch, "encoder": spec.encoder, "image_size": cfg.image_size,
+             "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+             "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
+            indent=1))
+        mlflow.log_artifacts(str(tmp))
+    return scores_by_set

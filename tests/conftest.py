@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 # (FID's 2048x2048 eigvals took ~40 s with 2 threads on 2 busy cores, ~10 s with 1).
 threadpool_limits(int(os.environ["OMP_NUM_THREADS"]), user_api="blas")
 
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,6 +28,21 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 _counter = itertools.count()
+
+# The one set of small settings every downstream test trains with (32 px, 1 epoch, 2 folds, batch 8);
+# `small(cfg_cls, **overrides)` applies those the config class has.
+SMALL = {"image_size": 32, "epochs": 1, "folds": 2, "batch_size": 8}
+
+
+def make_small(cfg_cls, **overrides):
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    return cfg_cls(**{**{k: v for k, v in SMALL.items() if k in names}, **overrides})
+
+
+@pytest.fixture(scope="session")
+def small():
+    """`small(cfg_cls, **overrides)`: the config with the shared small settings (SMALL), then overrides."""
+    return make_small
 
 
 @pytest.fixture(scope="session")

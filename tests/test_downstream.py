@@ -30,7 +30,6 @@ from harness.schema import (
     TAG_OUTPUT_DIR, TAG_STAGE, TAG_SYNTH_RUN,
 )
 
-TINY = {"image_size": 32, "epochs": 1, "batch_size": 8}
 
 
 def write_manifest(csv_path: Path, dataset_dir: Path, split: str, drop_labels=()):
@@ -153,8 +152,8 @@ def test_eval_labels_mapped_by_name_and_missing_classes_excluded(ham_dir):
     assert {s.label for s in ev.samples} == {"nevus", "Melanoma"}
 
 
-def test_folds_larger_than_smallest_class_is_an_error_before_any_run(real_dir, experiment):
-    cfg = ClassifyConfig(data_dir=str(real_dir), model="squeezenet1_1", folds=6, **TINY)
+def test_folds_larger_than_smallest_class_is_an_error_before_any_run(real_dir, experiment, small):
+    cfg = small(ClassifyConfig, data_dir=str(real_dir), model="squeezenet1_1", folds=6)
     with pytest.raises(DownstreamError, match="--folds 6 needs at least 6"):
         classify_mod.classify(cfg, experiment=experiment, progress=False)
     assert runs_of(experiment) == []
@@ -214,13 +213,13 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
     assert np.allclose(probs, saved[[f"prob_{c}" for c in info["classes"]]].to_numpy(), atol=1e-5)
 
 
-def test_classify_hybrid_with_a_class_the_model_lacks_on_ham(real_dir, synth_csv, ham_dir, experiment, tmp_path):
+def test_classify_hybrid_with_a_class_the_model_lacks_on_ham(real_dir, synth_csv, ham_dir, experiment, tmp_path, small):
     # real data without "vascular lesion" (and the synthetic set likewise): HAM's 4 vascular images are excluded
     real = write_manifest(tmp_path / "real.csv", real_dir, split="", drop_labels=("vascular lesion",))
     synth = write_manifest(tmp_path / "synth.csv", synth_csv.parent / "generated", split="train",
                            drop_labels=("vascular lesion",))
-    cfg = ClassifyConfig(data_dir=str(real), model="squeezenet1_1", train_set="hybrid", synth=str(synth),
-                         eval_data=str(ham_dir), folds=2, **TINY)
+    cfg = small(ClassifyConfig, data_dir=str(real), model="squeezenet1_1", train_set="hybrid", synth=str(synth),
+                eval_data=str(ham_dir))
     rid = classify_mod.classify(cfg, experiment=experiment, progress=False)
     run = mlflow.get_run(rid)
     m = run.data.metrics
@@ -239,7 +238,7 @@ def test_classify_hybrid_with_a_class_the_model_lacks_on_ham(real_dir, synth_csv
     assert m["ham_f1"] == pytest.approx(scores["f1"].mean(), abs=1e-9)
 
 
-def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypatch):
+def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypatch, small):
     calls = []
     real_step = classify_mod.train_one_epoch
 
@@ -249,7 +248,7 @@ def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypa
             raise RuntimeError("simulated crash")
         return real_step(*args, **kwargs)
     monkeypatch.setattr(classify_mod, "train_one_epoch", crash_in_second_fold)
-    cfg = ClassifyConfig(data_dir=str(real_dir), model="squeezenet1_1", folds=2, **TINY)
+    cfg = small(ClassifyConfig, data_dir=str(real_dir), model="squeezenet1_1")
     with pytest.raises(RuntimeError, match="simulated crash"):
         classify_mod.classify(cfg, experiment=experiment, progress=False)
     runs = {r.data.tags[TAG_MLFLOW_RUN_NAME]: r for r in runs_of(experiment)}
@@ -275,7 +274,7 @@ def check_segmentation_artifacts(rid, name, n, masks):
     return df, prepared_masks
 
 
-def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experiment):
+def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experiment, small):
     result = CliRunner().invoke(segment_command, [
         "--data-dir", str(real_dir), "--model", "unet", "--train-set", "real", "--eval-data", str(ham_dir),
         "--profile", "demo", "--image-size", "32", "--epochs", "1", "--experiment", experiment])
@@ -303,7 +302,7 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     _model, info = segment_mod.load_segmenter(run.info.run_id)
     assert info["model"] == "unet" and info["image_size"] == 32
 
-    cfg = SegmentConfig(data_dir=str(real_dir), model="unet", train_set="hybrid", synth=str(synth_csv), **TINY)
+    cfg = small(SegmentConfig, data_dir=str(real_dir), model="unet", train_set="hybrid", synth=str(synth_csv))
     rid = segment_mod.segment(cfg, experiment=experiment, progress=False)
     hybrid = mlflow.get_run(rid)
     assert hybrid.info.status == "FINISHED"
@@ -322,9 +321,9 @@ class AllBackground(torch.nn.Module):
         return x[:, :1] * 0 + self.bias
 
 
-def test_segment_all_empty_predictions_give_defined_scores(real_dir, experiment, monkeypatch):
+def test_segment_all_empty_predictions_give_defined_scores(real_dir, experiment, monkeypatch, small):
     monkeypatch.setattr(segment_mod, "build_model", lambda name, pretrained=False: AllBackground())
-    cfg = SegmentConfig(data_dir=str(real_dir), model="unet", **TINY)
+    cfg = small(SegmentConfig, data_dir=str(real_dir), model="unet")
     rid = segment_mod.segment(cfg, experiment=experiment, progress=False)
     run = mlflow.get_run(rid)
     m = run.data.metrics
@@ -337,11 +336,11 @@ def test_segment_all_empty_predictions_give_defined_scores(real_dir, experiment,
     assert len(df) == 7 and (df["empty_pred"] == 1).all()
 
 
-def test_segment_crash_leaves_failed_run(real_dir, experiment, monkeypatch):
+def test_segment_crash_leaves_failed_run(real_dir, experiment, monkeypatch, small):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash in evaluation")
     monkeypatch.setattr(segment_mod, "evaluate", broken)
-    cfg = SegmentConfig(data_dir=str(real_dir), model="unet", **TINY)
+    cfg = small(SegmentConfig, data_dir=str(real_dir), model="unet")
     with pytest.raises(RuntimeError, match="simulated crash"):
         segment_mod.segment(cfg, experiment=experiment, progress=False)
     [run] = runs_of(experiment)

@@ -26,7 +26,6 @@ from harness.downstream.sets import DownstreamError
 from harness.schema import STAGE_EXPLAIN, TAG_DIGEST, TAG_EXPLAIN_MODEL, TAG_HYBRID_RUN, TAG_REAL_RUN, TAG_STAGE
 
 SIZE = 64          # squeezenet1_1's last stage is 3x3 at 64 px (1x1 at 32 px: a flat GradCAM)
-TINY = {"model": "squeezenet1_1", "image_size": SIZE, "epochs": 1, "folds": 2, "batch_size": 8}
 _names = itertools.count()
 
 
@@ -35,7 +34,7 @@ def artifact(run_id, path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, mlflow_store):
+def trained(tmp_path_factory, mlflow_store, small):
     """A demo set (7 classes x 5), a synthetic stand-in (another demo draw), and one real and one
     hybrid classify run in their own experiment."""
     from harness.data.demo import make_demo_dataset
@@ -53,8 +52,9 @@ def trained(tmp_path_factory, mlflow_store):
             mp.delenv(key, raising=False)
         mlflow.set_tracking_uri(mlflow_store)
         experiment = f"explain-{os.getpid()}-{next(_names)}"
-        runs = {ts: classify_mod.classify(ClassifyConfig(data_dir=str(real), train_set=ts, synth=str(synth_csv),
-                                                         **TINY), experiment=experiment, progress=False)
+        runs = {ts: classify_mod.classify(small(ClassifyConfig, data_dir=str(real), train_set=ts, synth=str(synth_csv),
+                                                model="squeezenet1_1", image_size=SIZE),
+                                          experiment=experiment, progress=False)
                 for ts in ("real", "hybrid")}
         yield {"data": real, "experiment": experiment, **runs}
 

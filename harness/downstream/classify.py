@@ -1,8 +1,9 @@
 """The `classify` stage (paper Sec. 4.3.1, Tables 2 and 3): one model x one training set.
 
 Read top to bottom: `build_model` (the four backbones), `ImageSet` (decoded images + torchvision
-augmentation), `train_one_epoch` (the training step), `predict` (evaluation), `run_fold` (one fold),
-`classify` (the run: data, folds, scoring, artifacts).
+augmentation), `train_one_epoch` (the training step), `predict` (evaluation), `train_fold` (one fold's
+training), `score_fold` / `run_fold` (one fold's FoldResult in its nested run), `summarize` (the mean/std
+over folds), `classify` (the run), `_log_artifacts` (the writer).
 
 Protocol (paper): 224 px, batch 32, Adam lr 1e-4, cross-entropy, 50 epochs (DenseNet121, ResNet34)
 or 40 (SqueezeNet1.1, Swin-T); torchvision augmentation of the training images (random flips,
@@ -37,6 +38,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -63,8 +65,22 @@ from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import (CLASSIFY_METRICS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE, TAG_FOLD,
                             TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX)
 
-PAPER_EPOCHS = {"densenet121": 50, "resnet34": 50, "squeezenet1_1": 40, "swin_tiny": 40}
-MODELS = tuple(PAPER_EPOCHS)
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Per-backbone facts: the paper's epoch count and the layer GradCAM attributes to (explain.py)."""
+    paper_epochs: int
+    cam_layer: str
+
+
+CLASSIFIERS = {
+    "densenet121": ClassifierSpec(paper_epochs=50, cam_layer="features"),
+    "resnet34": ClassifierSpec(paper_epochs=50, cam_layer="layer4"),
+    "squeezenet1_1": ClassifierSpec(paper_epochs=40, cam_layer="features"),
+    "swin_tiny": ClassifierSpec(paper_epochs=40, cam_layer="layers[-1] (NHWC -> NCHW)"),
+}
+MODELS = tuple(CLASSIFIERS)
+PAPER_EPOCHS = {name: spec.paper_epochs for name, spec in CLASSIFIERS.items()}
 SWIN = "swin_tiny_patch4_window7_224"
 
 
@@ -287,9 +303,9 @@ def predict_images(model, images: np.ndarray, cfg: ClassifyConfig, device, amp_d
     return predict(model, dl, device, amp_dtype)
 
 
-def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y, val_images, val_y,
-             eval_images: dict[str, np.ndarray], cfg: ClassifyConfig, epochs: int, device, amp_dtype,
-             progress: bool) -> dict:
+def train_fold(k: int, model_name: str, classes: list[str], train_images, train_y, val_images, val_y,
+               eval_images: dict[str, np.ndarray], cfg: ClassifyConfig, epochs: int, device, amp_dtype,
+               progress: bool) -> dict:
     """Train fold k's model from scratch; return its validation and eval-set probabilities."""
     val_dl = runtime.loader(ImageSet(val_images, val_y), cfg.batch_size, False, 0, cfg.num_workers, device)
     last = {}
@@ -311,6 +327,101 @@ def run_fold(k: int, model_name: str, classes: list[str], train_images, train_y,
     return {"val": last["val"], **probs, "state_dict": state, "step_seconds": step_seconds}
 
 
+@dataclass
+class Inputs:
+    """What every fold shares: the decoded images, their class indices and the eval sets."""
+    classes: list[str]
+    samples: list[Sample]                 # the training set
+    images: np.ndarray
+    y: np.ndarray
+    evals: dict[str, EvalSet]
+    eval_images: dict[str, np.ndarray]
+    eval_y: dict[str, np.ndarray]
+
+
+@dataclass
+class FoldResult:
+    """One fold's scores: classification metrics per set ("val" and each eval set), confusion matrices
+    and prediction rows per set, the final model's weights and the mean step time."""
+    k: int
+    metrics: dict[str, dict]
+    confusion: dict[str, np.ndarray]
+    rows: dict[str, list[dict]]
+    state_dict: dict
+    step_seconds: float
+
+
+def score_fold(k: int, out: dict, va: np.ndarray, inputs: Inputs) -> FoldResult:
+    """Metrics, confusion matrices and prediction rows of fold k's probabilities (`train_fold`'s output)."""
+    classes = inputs.classes
+    metrics = {"val": classification_metrics(inputs.y[va], out["val"].argmax(1), classes)}
+    rows = {"val": _prediction_rows(k, [inputs.samples[i] for i in va], out["val"], classes)}
+    confusion = {}
+    for name, e in inputs.evals.items():
+        pred = out[name].argmax(1)
+        metrics[name] = classification_metrics(inputs.eval_y[name], pred, classes)
+        confusion[name] = confusion_matrix(inputs.eval_y[name], pred, len(classes))
+        rows[name] = _prediction_rows(k, e.samples, out[name], classes)
+    return FoldResult(k, metrics, confusion, rows, out["state_dict"], out["step_seconds"])
+
+
+def run_fold(k: int, tr: np.ndarray, va: np.ndarray, inputs: Inputs, cfg: ClassifyConfig, epochs: int, run,
+             tags: dict, digest: str, device, amp_dtype, progress: bool) -> FoldResult:
+    """Fold k in its nested run: train, score, log the fold's metrics."""
+    classes, y = inputs.classes, inputs.y
+    with mlflow.start_run(run_name=f"{cfg.model} {cfg.train_set} fold {k}", nested=True,
+                          experiment_id=run.info.experiment_id,
+                          tags={**tracking.run_tags(STAGE_CLASSIFY_FOLD, digest), **tags, TAG_FOLD: str(k)}):
+        mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va)})
+        missing = sorted(set(classes) - {classes[i] for i in y[tr]})
+        if missing:       # cannot happen after check_folds; see the module docstring
+            mlflow.MlflowClient().set_tag(run.info.run_id, TAG_FOLD_MISSING_CLASSES.format(k=k), ",".join(missing))
+        out = train_fold(k, cfg.model, classes, inputs.images[tr], y[tr], inputs.images[va], y[va],
+                         inputs.eval_images, cfg, epochs, device, amp_dtype, progress)
+        result = score_fold(k, out, va, inputs)
+        # the validation curve's last point: `val/<metric>` at step = epochs (one name per metric)
+        mlflow.log_metrics({VAL_PREFIX + key: result.metrics["val"][key] for key in CLASSIFY_METRICS}, step=epochs)
+        fold_metrics = {}
+        for name in inputs.evals:
+            fold_metrics.update({(key if name == "test" else HAM_PREFIX + key): v
+                                 for key, v in result.metrics[name].items()})
+        fold_metrics["time/step_seconds"] = result.step_seconds
+        mlflow.log_metrics(fold_metrics)
+    return result
+
+
+def best_fold(results: list[FoldResult]) -> FoldResult:
+    """The fold with the highest validation macro F1 (the first of equals)."""
+    best = results[0]
+    for r in results[1:]:
+        if r.metrics["val"][METRIC_F1] > best.metrics["val"][METRIC_F1]:
+            best = r
+    return best
+
+
+def summarize(results: list[FoldResult], set_names: list[str], train_seconds: float) -> dict[str, float]:
+    """The parent run's metrics: mean/std over folds per set, the best fold, timings."""
+    summary = {"best_fold": best_fold(results).k, "time/train_seconds": train_seconds,
+               "time/step_seconds": float(np.mean([r.step_seconds for r in results]))}
+    for name in ["val", *set_names]:
+        prefix = {"test": "", "val": VAL_PREFIX, "ham": HAM_PREFIX}[name]
+        folds = [r.metrics[name] for r in results]
+        if name == "val":     # the folds' validation sets differ: only the headline numbers
+            folds = [{key: m[key] for key in CLASSIFY_METRICS} for m in folds]
+        summary.update({prefix + key: v for key, v in mean_and_std(folds).items()})
+    return summary
+
+
+def decode_inputs(data, classes: list[str], evals: dict[str, EvalSet], cfg: ClassifyConfig, progress: bool) -> Inputs:
+    cache: dict[str, np.ndarray] = {}
+    images = decode_images(data.train.samples, cfg.image_size, cache, progress, "decode train", cfg.num_workers)
+    eval_images = {name: decode_images(e.samples, cfg.image_size, cache, progress, f"decode {name}",
+                                       cfg.num_workers) for name, e in evals.items()}
+    eval_y = {name: np.array([classes.index(s.label) for s in e.samples]) for name, e in evals.items()}
+    y = np.array([classes.index(c) for c in data.train.labels])
+    return Inputs(classes, data.train.samples, images, y, evals, eval_images, eval_y)
+
+
 def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool = True) -> str:
     """Train and evaluate `cfg.model` on `cfg.train_set` with k-fold CV; return the MLflow run id.
     Every check on the options and the data runs before the run starts and before any training."""
@@ -324,7 +435,7 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
     check_folds(train.labels, cfg.folds)
     if cfg.pretrained:        # fail before the run starts when the weights cannot be had
         build_model(cfg.model, len(classes), cfg.image_size, pretrained=True)
-    epochs = cfg.epochs or PAPER_EPOCHS[cfg.model]
+    epochs = cfg.epochs or CLASSIFIERS[cfg.model].paper_epochs
     evals: dict[str, EvalSet] = {"test": data.test, **({"ham": data.ham} if data.ham is not None else {})}
     evals = {name: e for name, e in evals.items() if e.samples}
     tags = {TAG_MODEL: cfg.model, TAG_TRAIN_SET: cfg.train_set, TAG_DEVICE: str(device), **data.tags}
@@ -333,80 +444,37 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
                             run_name=f"classify {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
         log_inputs(data)
         mlflow.log_metric("epochs", epochs)
-        cache: dict[str, np.ndarray] = {}
-        images = decode_images(train.samples, cfg.image_size, cache, progress, "decode train", cfg.num_workers)
-        eval_images = {name: decode_images(e.samples, cfg.image_size, cache, progress, f"decode {name}",
-                                           cfg.num_workers) for name, e in evals.items()}
-        eval_y = {name: np.array([classes.index(s.label) for s in e.samples]) for name, e in evals.items()}
-        y = np.array([classes.index(c) for c in train.labels])
-
+        inputs = decode_inputs(data, classes, evals, cfg, progress)
         splitter = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
-        per_fold = {name: [] for name in ["val", *evals]}
-        rows = {name: [] for name in ["val", *evals]}
-        cms = {name: np.zeros((len(classes), len(classes)), np.int64) for name in evals}
-        best, step_seconds = None, []
         t_start = time.perf_counter()
-        for k, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
-            with mlflow.start_run(run_name=f"{cfg.model} {cfg.train_set} fold {k}", nested=True,
-                                  experiment_id=run.info.experiment_id,
-                                  tags={**tracking.run_tags(STAGE_CLASSIFY_FOLD, data.prepared.digest), **tags,
-                                        TAG_FOLD: str(k)}):
-                mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va)})
-                missing = sorted(set(classes) - {classes[i] for i in y[tr]})
-                if missing:       # cannot happen after check_folds; see the module docstring
-                    mlflow.MlflowClient().set_tag(run.info.run_id, TAG_FOLD_MISSING_CLASSES.format(k=k),
-                                                  ",".join(missing))
-                out = run_fold(k, cfg.model, classes, images[tr], y[tr], images[va], y[va], eval_images, cfg,
-                               epochs, device, amp_dtype, progress)
-                fold_metrics = {}
-                val_samples = [train.samples[i] for i in va]
-                val_m = classification_metrics(y[va], out["val"].argmax(1), classes)
-                # the validation curve's last point: `val/<metric>` at step = epochs (one name per metric)
-                mlflow.log_metrics({VAL_PREFIX + key: val_m[key] for key in CLASSIFY_METRICS}, step=epochs)
-                per_fold["val"].append(val_m)
-                rows["val"] += _prediction_rows(k, val_samples, out["val"], classes)
-                for name, e in evals.items():
-                    pred = out[name].argmax(1)
-                    m = classification_metrics(eval_y[name], pred, classes)
-                    per_fold[name].append(m)
-                    fold_metrics.update({(key if name == "test" else HAM_PREFIX + key): v for key, v in m.items()})
-                    cms[name] += confusion_matrix(eval_y[name], pred, len(classes))
-                    rows[name] += _prediction_rows(k, e.samples, out[name], classes)
-                fold_metrics["time/step_seconds"] = out["step_seconds"]
-                step_seconds.append(out["step_seconds"])
-                mlflow.log_metrics(fold_metrics)
-                if best is None or val_m[METRIC_F1] > best["val_f1"]:
-                    best = {"fold": k, "val_f1": val_m[METRIC_F1], "state_dict": out["state_dict"]}
-
-        summary = {"best_fold": best["fold"], "time/train_seconds": time.perf_counter() - t_start,
-                   "time/step_seconds": float(np.mean(step_seconds))}
-        for name, folds in per_fold.items():
-            prefix = {"test": "", "val": VAL_PREFIX, "ham": HAM_PREFIX}[name]
-            if name == "val":     # the folds' validation sets differ: only the headline numbers
-                folds = [{key: m[key] for key in CLASSIFY_METRICS} for m in folds]
-            summary.update({prefix + key: v for key, v in mean_and_std(folds).items()})
-        mlflow.log_metrics(summary)
-        _log_artifacts(cfg, classes, evals, rows, cms, best)
+        results = [run_fold(k, tr, va, inputs, cfg, epochs, run, tags, data.prepared.digest, device, amp_dtype,
+                            progress)
+                   for k, (tr, va) in enumerate(splitter.split(np.zeros(len(inputs.y)), inputs.y))]
+        mlflow.log_metrics(summarize(results, list(evals), time.perf_counter() - t_start))
+        _log_artifacts(cfg, classes, list(evals), results)
         return run.info.run_id
 
 
-def _log_artifacts(cfg, classes, evals, rows, cms, best) -> None:
+def _log_artifacts(cfg: ClassifyConfig, classes: list[str], set_names: list[str], results: list[FoldResult]) -> None:
+    """Prediction CSVs (all folds), the best fold's model, the confusion matrices summed over folds."""
+    best = best_fold(results)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "predictions").mkdir()
-        for name, r in rows.items():
-            _write_csv(tmp / "predictions" / f"{name}.csv", r, classes)
+        for name in ["val", *set_names]:
+            _write_csv(tmp / "predictions" / f"{name}.csv", [row for r in results for row in r.rows[name]], classes)
         (tmp / "model").mkdir()
-        torch.save(best["state_dict"], tmp / "model" / "model.pt")
-        info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "fold": best["fold"],
-                "val_f1": best["val_f1"], "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+        torch.save(best.state_dict, tmp / "model" / "model.pt")
+        info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "fold": best.k,
+                "val_f1": best.metrics["val"][METRIC_F1], "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
                 "resize": "LANCZOS to image_size x image_size"}
         (tmp / "model" / "model.json").write_text(json.dumps(info, indent=1))
         mlflow.log_artifacts(str(tmp))
-    for name in evals:
-        mlflow.log_dict({"classes": classes, "matrix": cms[name].tolist(), "rows": "true class", "columns": "predicted"},
+    for name in set_names:
+        cm = sum(r.confusion[name] for r in results)
+        mlflow.log_dict({"classes": classes, "matrix": cm.tolist(), "rows": "true class", "columns": "predicted"},
                         f"confusion_{name}.json")
-        fig = confusion_figure(cms[name], classes, f"{cfg.model} / {cfg.train_set} on {name} (sum over folds)")
+        fig = confusion_figure(cm, classes, f"{cfg.model} / {cfg.train_set} on {name} (sum over folds)")
         mlflow.log_figure(fig, f"confusion_{name}.png")
         import matplotlib.pyplot as plt
         plt.close(fig)

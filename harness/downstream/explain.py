@@ -3,7 +3,8 @@ classifiers trained on `real` and on `hybrid`, side by side, for chosen real tes
 
 Read top to bottom: `cam_target` (the GradCAM layer of each backbone), `attributions` (the three
 captum methods for one image), `heat` (one panel's [0, 1] map), `choose_images`, `resolve_pairs`
-(which classify runs), `figure3` (the layout), `explain` (the run).
+(which classify runs), `figure3` (the layout), `explain_pair` (one pair's PairResult), `_log_results`
+(the writer), `explain` (the run).
 
 Runs. A *pair* is one model's classify run trained on `real` and its run trained on `hybrid`. Rule:
   - `--real-run` / `--hybrid-run` name runs (comma lists, any experiment); each must be a FINISHED
@@ -23,7 +24,7 @@ test_fraction and seed params, checked against their dataset digest tag.
 
 Each image is decoded and normalised exactly as `classify` does (LANCZOS to the run's image_size,
 ImageNet mean/std). Every method explains the model's predicted class (argmax of the logits):
-  GradCAM    captum LayerGradCam on the last convolutional stage (see CAM_LAYERS), ReLU'd, then
+  GradCAM    captum LayerGradCam on the last convolutional stage (see classify.CLASSIFIERS), ReLU'd, then
              upsampled bilinearly to the image size.
   Saliency   captum Saliency: |d logit_pred / d input| (3, H, W); the panel shows the max over the
              colour channels (Simonyan et al. 2014).
@@ -67,7 +68,7 @@ from harness.data.augment import load_pair
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import Sample
 from harness.downstream import runtime
-from harness.downstream.classify import MODELS, load_classifier
+from harness.downstream.classify import CLASSIFIERS, MODELS, load_classifier
 from harness.downstream.sets import DownstreamError
 from harness.schema import (STAGE_CLASSIFY, STAGE_EXPLAIN, TAG_DEVICE, TAG_DIGEST, TAG_EXPLAIN_MODEL, TAG_HYBRID_RUN,
                             TAG_MODEL, TAG_REAL_RUN, TAG_STAGE, TAG_TRAIN_SET)
@@ -76,8 +77,7 @@ METHODS = ("gradcam", "saliency", "occlusion")
 METHOD_TITLES = {"gradcam": "GradCAM", "saliency": "Saliency", "occlusion": "Occlusion"}
 SETS = ("real", "hybrid")
 SET_TITLES = {"real": "real-only", "hybrid": "hybrid"}
-CAM_LAYERS = {"densenet121": "features", "resnet34": "layer4", "squeezenet1_1": "features",
-              "swin_tiny": "layers[-1] (NHWC -> NCHW)"}
+CAM_LAYERS = {name: spec.cam_layer for name, spec in CLASSIFIERS.items()}
 
 # Figure layout, in pixels (the PNG is exactly 8 * PANEL_PX wide and TITLE_PX + rows * ROW_PX high).
 PANEL_PX, LABEL_PX, TITLE_PX, DPI = 160, 48, 30, 100
@@ -429,16 +429,71 @@ def _heat_in_lesion(h: np.ndarray, mask: np.ndarray) -> float | None:
     return float((h * mask).sum() / total)
 
 
-def explain(cfg: ExplainConfig, experiment: str | None = None, progress: bool = True) -> str:
-    """GradCAM / Saliency / Occlusion maps of the real-only and hybrid classifiers; return the run id.
-    Runs, data and images are resolved and checked before the run starts."""
-    if cfg.occlusion_window < 0 or cfg.occlusion_stride < 0:
-        raise DownstreamError("--occlusion-window and --occlusion-stride must be >= 0 (0 = automatic)")
-    name = tracking.setup(experiment)
-    pairs = resolve_pairs(cfg, name)
-    prepared = load_data(pairs, cfg.data_dir, progress)
-    samples = select_images(prepared, cfg.images, cfg.n_images, cfg.seed)
-    device = runtime.pick_device()
+@dataclass
+class PairResult:
+    """One pair's maps: the figure rows, its summary.json entry, its metrics and the arrays to save
+    ({folder under heatmaps/: {file name: array}})."""
+    pair: Pair
+    rows: list[dict]
+    entry: dict
+    metrics: dict[str, float]
+    arrays: dict[str, dict[str, np.ndarray]]
+
+
+def explain_sample(s: Sample, p: Pair, models: dict, cfg: ExplainConfig, device, test_ids: set[str]):
+    """Both models of pair p on image s: (figure row, summary item, arrays, lesion shares, lesion area)."""
+    row = {"sample": s, "model": p.model}
+    item = {"id": s.id, "label": s.label, "split": "test" if s.id in test_ids else "train"}
+    arrays, shares, area = {}, {}, None
+    for train_set in SETS:
+        model, info = models[p.model, train_set]
+        size = info["image_size"]
+        image, mask = load_pair(s, size)
+        window, stride = occlusion_geometry(size, cfg.occlusion_window, cfg.occlusion_stride)
+        res = explain_image(model, info, image, window, stride, device)
+        res["image"], row[train_set] = image, res
+        folder = f"{_safe(p.model)}/{train_set}/{_safe(s.id)}"
+        arrays[folder], flat = {}, {}
+        for m in METHODS:
+            arrays[folder][f"{m}.npy"] = res["heat"][m]
+            arrays[folder][f"{m}_raw.npy"] = res["raw"][m]
+            share = _heat_in_lesion(res["heat"][m], mask)
+            if share is not None:
+                shares[train_set, m] = share
+            flat[m] = {"heat": f"heatmaps/{folder}/{m}.npy", "raw_shape": list(res["raw"][m].shape),
+                       "all_zero": bool(res["heat"][m].max() == 0), "heat_in_lesion": share}
+        item[train_set] = {"predicted": res["pred_class"], "prob": res["prob"], "image_size": size,
+                           "occlusion_window": window, "occlusion_stride": stride, "maps": flat}
+        if train_set == "real" and mask.any():
+            area = float(mask.mean())
+    return row, item, arrays, shares, area
+
+
+def explain_pair(p: Pair, samples: list[Sample], models: dict, cfg: ExplainConfig, device, test_ids: set[str],
+                 bar=None) -> PairResult:
+    """Every image through both models of pair p, with the pair's lesion metrics."""
+    rows, arrays, lesion, areas = [], {}, {}, []
+    entry = {"model": p.model, "gradcam_layer": CAM_LAYERS[p.model], "real_run": p.real.info.run_id,
+             "hybrid_run": p.hybrid.info.run_id, "images": []}
+    for s in samples:
+        row, item, sample_arrays, shares, area = explain_sample(s, p, models, cfg, device, test_ids)
+        rows.append(row)
+        entry["images"].append(item)
+        arrays.update(sample_arrays)
+        for key, share in shares.items():
+            lesion.setdefault(key, []).append(share)
+        if area is not None:
+            areas.append(area)
+        if bar is not None:
+            bar.update(1)
+    metrics = {f"heat_in_lesion/{p.model}/{train_set}/{m}": float(np.mean(v)) for (train_set, m), v in lesion.items()}
+    if areas:
+        metrics[f"lesion_area/{p.model}"] = float(np.mean(areas))
+    return PairResult(p, rows, entry, metrics, arrays)
+
+
+def load_models(pairs: list[Pair], cfg: ExplainConfig, device) -> dict:
+    """{(model, train_set): (model on device, model.json)} of every pair's runs, checked."""
     models = {}
     for p in pairs:
         for train_set, run in (("real", p.real), ("hybrid", p.hybrid)):
@@ -451,6 +506,43 @@ def explain(cfg: ExplainConfig, experiment: str | None = None, progress: bool = 
             occlusion_geometry(info["image_size"], cfg.occlusion_window, cfg.occlusion_stride)
         if models[p.model, "real"][1]["classes"] != models[p.model, "hybrid"][1]["classes"]:
             raise DownstreamError(f"{p.model}: the real and hybrid runs have different classes")
+    return models
+
+
+def _log_results(results: list[PairResult]) -> None:
+    """heatmaps/ (arrays, figures, summary.json) and the lesion metrics of every pair."""
+    summary = {"methods": list(METHODS), "normalisation": "positive part / its max, per panel",
+               "pairs": [r.entry for r in results]}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "heatmaps"
+        root.mkdir()
+        for r in results:
+            for folder, files in r.arrays.items():
+                (root / folder).mkdir(parents=True)
+                for file, array in files.items():
+                    np.save(root / folder / file, array)
+            _save_png(figure3(r.rows, f"{r.pair.model}: real-only (left) vs hybrid (right), predicted class"),
+                      root / f"figure3_{_safe(r.pair.model)}.png")
+        _save_png(figure3([row for r in results for row in r.rows],
+                          "GradCAM, Saliency, Occlusion: real-only (left) vs hybrid (right)"), root / "figure3.png")
+        (root / "summary.json").write_text(json.dumps(summary, indent=1))
+        mlflow.log_artifacts(str(root), "heatmaps")
+    metrics = {k: v for r in results for k, v in r.metrics.items()}
+    if metrics:
+        mlflow.log_metrics(metrics)
+
+
+def explain(cfg: ExplainConfig, experiment: str | None = None, progress: bool = True) -> str:
+    """GradCAM / Saliency / Occlusion maps of the real-only and hybrid classifiers; return the run id.
+    Runs, data and images are resolved and checked before the run starts."""
+    if cfg.occlusion_window < 0 or cfg.occlusion_stride < 0:
+        raise DownstreamError("--occlusion-window and --occlusion-stride must be >= 0 (0 = automatic)")
+    name = tracking.setup(experiment)
+    pairs = resolve_pairs(cfg, name)
+    prepared = load_data(pairs, cfg.data_dir, progress)
+    samples = select_images(prepared, cfg.images, cfg.n_images, cfg.seed)
+    device = runtime.pick_device()
+    models = load_models(pairs, cfg, device)
     torch.manual_seed(cfg.seed)
 
     tags = {TAG_REAL_RUN: ",".join(p.real.info.run_id for p in pairs),
@@ -462,61 +554,8 @@ def explain(cfg: ExplainConfig, experiment: str | None = None, progress: bool = 
         mlflow.log_params({"image_ids": ",".join(s.id for s in samples),
                            **{f"gradcam_layer.{p.model}": CAM_LAYERS[p.model] for p in pairs}})
         test_ids = {s.id for s in prepared.dataset.split("test").samples}
-        summary = {"methods": list(METHODS), "normalisation": "positive part / its max, per panel",
-                   "pairs": []}
-        all_rows, metrics = [], {}
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp) / "heatmaps"
-            root.mkdir()
-            bar = tqdm(total=len(pairs) * len(samples), desc="explain", unit="img", disable=not progress)
-            for p in pairs:
-                rows, entry = [], {"model": p.model, "gradcam_layer": CAM_LAYERS[p.model],
-                                   "real_run": p.real.info.run_id, "hybrid_run": p.hybrid.info.run_id, "images": []}
-                lesion: dict[tuple[str, str], list[float]] = {}
-                areas = []
-                for s in samples:
-                    row = {"sample": s, "model": p.model}
-                    item = {"id": s.id, "label": s.label, "split": "test" if s.id in test_ids else "train"}
-                    for train_set in SETS:
-                        model, info = models[p.model, train_set]
-                        size = info["image_size"]
-                        image, mask = load_pair(s, size)
-                        window, stride = occlusion_geometry(size, cfg.occlusion_window, cfg.occlusion_stride)
-                        res = explain_image(model, info, image, window, stride, device)
-                        res["image"], row[train_set] = image, res
-                        folder = root / _safe(p.model) / train_set / _safe(s.id)
-                        folder.mkdir(parents=True)
-                        flat = {}
-                        for m in METHODS:
-                            np.save(folder / f"{m}.npy", res["heat"][m])
-                            np.save(folder / f"{m}_raw.npy", res["raw"][m])
-                            share = _heat_in_lesion(res["heat"][m], mask)
-                            if share is not None:
-                                lesion.setdefault((train_set, m), []).append(share)
-                            flat[m] = {"heat": f"heatmaps/{folder.relative_to(root).as_posix()}/{m}.npy",
-                                       "raw_shape": list(res["raw"][m].shape),
-                                       "all_zero": bool(res["heat"][m].max() == 0), "heat_in_lesion": share}
-                        item[train_set] = {"predicted": res["pred_class"], "prob": res["prob"],
-                                           "image_size": size, "occlusion_window": window,
-                                           "occlusion_stride": stride, "maps": flat}
-                        if train_set == "real" and mask.any():
-                            areas.append(float(mask.mean()))
-                    rows.append(row)
-                    entry["images"].append(item)
-                    bar.update(1)
-                for (train_set, m), shares in lesion.items():
-                    metrics[f"heat_in_lesion/{p.model}/{train_set}/{m}"] = float(np.mean(shares))
-                if areas:
-                    metrics[f"lesion_area/{p.model}"] = float(np.mean(areas))
-                _save_png(figure3(rows, f"{p.model}: real-only (left) vs hybrid (right), predicted class"),
-                          root / f"figure3_{_safe(p.model)}.png")
-                all_rows += rows
-                summary["pairs"].append(entry)
-            bar.close()
-            _save_png(figure3(all_rows, "GradCAM, Saliency, Occlusion: real-only (left) vs hybrid (right)"),
-                      root / "figure3.png")
-            (root / "summary.json").write_text(json.dumps(summary, indent=1))
-            mlflow.log_artifacts(str(root), "heatmaps")
-        if metrics:
-            mlflow.log_metrics(metrics)
+        bar = tqdm(total=len(pairs) * len(samples), desc="explain", unit="img", disable=not progress)
+        results = [explain_pair(p, samples, models, cfg, device, test_ids, bar) for p in pairs]
+        bar.close()
+        _log_results(results)
         return run.info.run_id

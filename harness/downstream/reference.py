@@ -129,7 +129,7 @@ def _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progr
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
     images = classify_mod.decode_images(train.samples, cfg.image_size, {}, progress, "decode reference")
     y = np.array([classes.index(s.label) for s in train.samples])
-    epochs = cfg.epochs or classify_mod.PAPER_EPOCHS[cfg.model]
+    epochs = cfg.epochs or classify_mod.CLASSIFIERS[cfg.model].paper_epochs
     net, _ = classify_mod.train_classifier(cfg.model, classes, images, y, cfg, epochs, device, amp, progress, seed,
                                            desc=f"reference {cfg.model}")
     info = {"stage": STAGE_CLASSIFY, "model": cfg.model, "classes": classes, "epochs": epochs, "profile": profile,

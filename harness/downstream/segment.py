@@ -33,6 +33,7 @@ import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -52,7 +53,19 @@ from harness.downstream.sets import DownstreamError, load_inputs, log_inputs
 from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import HAM_PREFIX, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL, TAG_TRAIN_SET
 
-MODELS = {"unet": ("Unet", "resnet34"), "deeplabv3plus": ("DeepLabV3Plus", "resnet50")}
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """Per-model facts: the smp architecture class and its encoder."""
+    arch: str
+    encoder: str
+
+
+SEGMENTERS = {
+    "unet": SegmenterSpec(arch="Unet", encoder="resnet34"),
+    "deeplabv3plus": SegmenterSpec(arch="DeepLabV3Plus", encoder="resnet50"),
+}
+MODELS = {name: (spec.arch, spec.encoder) for name, spec in SEGMENTERS.items()}
 THRESHOLD = 0.5
 SCORE_KEYS = (*SEGMENT_METRICS, "n_empty_pred", "n_empty_gt")
 
@@ -71,7 +84,7 @@ def build_model(name: str, pretrained: bool = False) -> nn.Module:
     if name not in MODELS:
         raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
     import segmentation_models_pytorch as smp
-    arch, encoder = MODELS[name]
+    arch, encoder = SEGMENTERS[name].arch, SEGMENTERS[name].encoder
     weights = encoder_weights(encoder) if pretrained else None     # first: a missing file fails fast
     model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
     if weights is not None:
@@ -256,23 +269,30 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
         model, history = train_segmenter(cfg.model, data.train.samples, cfg, device, amp_dtype, progress, cfg.seed,
                                          on_epoch=lambda e, loss: mlflow.log_metrics({"train/loss": loss}, step=e + 1))
         summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": history["step_seconds"]}
-
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            for name, samples in evals.items():
-                rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
-                _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
-                prefix = "" if name == "test" else HAM_PREFIX
-                summary.update({prefix + k: scores[k] for k in SCORE_KEYS})
-            (tmp / "model").mkdir()
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
-            arch, encoder = MODELS[cfg.model]
-            (tmp / "model" / "model.json").write_text(json.dumps(
-                {"model": cfg.model, "architecture": arch, "encoder": encoder, "image_size": cfg.image_size,
-                 "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
-                 "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
-                indent=1))
-            mlflow.log_artifacts(str(tmp))
+        summary.update(_evaluate_and_log(model, evals, cfg, device, amp_dtype, progress))
         mlflow.log_metrics(summary)
         return run.info.run_id
 
+
+def _evaluate_and_log(model, evals: dict[str, list[Sample]], cfg: SegmentConfig, device, amp_dtype,
+                      progress: bool) -> dict[str, float]:
+    """The writer: score every eval set (per-image CSV, predicted masks) and save the model; return the
+    sets' summary metrics (`ham_` prefixed for HAM)."""
+    scores_by_set = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, samples in evals.items():
+            rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
+            _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
+            prefix = "" if name == "test" else HAM_PREFIX
+            scores_by_set.update({prefix + k: scores[k] for k in SCORE_KEYS})
+        (tmp / "model").mkdir()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
+        spec = SEGMENTERS[cfg.model]
+        (tmp / "model" / "model.json").write_text(json.dumps(
+            {"model": cfg.model, "architecture": spec.arch, "encoder": spec.encoder, "image_size": cfg.image_size,
+             "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+             "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
+            indent=1))
+        mlflow.log_artifacts(str(tmp))
+    return scores_by_set

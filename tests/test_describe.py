@@ -11,11 +11,14 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
 import signal
 import string
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -37,6 +40,8 @@ from harness.describe import (
 )
 from harness.schema import TAG_DIGEST, TAG_DIGEST_AFTER, TAG_DIGEST_BEFORE
 
+ROOT = Path(__file__).resolve().parents[1]
+
 KEY_ENV = "SKD_TEST_LLM_KEY"
 MODEL = "gpt-4o-mini"
 USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
@@ -56,6 +61,7 @@ class FakeLLM:
         self.retry_after = "1"
         self.slow_s = 1.2
         self.interrupt_after: int | None = None
+        self.on_interrupt = lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         self.requests: list[dict] = []       # {"t", "sha", "label", "did"}
         self.answers = 0                     # valid answers written to the socket
         self.bad: list[str] = []             # malformed requests (must stay empty)
@@ -168,7 +174,7 @@ class FakeLLM:
                 self.answers += 1
                 interrupt = self.answers == self.interrupt_after
             if interrupt:        # Ctrl-C in the client process, right after answer N reached it
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                self.on_interrupt()
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -306,10 +312,21 @@ def shas_of_answer(text, shas):
 
 def test_interrupted_run_keeps_answers_and_resume_asks_only_for_the_rest(data, llm, key, experiment, tmp_path,
                                                                           mlflow_store, caplog, capfd):
+    """Ctrl-C as a user gives it: SIGINT to a `skindualgen describe` process, right after the 4th answer
+    reached it (a signal to this test process instead raced with other tests' state in a full run)."""
     n = len(labels_of(data))
+    cfg = cfg_for(data, llm, concurrency=2)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, KEY_ENV: key, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrypoints.cli", "describe", "--data-dir", cfg.data_dir, "--llm-url", cfg.llm_url,
+         "--llm-model", MODEL, "--api-key-env", KEY_ENV, "--concurrency", "2", "--timeout", "5",
+         "--max-retries", "3", "--cache-dir", cfg.cache_dir, "--experiment", experiment],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    llm.on_interrupt = lambda: proc.send_signal(signal.SIGINT)
     llm.interrupt_after = 4
-    with pytest.raises(KeyboardInterrupt):
-        describe(cfg_for(data, llm, concurrency=2), experiment=experiment, progress=False)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out + err   # interrupted, not finished
+    assert key not in out + err
     received = llm.answers                   # 4, plus what was in flight when Ctrl-C came
     assert 4 <= received < n
     cached = [json.loads(line) for line in (tmp_path / "cache" / CACHE_FILE).read_text().splitlines()]

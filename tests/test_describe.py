@@ -321,7 +321,9 @@ def test_interrupted_run_keeps_answers_and_resume_asks_only_for_the_rest(data, l
         [sys.executable, "-m", "entrypoints.cli", "describe", "--data-dir", cfg.data_dir, "--llm-url", cfg.llm_url,
          "--llm-model", MODEL, "--api-key-env", KEY_ENV, "--concurrency", "2", "--timeout", "5",
          "--max-retries", "3", "--cache-dir", cfg.cache_dir, "--experiment", experiment],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a pytest worker may run with SIGINT ignored (seen in full -n 2 runs), and a child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     llm.on_interrupt = lambda: proc.send_signal(signal.SIGINT)
     llm.interrupt_after = 4
     out, err = proc.communicate(timeout=300)

@@ -168,20 +168,13 @@ def generate_pair(device, batch, steps=20, resolution=64, fuse=False):
         ours_pipe(prompts, seeds=list(range(i, i + batch)), num_inference_steps=steps, guidance_scale=1.22,
                   height=resolution, width=resolution, batch_size=batch, progress=False)
         if fuse:
-            _unmerge(c["unet"])
+            c["unet"].unfuse_lora()
 
     def baseline(i):
         sd(prompts, num_inference_steps=steps, guidance_scale=1.22, height=resolution, width=resolution,
            generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
 
     return ours, baseline, c["unet"]
-
-
-def _unmerge(unet):
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer) and module.merged:
-            module.unmerge()
 
 
 def bench_generate_fused(device, batch=4, steps=20, resolution=64):

@@ -159,6 +159,11 @@ VAL_PREFIX = "val/"                                    # classify: on the valida
 METRIC_TRAIN_SECONDS = "train/seconds"
 METRIC_PIPELINE_SECONDS = "pipeline/seconds"
 
+# every stage run, at its end: the process's peak memory (the stage's own where it runs as a process of
+# its own: the CLI, `mlflow run`, `main`'s children); GPU only where CUDA was used
+METRIC_PEAK_RSS_GIB = "sys/peak_rss_gib"
+METRIC_PEAK_GPU_GIB = "sys/peak_gpu_gib"
+
 # tune -> generate --settings-from-run
 PARAM_BEST_STEPS = "best_num_inference_steps"
 PARAM_BEST_GUIDANCE = "best_guidance_scale"

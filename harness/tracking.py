@@ -16,8 +16,10 @@ import dataclasses
 import functools
 import importlib.metadata
 import os
+import resource
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,8 +28,9 @@ from mlflow.entities import RunStatus
 
 from harness.schema import (
     CACHED_SUFFIX, STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
-    STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST,
-    TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID, TAG_STAGE,
+    METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
+    STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID,
+    TAG_STAGE,
 )
 
 DEFAULT_EXPERIMENT = "skindualgen"
@@ -144,6 +147,18 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
         mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
         log_config(run.info.run_id, config_params(config))
         yield run
+        mlflow.log_metrics(peak_memory())
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak resident memory so far (GiB), and CUDA's peak allocation where torch has
+    used CUDA. Read by the resource module, so a stage run in a process of its own logs its own peak."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux, bytes on macOS
+    out = {METRIC_PEAK_RSS_GIB: kib / (2**30 if sys.platform == "darwin" else 2**20)}
+    torch = sys.modules.get("torch")                 # never imported here: tracking stays torch-free
+    if torch is not None and torch.cuda.is_initialized():
+        out[METRIC_PEAK_GPU_GIB] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
 RESOLVED_PREFIX = "resolved."

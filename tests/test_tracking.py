@@ -6,7 +6,7 @@ import pytest
 
 from harness import tracking
 from harness.config import PrepareConfig
-from harness.schema import STAGE_FINETUNE, STAGE_PREPARE, TAG_CODE, TAG_DIGEST, TAG_LIB_PREFIX, TAG_STAGE
+from harness.schema import METRIC_PEAK_RSS_GIB, STAGE_FINETUNE, STAGE_PREPARE, TAG_CODE, TAG_DIGEST, TAG_LIB_PREFIX, TAG_STAGE
 
 
 def test_stage_run_tags_and_params(experiment):
@@ -21,6 +21,23 @@ def test_stage_run_tags_and_params(experiment):
     assert r.data.tags[TAG_LIB_PREFIX + "torch"].startswith("2.14")
     assert r.data.params == {f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     assert mlflow.get_experiment(r.info.experiment_id).name == experiment
+
+
+def proc_status_gib(field: str) -> float:
+    """The kernel's own account of this process (Linux /proc/self/status: VmHWM peak, VmRSS now)."""
+    line = next(line for line in open("/proc/self/status") if line.startswith(field + ":"))
+    return int(line.split()[1]) / 2**20                  # kB
+
+
+def test_every_stage_run_logs_the_process_peak_memory(experiment):
+    before = proc_status_gib("VmHWM")
+    with tracking.stage_run(STAGE_PREPARE, PrepareConfig(data_dir="x"), "d", experiment) as run:
+        extra = before - proc_status_gib("VmRSS") + 0.3   # up to the peak so far, then 300 MiB beyond it
+        block = bytearray(int(extra * 2**30))
+        block[::4096] = b"x" * len(block[::4096])        # touch every page
+    after = proc_status_gib("VmHWM")
+    logged = mlflow.get_run(run.info.run_id).data.metrics[METRIC_PEAK_RSS_GIB]
+    assert before + 0.25 < logged <= after + 1e-6
 
 
 def test_failure_marks_run_failed(experiment):

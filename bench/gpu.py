@@ -46,35 +46,11 @@ def tracking_store(tmp: str):
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
-def sd2_shaped_components(seed: int = 0) -> dict:
-    """SD2-base's architecture (stabilityai/stable-diffusion-2-base configs) with random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from harness.dualgen.tiny import build_tiny_components
-    parts = build_tiny_components(seed)           # tokenizer (ids fit SD2's vocabulary) and scheduler
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024, use_linear_projection=True)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512))
-    return parts | {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-
-
 def components(smoke: bool, device: str) -> dict:
     """The tiny model (smoke) or the SD2-shaped one, its weights made on `device` (fast random init)."""
-    from harness.dualgen.tiny import build_tiny_components
+    from harness.dualgen.tiny import build_sd2_shaped_components, build_tiny_components
     with torch.device(device):
-        return build_tiny_components(0) if smoke else sd2_shaped_components()
+        return build_tiny_components(0) if smoke else build_sd2_shaped_components()
 
 
 def synchronize(device: str) -> None:

@@ -3,6 +3,7 @@
     python -m bench.run                 # CPU, demo sizes, prints a table, exit 1 if a target is missed
     python -m bench.run --device cuda   # the GPU check at the paper's sizes -> bench/results/cuda.json
                                         # (bench/gpu.py; --smoke runs its code small on any device)
+    python -m bench.run --main          # only the demo `main` at --max-parallel 2 vs 1 (~35 min)
 
 Timed rows run ours and the baseline in pairs (each pair in a random order) and report the median of
 the per-pair ratios, so the machine's drifting speed hits both alike (the ours and baseline columns
@@ -25,6 +26,11 @@ are the medians of their times); each section prints its own wall time. Rows:
   peak_{rss,gpu_alloc}_*     peak memory of two finetune steps / generation calls at 256 px (ours vs the
                             same baselines) above what the process held before them, each in a fresh
                             process (imports alone hold ~2.9 GB here, so absolute peaks would hide it)
+  main_demo_parallel2_vs_1  (`--main`, alone: ~35 min on 2 cores) the README's demo `main` at --max-parallel 2
+                            vs 1, each from nothing: a fresh checkout of HEAD (git worktree: no data/,
+                            outputs/ or .cache/ of earlier runs, so nothing is resumed or reused) and a fresh
+                            sqlite store; the environment a user's shell has (no OMP_NUM_THREADS), so at
+                            N=1 a child uses every core and at N=2 each child gets half
   peak_gpu_sd2_512px_batch4 unmeasured on CPU: the GPU check (`--device cuda`, bench/gpu.py) measures
                             the SD2-base-shaped finetune at 512 px, batch 4, bf16 (target < 16 GiB)
 """
@@ -36,6 +42,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -551,6 +558,29 @@ def _memory_work(kind, side, device) -> float:
     return _rss_mib("VmHWM") - before
 
 
+def demo_main_seconds(max_parallel: int) -> float:
+    """Wall time of `skindualgen main` (demo defaults) in a fresh worktree of HEAD with a fresh store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = f"{tmp}/tree"
+        subprocess.run(["git", "worktree", "add", "--detach", tree, "HEAD"], check=True, capture_output=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MLFLOW_RUN_ID")}
+        env |= {"PYTHONPATH": tree, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/m.db"}
+        try:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "entrypoints.cli", "main", "--max-parallel", str(max_parallel)],
+                           cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+            return time.perf_counter() - t0
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", tree], check=False, capture_output=True)
+
+
+def bench_main_parallel():
+    """Demo `main` at --max-parallel 2 vs 1 (sequential runs, one each: ~35 min; see the docstring)."""
+    two, one = demo_main_seconds(2), demo_main_seconds(1)
+    row("main_demo_parallel2_vs_1", two / 60, one / 60, 1.0, unit=" min",
+        note="(the demo `main` from nothing at --max-parallel 2 vs 1)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -561,6 +591,8 @@ def main(argv=None):
     ap.add_argument("--curve-steps", type=int, default=200,
                     help="steps of each demo fine-tune for the mask-loss curves (the demo profile trains 300)")
     ap.add_argument("--json", default="", help="--device cuda: where the JSON goes (default bench/results/cuda.json)")
+    ap.add_argument("--main", action="store_true",
+                    help="only time the demo `main` at --max-parallel 2 vs 1 (~35 min on 2 cores)")
     ap.add_argument("--smoke", action="store_true",
                     help="run the GPU check's code with the tiny model at small sizes (any device)")
     args = ap.parse_args(argv)
@@ -585,6 +617,8 @@ def main(argv=None):
         ("data wait", lambda: bench_data_wait(args.device)),
         ("peak memory", lambda: bench_peak_memory(args.device)),
     ]
+    if args.main:                        # a measurement of its own: ~35 min
+        sections = [("main --max-parallel", bench_main_parallel)]
     for name, run in sections:
         start = time.perf_counter()
         print(f"[{name}]", flush=True)

@@ -15,6 +15,8 @@ def finetune(profile, experiment, **given):
     from harness.dualgen.train import finetune as run_finetune, output_dir_for
     cfg = with_profile(FinetuneConfig, STAGE_FINETUNE, profile, given)
     run_id = run_finetune(cfg, experiment=experiment)
+    if not run_id:          # a data-parallel process other than rank 0: rank 0 reports
+        return
     model_dir = output_dir_for(cfg).resolve() / "model"         # without --output-dir: outputs/finetune-<hash>
     click.echo(f"finetune run {run_id}: model at runs:/{run_id}/model and {model_dir}")
 

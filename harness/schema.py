@@ -82,6 +82,7 @@ TAG_BASE_MODEL = "skindualgen.base_model"
 TAG_BASE_REVISION = "skindualgen.base_revision"
 TAG_PREDICTION_TYPE = "skindualgen.prediction_type"
 TAG_RESUMED_FROM = "skindualgen.resumed_from"
+TAG_NUM_PROCESSES = "skindualgen.num_processes"      # data-parallel processes (batch = train_batch_size x this)
 
 # evaluate (paper Table 1)
 TAG_COMPARISON = "comparison"                          # one of COMPARISONS

@@ -17,6 +17,13 @@ Reproducibility: the noise, timesteps and VAE posterior sample of step s come fr
 seeded by (seed, s); the batch order of epoch e from (seed, e); augmentation of sample i in epoch e
 from (seed, e, i). A resumed run therefore continues with exactly the numbers an uninterrupted run
 would have used, with no RNG state to restore beyond the step counter.
+
+Data-parallel (`accelerate launch --num_processes N`; tests/test_distributed.py runs N = 2 on CPU):
+`train_batch_size` is per process. Step s takes global batch s of size train_batch_size x N from
+the same seeded order and process r trains on its every N-th sample from r; its noise comes from
+(seed, s, r). Only process 0 logs to MLflow and writes checkpoints and the model; the logged losses
+are the means over processes. At every checkpoint and at the end, the processes compare a hash of
+their trained weights and stop if they differ. A checkpoint resumes only under the same N.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -34,6 +42,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast, gather_object
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -48,8 +57,8 @@ from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict,
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
-from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_OUTPUT_DIR,
-                            TAG_PREDICTION_TYPE, TAG_RESUMED_FROM, TRAINING_JSON)
+from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_NUM_PROCESSES,
+                            TAG_OUTPUT_DIR, TAG_PREDICTION_TYPE, TAG_RESUMED_FROM, TRAINING_JSON)
 
 # config fields that may differ between an interrupted run and its resume
 RESUME_MAY_DIFFER = {"resume_from_checkpoint", "validation_epochs", "validation_steps", "log_every",
@@ -128,15 +137,16 @@ def _latents(vae, rgb, mask01, eps):
     return (dist.mean + dist.std * eps.to(dist.mean.dtype)).float() * vae.config.scaling_factor
 
 
-def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig, step: int, device):
+def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig, step: int, device, rank: int = 0):
     """One step of the paper's loss. Returns dict(loss, loss_diffusion, loss_bce, loss_dice).
+    `rank`: the data-parallel process; each draws its own noise (rank 0 that of a single process).
 
     Cost design (bench/): the mask terms need a VAE decode, and training the encoder's mask layer
     needs a backward pass through the encoder; both are done for a seeded random subset of
     `mask_loss_samples` samples only. BCE and Dice are means over samples, so the loss is the same in
     expectation; the diffusion term always uses the whole batch.
     """
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (rank << 40))
     rgb, mask01 = batch["image"].to(device), batch["mask"].to(device)
     n = rgb.shape[0]
     k = cfg.mask_loss_samples if 0 < cfg.mask_loss_samples < n else n
@@ -159,7 +169,8 @@ def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig
     noisy = scheduler.add_noise(latents, noise, t)
     drop = (torch.rand(n, generator=g) < cfg.prompt_dropout).tolist()     # classifier-free guidance training
     text = prompt_cache(["" if d else c for c, d in zip(batch["caption"], drop)]).to(device)
-    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype)).sample.float()
+    dtype = getattr(unet, "module", unet).dtype          # under DDP the wrapper has no .dtype
+    pred = unet(noisy.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample.float()
     target = diffusion_target(scheduler, latents, noise, t)
     # the mask path: predicted clean latent of the picked samples -> VAE decode -> channel 4 logits
     noisy_k = scheduler.add_noise(latents_k, noise[pick], t[pick])
@@ -212,10 +223,36 @@ def load_mask_state_dict(vae, sd: dict[str, torch.Tensor]) -> None:
     vae.decoder.conv_out.load_state_dict({k.split(".", 2)[2]: v for k, v in sd.items() if k.startswith("decoder.")})
 
 
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, shapes, dtypes and bytes of the trained weights, i.e. of a checkpoint's
+    lora.safetensors + mask_channels.safetensors merged (what data-parallel processes compare)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def processes_agree(accelerator, unet, vae, step: int) -> list[str]:
+    """Each process's weights_sha256 of its trained weights, in rank order; raises if they differ.
+    A collective: every process calls it at the same step. Data-parallel replicas must hold the same
+    weights after every update (averaged gradients, same optimizer); a difference means they drifted
+    (a gradient that was not averaged, a non-deterministic start) and the checkpoint would be rank 0's
+    model only."""
+    mine = weights_sha256(lora_state_dict(accelerator.unwrap_model(unet)) | mask_state_dict(vae))
+    hashes = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    if len(set(hashes)) > 1:
+        raise RuntimeError(f"after step {step} the data-parallel processes hold different trained weights "
+                           f"(sha256 per process: {', '.join(h[:12] for h in hashes)})")
+    return hashes
+
+
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(out: Path, step: int, epoch: int, batch_in_epoch: int, unet, vae, optimizer, lr_sched,
-                    cfg: FinetuneConfig, digest: str) -> Path:
-    """checkpoint-<step>/: LoRA + mask layers (safetensors), optimizer + LR schedule, position.
+                    cfg: FinetuneConfig, digest: str, process_hashes: list[str] | None = None) -> Path:
+    """checkpoint-<step>/: LoRA + mask layers (safetensors), optimizer + LR schedule, position, and the
+    number of data-parallel processes with each one's weights_sha256 (`processes_agree`).
     Written to a temp folder and renamed, so a kill never leaves a half checkpoint."""
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
@@ -224,8 +261,11 @@ def save_checkpoint(out: Path, step: int, epoch: int, batch_in_epoch: int, unet,
     save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet).items()}, tmp / "lora.safetensors")
     save_file(mask_state_dict(vae), tmp / "mask_channels.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}, tmp / "optim.pt")
+    process_hashes = process_hashes or []
     (tmp / "state.json").write_text(json.dumps({"global_step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                                                "dataset_digest": digest, "config": asdict(cfg)}, indent=1))
+                                                "dataset_digest": digest, "config": asdict(cfg),
+                                                "num_processes": max(1, len(process_hashes)),
+                                                "weights_sha256_per_process": process_hashes}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     if cfg.checkpoints_total_limit > 0:
@@ -250,13 +290,18 @@ def find_checkpoint(out: Path, spec: str) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: Path, unet, vae, optimizer, lr_sched, cfg: FinetuneConfig, digest: str) -> dict:
+def load_checkpoint(path: Path, unet, vae, optimizer, lr_sched, cfg: FinetuneConfig, digest: str,
+                    num_processes: int = 1) -> dict:
     state = json.loads((path / "state.json").read_text())
     old = state["config"]
     differ = [k for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER and old.get(k) != v]
     if differ or state["dataset_digest"] != digest:
         what = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in differ) or "the dataset digest"
         raise ValueError(f"{path}: cannot resume, the run differs from the checkpoint in {what}")
+    if state.get("num_processes", 1) != num_processes:     # the batches of step s depend on it
+        raise ValueError(f"{path}: cannot resume, it was written by a run of {state.get('num_processes', 1)} "
+                         f"data-parallel process(es) and this run has {num_processes} (train_batch_size is per "
+                         "process, so the batches would differ); launch it with the same --num_processes")
     set_lora_state_dict(unet, load_file(path / "lora.safetensors"))
     load_mask_state_dict(vae, load_file(path / "mask_channels.safetensors"))
     optim = torch.load(path / "optim.pt", weights_only=False)
@@ -285,10 +330,19 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
     # another setting (a bf16 finetune after an fp32 one in the same process: tests, the bench, a
     # notebook); the distributed part of the state (PartialState) is kept
     AcceleratorState._reset_state()
+    # launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a host without an
+    # accelerator: accelerate only starts its gloo (CPU) group when told cpu=True, and would otherwise
+    # run N independent single-process trainings (N MLflow runs writing the same checkpoints)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              cpu=launched > 1 and not torch.accelerator.is_available())
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes but accelerate set up "
+                           f"{accelerator.num_processes} ({accelerator.distributed_type})")
     device = accelerator.device
-    prepared = load_prepared(cfg.data_dir, "auto", cfg.test_fraction, cfg.seed, progress=progress)
+    is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    prepared = load_prepared(cfg.data_dir, "auto", cfg.test_fraction, cfg.seed, progress=progress and is_main)
     train = prepared.dataset.split("train")
     classes = train.classes
     captions = captions_for(train.samples, cfg)
@@ -310,13 +364,16 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
 
     dataset = PairDataset(train.samples, cfg.resolution, paired_augmentation() if cfg.augment else None,
                           image_norm="minus1_1", classes=classes, captions=captions, seed=cfg.seed)
-    updates_per_epoch = math.ceil(math.ceil(len(dataset) / cfg.train_batch_size) / cfg.gradient_accumulation_steps)
+    global_batch = cfg.train_batch_size * world        # train_batch_size is per process
+    updates_per_epoch = math.ceil(math.ceil(len(dataset) / global_batch) / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_train_steps or cfg.epochs * updates_per_epoch
     # no weight decay on the VAE layers: it would shrink their frozen RGB parts (their gradient is 0)
     optimizer = torch.optim.AdamW([{"params": lora_params}, {"params": mask_params, "weight_decay": 0.0}],
                                   lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
-    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                             num_training_steps=max_steps)
+    # accelerate's prepared scheduler advances `world` times per update (it assumes the per-process
+    # batch); the schedule is stretched alike so it spans max_steps updates
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
+                             num_training_steps=max_steps * world)
     # The VAE is not wrapped (only its two mask layers train); with several processes their gradients
     # are averaged by hand below, the LoRA ones by accelerate's DDP wrapper of the UNet.
     unet, optimizer, lr_sched = accelerator.prepare(unet, optimizer, lr_sched)
@@ -328,19 +385,21 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
     if cfg.resume_from_checkpoint:
         ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)
         state = load_checkpoint(ckpt, accelerator.unwrap_model(unet), vae, optimizer,
-                                lr_sched, cfg, prepared.digest)
+                                lr_sched, cfg, prepared.digest, num_processes=world)
         step, start_epoch, skip_batches = state["global_step"], state["epoch"], state["batch_in_epoch"]
     else:   # a resumed run has its warmed-up (and since trained) mask weights from the checkpoint
         vae.to(device)
         warmup_losses = warm_up_mask_channels(vae, dataset, mask_params, cfg, device)
+    if world > 1:   # every process warmed up alike; rank 0's weights are the start (as DDP does for the UNet)
+        for p in mask_params:
+            broadcast(p.data, from_process=0)
 
-    is_main = accelerator.is_main_process
     run_ctx = tracking.stage_run(STAGE_FINETUNE, cfg, prepared.digest, experiment) if is_main else contextlib.nullcontext()
     with run_ctx as run:
         if is_main:
             mlflow.set_tag(TAG_OUTPUT_DIR, str(out.resolve()))
             mlflow.set_tags({TAG_BASE_MODEL: base.info["model_id"], TAG_BASE_REVISION: base.info["revision"],
-                             TAG_PREDICTION_TYPE: base.info["prediction_type"]})
+                             TAG_PREDICTION_TYPE: base.info["prediction_type"], TAG_NUM_PROCESSES: str(world)})
             if cfg.resume_from_checkpoint:
                 mlflow.set_tag(TAG_RESUMED_FROM, str(ckpt))
             log_dataset_input(prepared, context="training")
@@ -361,22 +420,29 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         try:
             while step < max_steps:
                 dataset.set_epoch(epoch)
-                batches = epoch_batches(len(dataset), cfg.train_batch_size, cfg.seed, epoch,
+                batches = epoch_batches(len(dataset), global_batch, cfg.seed, epoch,
                                         [s.label for s in train.samples] if cfg.class_balanced else None)
                 for b, indices in enumerate(batches):
                     if epoch == start_epoch and b < skip_batches:
                         continue
-                    batch = torch.utils.data.default_collate([dataset[i] for i in indices])
+                    # this process's share of the global batch; a last batch smaller than `world` gives
+                    # the processes without a sample its first one (DDP needs every process to step)
+                    mine = indices[rank::world] or indices[:1]
+                    batch = torch.utils.data.default_collate([dataset[i] for i in mine])
                     with accelerator.accumulate(unet):
                         losses = training_step(batch, unet, vae, scheduler, prompt_cache,
-                                               cfg, step, device)
-                        if not torch.isfinite(losses["loss"]):
+                                               cfg, step, device, rank=rank)
+                        shown = losses      # what is logged and checked: with several processes their means,
+                        if world > 1:       # so that a NaN in one stops all of them at the same step
+                            shown = dict(zip(losses, accelerator.reduce(
+                                torch.stack([v.detach() for v in losses.values()]), reduction="mean").unbind()))
+                        if not torch.isfinite(shown["loss"]):
                             raise NonFiniteLossError(
                                 f"non-finite loss at step {step}: " +
-                                ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()) +
+                                ", ".join(f"{k}={v.item():.4g}" for k, v in shown.items()) +
                                 " (lower --learning-rate, or use bf16 instead of fp16)")
                         accelerator.backward(losses["loss"])
-                        if accelerator.num_processes > 1:
+                        if world > 1 and accelerator.sync_gradients:
                             for p in mask_params:
                                 if p.grad is not None:
                                     p.grad = accelerator.reduce(p.grad, reduction="mean")
@@ -387,13 +453,15 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
                         continue
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+                    bar.set_postfix(loss=f"{shown['loss'].item():.4f}")
                     if is_main and cfg.log_every and step % cfg.log_every == 0:
-                        metrics.add({f"train/{k}": v.item() for k, v in losses.items()} |
+                        metrics.add({f"train/{k}": v.item() for k, v in shown.items()} |
                                     {"train/lr": lr_sched.get_last_lr()[0]}, step)
-                    if is_main and cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                        save_checkpoint(out, step, epoch, b + 1, accelerator.unwrap_model(unet),
-                                        vae, optimizer, lr_sched, cfg, prepared.digest)
+                    if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                        hashes = processes_agree(accelerator, unet, vae, step)     # every process
+                        if is_main:
+                            save_checkpoint(out, step, epoch, b + 1, accelerator.unwrap_model(unet),
+                                            vae, optimizer, lr_sched, cfg, prepared.digest, hashes)
                     if stop_after_step is not None and step >= stop_after_step:
                         raise KeyboardInterrupt(f"stopped after step {step}")
                     if step >= max_steps:
@@ -405,11 +473,13 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
             if metrics is not None:
                 metrics.flush()                      # also after a NaN stop or an interrupt
         bar.close()
-        if not is_main:
+        hashes = processes_agree(accelerator, unet, vae, step)
+        if not is_main:     # rank 0 alone logs and saves the (identical) model
             return ""
         mlflow.log_metric(METRIC_TRAIN_SECONDS, time.perf_counter() - t0)
         _log_validation(accelerator, unet, vae, base, classes, cfg, step)
-        model_dir = save_model(accelerator, unet, vae, base, cfg, classes, train.class_counts(), prepared.digest, out)
+        model_dir = save_model(accelerator, unet, vae, base, cfg, classes, train.class_counts(), prepared.digest, out,
+                               hashes)
         log_model(model_dir)
         mlflow.flush_async_logging()
         return run.info.run_id
@@ -427,8 +497,10 @@ def _log_validation(accelerator, unet, vae, base, classes, cfg, step):
     unet.train()
 
 
-def save_model(accelerator, unet, vae, base, cfg, classes, class_counts, digest, out: Path) -> Path:
-    """The model folder (DualGenPipeline format) + training.json + mask-channel weights + config."""
+def save_model(accelerator, unet, vae, base, cfg, classes, class_counts, digest, out: Path,
+               process_hashes: list[str] | None = None) -> Path:
+    """The model folder (DualGenPipeline format) + training.json + mask-channel weights + config (and,
+    as in a checkpoint, the number of data-parallel processes and each one's weights_sha256)."""
     model_dir = out / "model"
     tmp = out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -437,6 +509,7 @@ def save_model(accelerator, unet, vae, base, cfg, classes, class_counts, digest,
     (tmp / TRAINING_JSON).write_text(json.dumps({
         "classes": classes, "class_counts": class_counts, "prompt_template": cfg.prompt_template,
         "dataset_digest": digest, "resolution": cfg.resolution, "config": asdict(cfg),
+        "num_processes": max(1, len(process_hashes or [])), "weights_sha256_per_process": process_hashes or [],
     }, indent=1))
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp.rename(model_dir)

@@ -31,9 +31,10 @@ _counter = itertools.count()
 
 # The test profile: the one table of small settings the tests run every stage with, by field name.
 # `small(cfg_cls, **overrides)` applies the entries the config class has, then a test's own values
-# (which so stand out). A field is in here when the tests that set it by hand agreed on a value;
-# a value only some tests use (e.g. mask_warmup_steps, test_fraction: the downstream tests keep the
-# paper's split) stays with those tests. It is not a `--profile` of harness.config: PROFILES are what
+# (which so stand out). A field is in here when several tests shrank it by hand, at the value most of
+# them used; a test that used another passes it as an override. A setting that would change tests that
+# rely on the default (mask_warmup_steps; test_fraction: the downstream tests keep the paper's split)
+# stays with the tests that set it. It is not a `--profile` of harness.config: PROFILES are what
 # users run (demo, paper), per stage; these sizes only exercise code paths.
 SMALL = {
     "resolution": 32,               # finetune, generate, tune

@@ -21,15 +21,18 @@ from harness.schema import (
 )
 
 
-def cfg_for(tiny_folder, demo_small, out, **kw):
-    base = dict(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32, train_batch_size=2,
-                max_train_steps=6, validation_epochs=0, validation_steps=2, checkpointing_steps=3,
-                output_dir=str(out), test_fraction=0.25)
-    return FinetuneConfig(**{**base, **kw})
+@pytest.fixture
+def cfg_for(tiny_folder, demo_small, small):
+    """`cfg_for(out, **kw)`: the test profile's fine-tune on demo_small, here 6 steps with a checkpoint every 3."""
+    def cfg_for(out, **kw):
+        return small(FinetuneConfig, **{"data_dir": str(demo_small), "base_model": str(tiny_folder),
+                                        "max_train_steps": 6, "checkpointing_steps": 3, "output_dir": str(out),
+                                        "test_fraction": 0.25, **kw})
+    return cfg_for
 
 
-def test_finetune_logs_losses_share_and_artifacts(tiny_folder, demo_small, experiment, tmp_path):
-    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "ft", mask_loss_weighting="none")   # Eq. 8 literally
+def test_finetune_logs_losses_share_and_artifacts(cfg_for, experiment, tmp_path):
+    cfg = cfg_for(tmp_path / "ft", mask_loss_weighting="none")   # Eq. 8 literally
     run_id = finetune(cfg, experiment=experiment, progress=False)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -59,15 +62,14 @@ def test_finetune_logs_losses_share_and_artifacts(tiny_folder, demo_small, exper
     assert out.image_png[0][:4] == b"\x89PNG" and out.mask_png[0][:4] == b"\x89PNG"
 
 
-def test_resume_gives_the_same_weights(tiny_folder, demo_small, experiment, tmp_path):
-    full = cfg_for(tiny_folder, demo_small, tmp_path / "a", max_train_steps=8, checkpointing_steps=3)
+def test_resume_gives_the_same_weights(cfg_for, experiment, tmp_path):
+    full = cfg_for(tmp_path / "a", max_train_steps=8, checkpointing_steps=3)
     finetune(full, experiment=experiment, progress=False)
-    part = cfg_for(tiny_folder, demo_small, tmp_path / "b", max_train_steps=8, checkpointing_steps=3)
+    part = cfg_for(tmp_path / "b", max_train_steps=8, checkpointing_steps=3)
     with pytest.raises(KeyboardInterrupt):
         finetune(part, experiment=experiment, progress=False, stop_after_step=5)   # "killed" after step 5
     assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "model").exists()
-    resumed = cfg_for(tiny_folder, demo_small, tmp_path / "b", max_train_steps=8, checkpointing_steps=3,
-                      resume_from_checkpoint="latest")
+    resumed = cfg_for(tmp_path / "b", max_train_steps=8, checkpointing_steps=3, resume_from_checkpoint="latest")
     finetune(resumed, experiment=experiment, progress=False)
     for name in ("lora/pytorch_lora_weights.safetensors", "mask_channels.safetensors"):
         a, b = load_file(tmp_path / "a" / "model" / name), load_file(tmp_path / "b" / "model" / name)
@@ -82,19 +84,19 @@ def test_resume_gives_the_same_weights(tiny_folder, demo_small, experiment, tmp_
     assert statuses == ["FAILED", "FINISHED", "FINISHED"]
 
 
-def test_resume_refuses_a_different_config(tiny_folder, demo_small, experiment, tmp_path):
-    finetune(cfg_for(tiny_folder, demo_small, tmp_path / "c", max_train_steps=3), experiment=experiment, progress=False)
+def test_resume_refuses_a_different_config(cfg_for, experiment, tmp_path):
+    finetune(cfg_for(tmp_path / "c", max_train_steps=3), experiment=experiment, progress=False)
     with pytest.raises(ValueError, match="lora_rank: 4 -> 8"):
-        finetune(cfg_for(tiny_folder, demo_small, tmp_path / "c", max_train_steps=6, lora_rank=8,
-                         resume_from_checkpoint="latest"), experiment=experiment, progress=False)
+        finetune(cfg_for(tmp_path / "c", max_train_steps=6, lora_rank=8, resume_from_checkpoint="latest"),
+                 experiment=experiment, progress=False)
 
 
-def test_bf16_mixed_precision_trains_the_mask_row_in_fp32(tiny_folder, demo_small, experiment, tmp_path):
+def test_bf16_mixed_precision_trains_the_mask_row_in_fp32(cfg_for, tiny_folder, experiment, tmp_path):
     """bf16 autocast on CPU, the path a GPU takes: the frozen VAE is bf16 while its trained mask layer
     stays fp32 (a conv mixing the two failed before, found by the GPU check), and the RGB rows of that
     layer keep their pretrained values."""
-    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "bf", mixed_precision="bf16", max_train_steps=3,
-                  mask_warmup_steps=3, checkpointing_steps=0)
+    cfg = cfg_for(tmp_path / "bf", mixed_precision="bf16", max_train_steps=3, mask_warmup_steps=3,
+                  checkpointing_steps=0)
     run_id = finetune(cfg, experiment=experiment, progress=False)
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "train/loss")
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(m.value)) for m in history)
@@ -107,8 +109,8 @@ def test_bf16_mixed_precision_trains_the_mask_row_in_fp32(tiny_folder, demo_smal
     assert (weight[3] - initial).abs().max() > 1e-3                   # the mask row learned
 
 
-def test_nan_loss_stops_with_failed_run(tiny_folder, demo_small, experiment, tmp_path):
-    cfg = cfg_for(tiny_folder, demo_small, tmp_path / "n", lambda_bce=float("nan"))
+def test_nan_loss_stops_with_failed_run(cfg_for, experiment, tmp_path):
+    cfg = cfg_for(tmp_path / "n", lambda_bce=float("nan"))
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 0"):
         finetune(cfg, experiment=experiment, progress=False)
     [run] = mlflow.search_runs(experiment_names=[experiment], output_format="list")
@@ -117,18 +119,19 @@ def test_nan_loss_stops_with_failed_run(tiny_folder, demo_small, experiment, tmp
 
 
 @pytest.fixture
-def finetuned(tiny_folder, demo_small, experiment, tmp_path):
-    run_id = finetune(cfg_for(tiny_folder, demo_small, tmp_path / "ft", max_train_steps=2), experiment=experiment,
-                      progress=False)
-    return run_id
+def finetuned(cfg_for, experiment, tmp_path):
+    return finetune(cfg_for(tmp_path / "ft", max_train_steps=2), experiment=experiment, progress=False)
 
 
-def gen_cfg(uri, out, **kw):
-    return GenerateConfig(**{**dict(model_uri=uri, per_class=2, num_inference_steps=3, resolution=32,
-                                    output_dir=str(out), seed=5), **kw})
+@pytest.fixture
+def gen_cfg(small):
+    """`gen_cfg(uri, out, **kw)`: the test profile's generate, here 2 per class, seed 5."""
+    def gen_cfg(uri, out, **kw):
+        return small(GenerateConfig, **{"model_uri": uri, "per_class": 2, "output_dir": str(out), "seed": 5, **kw})
+    return gen_cfg
 
 
-def test_generate_writes_a_dataset_and_is_seeded(finetuned, experiment, tmp_path):
+def test_generate_writes_a_dataset_and_is_seeded(finetuned, gen_cfg, experiment, tmp_path):
     uri = f"runs:/{finetuned}/model"
     run_a, out_a = generate(gen_cfg(uri, tmp_path / "g1"), experiment=experiment, progress=False)
     _, out_b = generate(gen_cfg(uri, tmp_path / "g2"), experiment=experiment, progress=False)
@@ -168,7 +171,7 @@ def test_plan_balance_tops_up_match_real_copies_counts_per_class_fixed():
         plan(training, GenerateConfig(per_class=1, classes="z"))
 
 
-def test_balance_end_to_end_uses_training_counts(finetuned, experiment, tmp_path):
+def test_balance_end_to_end_uses_training_counts(finetuned, gen_cfg, experiment, tmp_path):
     out = tmp_path / "bal"
     generate(gen_cfg(f"runs:/{finetuned}/model", out, per_class=0, balance=True), experiment=experiment,
              progress=False)

@@ -30,8 +30,6 @@ from harness.schema import (
 )
 
 N_SUBSET = 12
-FAST = {"lpips_pairs": 20, "lpips_size": 64, "msssim_size": 176,   # msssim_size must stay > 160
-        "cas_model": "", "consistency_model": ""}                    # no reference judges (trained models)
 
 
 def noisy_manifest(samples, dest: Path, sigma: float, seed: int) -> Path:
@@ -161,7 +159,7 @@ def test_cache_key_separates_extractors_weights_and_splits(tmp_path):
 
 
 def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experiment, tmp_path, monkeypatch,
-                                                      capsys):
+                                                      capsys, small):
     cache = tmp_path / "cache"
     calls = []
     real_extract = quality.extract_features
@@ -172,8 +170,9 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
     monkeypatch.setattr(quality, "extract_features", spy)
 
     # Row 1: real train vs real test; both splits' statistics computed and cached.
-    run1 = mlflow.get_run(quality.evaluate(EvaluateConfig(real=str(demo_small), cache_dir=str(cache), **FAST),
-                                           experiment=experiment, progress=False))
+    cfg = small(EvaluateConfig, real=str(demo_small), cache_dir=str(cache), lpips_pairs=20,
+                cas_model="", consistency_model="")               # no reference judges (trained models)
+    run1 = mlflow.get_run(quality.evaluate(cfg, experiment=experiment, progress=False))
     assert run1.info.status == "FINISHED"
     m, t = run1.data.metrics, run1.data.tags
     assert {"fid", "lpips", "ms_ssim"} <= set(m) and m["fid"] > 0 and 0 < m["ms_ssim"] < 1 and m["lpips"] > 0

@@ -164,17 +164,21 @@ def demo_tiny(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "d", seed=0, per_class=2, min_size=32, max_size=40)
 
 
-def finetune_cfg(data, out, **kw):
-    return FinetuneConfig(**{**dict(data_dir=str(data), resolution=32, train_batch_size=2, max_train_steps=2,
-                                    mask_warmup_steps=2, validation_epochs=0, validation_steps=2,
-                                    checkpointing_steps=0, output_dir=str(out), test_fraction=0.25), **kw})
+@pytest.fixture
+def finetune_cfg(small):
+    """`finetune_cfg(data, out, **kw)`: the test profile's fine-tune, here with 2 mask warm-up steps."""
+    def finetune_cfg(data, out, **kw):
+        return small(FinetuneConfig, **{"data_dir": str(data), "mask_warmup_steps": 2, "output_dir": str(out),
+                                        "test_fraction": 0.25, **kw})
+    return finetune_cfg
 
 
 # ------------------------------------------------------------------------------------------------
 # 1. A hub id as the base model
 # ------------------------------------------------------------------------------------------------
 
-def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, demo_tiny, experiment, tmp_path):
+def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, demo_tiny, finetune_cfg, experiment,
+                                                                          tmp_path):
     from huggingface_hub import try_to_load_from_cache
     snapshot = bases / "models--tiny-org--sd2-base" / "snapshots" / BASE_REV
     # the cache is laid out as huggingface_hub reads it
@@ -207,7 +211,7 @@ def test_hub_id_resolves_to_the_cached_snapshot_and_its_commit_is_tagged(bases, 
 # ------------------------------------------------------------------------------------------------
 
 def test_v_prediction_base_pinned_by_revision_finetunes_generates_and_evaluates(
-        bases, metric_weights, demo_tiny, experiment, tmp_path):
+        bases, metric_weights, demo_tiny, finetune_cfg, small, experiment, tmp_path):
     ft_id = finetune(finetune_cfg(demo_tiny, tmp_path / "ft", base_model=V_ID, revision=V_REV),
                      experiment=experiment, progress=False)
     ft = mlflow.get_run(ft_id)
@@ -219,18 +223,16 @@ def test_v_prediction_base_pinned_by_revision_finetunes_generates_and_evaluates(
     assert meta["base_included"] is False
     assert meta["base"] == {"model_id": V_ID, "revision": V_REV, "prediction_type": "v_prediction"}
 
-    gen_id, out = generate(GenerateConfig(model_uri=f"runs:/{ft_id}/model", classes="melanoma,dermatofibroma",
-                                          per_class=1, num_inference_steps=2, resolution=32,
-                                          output_dir=str(tmp_path / "gen"), seed=5),
+    gen_id, out = generate(small(GenerateConfig, model_uri=f"runs:/{ft_id}/model", classes="melanoma,dermatofibroma",
+                                 num_inference_steps=2, output_dir=str(tmp_path / "gen"), seed=5),
                            experiment=experiment, progress=False)
     gen = mlflow.get_run(gen_id)
     assert gen.info.status == "FINISHED" and gen.data.tags[TAG_STAGE] == STAGE_GENERATE
     assert gen.data.tags[TAG_FINETUNE_RUN] == ft_id and gen.data.metrics["n_generated"] == 2
     assert len(list((out / "images").rglob("*.png"))) == 2
 
-    ev_id = quality.evaluate(EvaluateConfig(real=str(demo_tiny), fake=f"runs:/{gen_id}", test_fraction=0.25,
-                                            cache_dir=str(tmp_path / "stats"), lpips_pairs=4, lpips_size=64,
-                                            msssim_size=176, cas_model="", consistency_model=""),
+    ev_id = quality.evaluate(small(EvaluateConfig, real=str(demo_tiny), fake=f"runs:/{gen_id}", test_fraction=0.25,
+                                   cache_dir=str(tmp_path / "stats"), lpips_pairs=4, cas_model="", consistency_model=""),
                              experiment=experiment, progress=False)
     ev = mlflow.get_run(ev_id)
     assert ev.info.status == "FINISHED" and ev.data.tags[TAG_STAGE] == STAGE_EVALUATE

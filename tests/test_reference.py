@@ -276,7 +276,7 @@ def test_mask_consistency_is_the_dice_against_the_judges_own_mask(prepared, seg,
 # ------------------------------------------------------------------------------------------------
 
 def test_evaluate_logs_cas_and_consistency_of_a_set_with_the_judges_tags(demo_small, prepared, clf, seg, cache,
-                                                                        by_hand, experiment, tmp_path):
+                                                                        by_hand, experiment, tmp_path, small):
     # the "generated" set: the real test split's files (one image per class; FID features cost ~0.5 s an
     # image here, so it stays small), every other one with a wrong label and an empty mask, so that
     # judging the real test split instead of this set would not pass
@@ -292,10 +292,9 @@ def test_evaluate_logs_cas_and_consistency_of_a_set_with_the_judges_tags(demo_sm
         writer.writerows({"image": str(s.image), "mask": str(s.mask), "label": s.label, "description": "",
                           "split": "train"} for s in fake)
     before = mtimes(cache)
-    cfg = EvaluateConfig(real=str(demo_small), fake=str(manifest), test_fraction=TEST_FRACTION, seed=SEED,
-                         lpips_pairs=10, lpips_size=64, msssim_size=176, cache_dir=str(tmp_path / "features"),
-                         cas_model="resnet34", consistency_model="unet", reference_profile="demo",
-                         reference_cache_dir=str(cache))
+    cfg = small(EvaluateConfig, real=str(demo_small), fake=str(manifest), test_fraction=TEST_FRACTION, seed=SEED,
+                cache_dir=str(tmp_path / "features"), cas_model="resnet34", consistency_model="unet",
+                reference_profile="demo", reference_cache_dir=str(cache))
     run = mlflow.get_run(evaluate(cfg, experiment=experiment, progress=False))
     m, t = run.data.metrics, run.data.tags
     assert run.info.status == "FINISHED" and mtimes(cache) == before      # judged by the cached judges
@@ -318,31 +317,33 @@ def test_evaluate_logs_cas_and_consistency_of_a_set_with_the_judges_tags(demo_sm
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def finetuned(tiny_folder, demo_small, mlflow_store, tmp_path_factory):
-    """A tiny model fine-tuned for 2 steps on demo_small at this module's split."""
+def finetuned(tiny_folder, demo_small, mlflow_store, tmp_path_factory, small):
+    """A tiny model fine-tuned for the test profile's 2 steps on demo_small at this module's split."""
     mlflow.set_tracking_uri(mlflow_store)
     while mlflow.active_run():
         mlflow.end_run()
-    cfg = FinetuneConfig(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32, train_batch_size=2,
-                         max_train_steps=2, mask_warmup_steps=0, validation_epochs=0, validation_steps=2,
-                         checkpointing_steps=3, output_dir=str(tmp_path_factory.mktemp("ft") / "ft"),
-                         test_fraction=TEST_FRACTION, seed=SEED)
+    cfg = small(FinetuneConfig, data_dir=str(demo_small), base_model=str(tiny_folder), mask_warmup_steps=0,
+                output_dir=str(tmp_path_factory.mktemp("ft") / "ft"), test_fraction=TEST_FRACTION, seed=SEED)
     return finetune(cfg, experiment=f"test-reference-{os.getpid()}", progress=False)
 
 
-def gen_cfg(run_id, cache, out, **kw):
-    """One class, one image per batch (a pair then depends only on its seed), the module's judge."""
-    return GenerateConfig(**{**dict(model_uri=f"runs:/{run_id}/model", per_class=1, classes=CLASS,
-                                    num_inference_steps=3, resolution=32, batch_size=1, output_dir=str(out),
-                                    seed=SEED, reference_profile="demo", reference_cache_dir=str(cache)), **kw})
+@pytest.fixture
+def gen_cfg(small):
+    """`gen_cfg(run_id, cache, out, **kw)`: one class, one image per batch (a pair then depends only on its
+    seed), the module's judge."""
+    def gen_cfg(run_id, cache, out, **kw):
+        return small(GenerateConfig, **{"model_uri": f"runs:/{run_id}/model", "classes": CLASS, "batch_size": 1,
+                                        "output_dir": str(out), "seed": SEED, "reference_profile": "demo",
+                                        "reference_cache_dir": str(cache), **kw})
+    return gen_cfg
 
 
 def runs_of(experiment):
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
-def test_generate_threshold_zero_keeps_every_pair_and_out_of_range_is_refused(finetuned, seg, cache, experiment,
-                                                                              tmp_path):
+def test_generate_threshold_zero_keeps_every_pair_and_out_of_range_is_refused(finetuned, seg, cache, gen_cfg,
+                                                                              experiment, tmp_path):
     run_id, out = generate(gen_cfg(finetuned, cache, tmp_path / "g0", per_class=2), experiment=experiment,
                            progress=False)
     run = mlflow.get_run(run_id)
@@ -357,7 +358,7 @@ def test_generate_threshold_zero_keeps_every_pair_and_out_of_range_is_refused(fi
         assert len(runs_of(experiment)) == n and not (tmp_path / "bad").exists()
 
 
-def test_generate_min_consistency_replaces_dropped_pairs_or_names_the_short_class(finetuned, seg, cache,
+def test_generate_min_consistency_replaces_dropped_pairs_or_names_the_short_class(finetuned, seg, cache, gen_cfg,
                                                                                    experiment, tmp_path):
     folder = model_folder(f"runs:/{finetuned}/model")
     training = json.loads((folder / TRAINING_JSON).read_text())

@@ -29,13 +29,11 @@ def pixels(folder):
     return {p.name.split("_")[-1]: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
 
 
-def test_register_picks_lowest_fid_and_pins_generation(tiny_folder, demo_small, experiment, tmp_path):
+def test_register_picks_lowest_fid_and_pins_generation(tiny_folder, demo_small, experiment, tmp_path, small):
     runs = {}
     for rank in (2, 4):
-        cfg = FinetuneConfig(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32,
-                             train_batch_size=2, max_train_steps=3, lora_rank=rank, validation_epochs=0,
-                             checkpointing_steps=0, output_dir=str(tmp_path / f"r{rank}"), test_fraction=0.25,
-                             learning_rate=1e-2)
+        cfg = small(FinetuneConfig, data_dir=str(demo_small), base_model=str(tiny_folder), max_train_steps=3,
+                    lora_rank=rank, output_dir=str(tmp_path / f"r{rank}"), test_fraction=0.25, learning_rate=1e-2)
         runs[rank] = finetune(cfg, experiment=experiment, progress=False)
     with pytest.raises(RegistryError, match="no FINISHED evaluate run"):
         register_best(RegisterConfig(name=f"m-{experiment}"), experiment)
@@ -53,9 +51,8 @@ def test_register_picks_lowest_fid_and_pins_generation(tiny_folder, demo_small, 
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
     def gen(uri, out):
-        generate(GenerateConfig(model_uri=uri, per_class=1, classes="melanoma,dermatofibroma",
-                                num_inference_steps=3, resolution=32, output_dir=str(tmp_path / out), seed=9),
-                 experiment=experiment, progress=False)
+        generate(small(GenerateConfig, model_uri=uri, classes="melanoma,dermatofibroma",
+                       output_dir=str(tmp_path / out), seed=9), experiment=experiment, progress=False)
         return pixels(tmp_path / out)
 
     by_alias, by_run = gen(f"models:/{name}@champion", "a"), gen(f"runs:/{runs[4]}/model", "b")
@@ -79,13 +76,13 @@ class NotDualGen(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def test_registered_model_that_is_not_dualgen_is_a_clear_error(experiment, tmp_path):
+def test_registered_model_that_is_not_dualgen_is_a_clear_error(experiment, tmp_path, small):
     tracking.setup(experiment)
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=NotDualGen())
     name = f"other-{experiment}"
     mlflow.register_model(info.model_uri, name)
     with pytest.raises(ValueError, match="is not a SkinDualGen dual-generation model"):
-        generate(GenerateConfig(model_uri=f"models:/{name}/1", per_class=1, output_dir=str(tmp_path / "g")),
+        generate(small(GenerateConfig, model_uri=f"models:/{name}/1", output_dir=str(tmp_path / "g")),
                  experiment=experiment, progress=False)
     assert not (tmp_path / "g").exists()

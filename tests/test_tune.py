@@ -10,14 +10,12 @@ from harness.schema import STAGE_TUNE_TRIAL, TAG_MLFLOW_PARENT_RUN, TAG_STAGE
 from harness.tune import tune
 
 
-def test_tune_trials_best_settings_and_resume(tiny_folder, demo_small, experiment, tmp_path):
-    ft = finetune(FinetuneConfig(data_dir=str(demo_small), base_model=str(tiny_folder), resolution=32,
-                                 train_batch_size=2, max_train_steps=2, validation_epochs=0, checkpointing_steps=0,
-                                 output_dir=str(tmp_path / "ft"), test_fraction=0.25), experiment=experiment,
-                  progress=False)
-    cfg = TuneConfig(model_uri=f"runs:/{ft}/model", data_dir=str(demo_small), trials=2, steps_min=2, steps_max=5,
-                     per_class=1, resolution=32, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                     cache_dir=str(tmp_path / "cache"), test_fraction=0.25)
+def test_tune_trials_best_settings_and_resume(tiny_folder, demo_small, experiment, tmp_path, small):
+    ft = finetune(small(FinetuneConfig, data_dir=str(demo_small), base_model=str(tiny_folder),
+                        output_dir=str(tmp_path / "ft"), test_fraction=0.25), experiment=experiment, progress=False)
+    cfg = small(TuneConfig, model_uri=f"runs:/{ft}/model", data_dir=str(demo_small), trials=2, steps_min=2,
+                steps_max=5, storage=f"sqlite:///{tmp_path / 'optuna.db'}", cache_dir=str(tmp_path / "cache"),
+                test_fraction=0.25)
     first = tune(cfg, experiment=experiment, progress=False)          # "interrupted" after 2 trials
     cfg.trials = 4
     parent = tune(cfg, experiment=experiment, progress=False)         # resumes: 2 more
@@ -34,8 +32,9 @@ def test_tune_trials_best_settings_and_resume(tiny_folder, demo_small, experimen
     assert float(run.data.params["best_guidance_scale"]) == float(best.data.params["guidance_scale"])
     assert run.data.metrics["best_fid"] == best.data.metrics["fid"]
     assert all(2 <= int(t.data.params["num_inference_steps"]) <= 5 for t in trials)
-    gen, _ = generate(GenerateConfig(model_uri=f"runs:/{ft}/model", per_class=1, classes="melanoma", resolution=32,
-                                     settings_from_run=parent, output_dir=str(tmp_path / "g")),
+    gen, _ = generate(small(GenerateConfig, model_uri=f"runs:/{ft}/model", classes="melanoma",
+                            num_inference_steps=45,            # outside 2-5: the tune run's best must replace it
+                            settings_from_run=parent, output_dir=str(tmp_path / "g")),
                       experiment=experiment, progress=False)
     params = tracking.effective_params(mlflow.get_run(gen))
     assert params["num_inference_steps"] == run.data.params["best_num_inference_steps"]

@@ -212,13 +212,19 @@ def run_graph(pipe: Pipeline, nodes: list[Node]) -> dict[str, mlflow.entities.Ru
 # ------------------------------------------------------------------------------------------------
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host. A zombie counts as gone: a killed stage whose parent
+    died too is reparented to PID 1, and where PID 1 does not reap (some containers) it stays a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:                                   # Linux: the state after the ")" closing the command name
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def reap_killed_runs(experiment: str, log=print) -> list[str]:

@@ -19,12 +19,19 @@ D = PipelineConfig()
               help="independent child runs at a time (each gets a GPU, or cores / N threads)")
 @click.option("--ui-url", default=D.ui_url, help="MLflow UI URL for the report's run links")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--models", default=D.models,
+              help="comma list of the classify/segment models to train ('' = all six of the paper's)")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.OPTION=VALUE",
+              help="an option of every step of STAGE (finetune, generate, evaluate, classify, segment, "
+                   "explain) beyond the profile, e.g. --set classify.epochs=5; repeatable")
 @experiment_option
 @user_errors
-def main(profile, data_dir, base_model, env_manager, eval_data, max_parallel, ui_url, seed, experiment):
+def main(profile, data_dir, base_model, env_manager, eval_data, max_parallel, ui_url, seed, models, overrides,
+         experiment):
     from harness.pipeline import run_pipeline
     cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager,
-                         eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed)
+                         eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed, models=models,
+                         overrides=tuple(overrides))
     run_pipeline(cfg, experiment=experiment, log=click.echo)
 
 

@@ -21,6 +21,7 @@ after the children already running have finished (their runs stay reusable). A r
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -54,6 +55,9 @@ class PipelineConfig:
                                   # they split the cores, with GPUs each gets one (round-robin)
     ui_url: str = ""              # MLflow UI base URL for the report's run links ("" = none / the server's)
     seed: int = 42
+    models: str = ""              # comma list of classify/segment models to train ("" = the paper's six)
+    overrides: tuple[str, ...] = ()   # "STAGE.OPTION=VALUE": an option of every step of STAGE (beyond the
+                                  # profile; e.g. classify.epochs=5), for smaller or changed runs
 
 
 PAPER_MODELS = {STAGE_CLASSIFY: ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"),
@@ -87,11 +91,69 @@ class Pipeline:
     runs: dict[str, mlflow.entities.Run] = field(default_factory=dict)   # label -> run
 
 
-def step(stage: str, cfg_cls, profile: str, given: dict, label: str = "") -> Step:
-    """A step whose config is the profile's plus `given` (options equal to "" are left out)."""
-    given = {k: v for k, v in given.items() if v not in ("", None)}
+def step(stage: str, cfg_cls, profile: str, given: dict, label: str = "",
+         overrides: dict[str, dict] | None = None) -> Step:
+    """A step whose config is the profile's plus `given` (options equal to "" are left out) plus the
+    user's `overrides` of this stage (parse_overrides); an override may not change what `main` sets."""
+    extra = (overrides or {}).get(stage, {})
+    clash = sorted(set(extra) & set(given))
+    if clash:
+        raise ConfigError(f"--set {stage}.{clash[0]}: `main` sets this option of {stage} itself"
+                          + (" (use main's own option)" if clash[0] in ("data_dir", "seed", "base_model", "eval_data")
+                             else ""))
+    given = {k: v for k, v in {**given, **extra}.items() if v not in ("", None)}
     cfg = with_profile(cfg_cls, stage, profile, given)
     return Step(stage, cfg, {"profile": profile, **{k: str(v) for k, v in given.items()}}, label)
+
+
+STEP_CONFIGS = {STAGE_FINETUNE: FinetuneConfig, STAGE_GENERATE: GenerateConfig, STAGE_EVALUATE: EvaluateConfig,
+                STAGE_CLASSIFY: ClassifyConfig, STAGE_SEGMENT: SegmentConfig, STAGE_EXPLAIN: ExplainConfig}
+
+
+def _typed(value: str, default, what: str):
+    """`value` as the type of the config field whose default is `default`."""
+    if isinstance(default, bool):
+        low = value.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"--set {what}: {value!r} is not true/false")
+        return low in ("true", "1", "yes")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise ConfigError(f"--set {what}: {value!r} is not a valid {type(default).__name__}") from None
+    return value
+
+
+def parse_overrides(items) -> dict[str, dict]:
+    """["classify.epochs=5", ...] -> {"classify": {"epochs": 5}}, typed as the config fields are (so the
+    step's resolved config, compared for reuse, is the one the child resolves from the -P value)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        stage, dot, option = key.strip().partition(".")
+        option = option.replace("-", "_")
+        if not eq or not dot or not option:
+            raise ConfigError(f"--set {item!r}: expected STAGE.OPTION=VALUE (e.g. classify.epochs=5)")
+        if stage not in STEP_CONFIGS:
+            raise ConfigError(f"--set {item!r}: stage must be one of {', '.join(STEP_CONFIGS)}")
+        fields = {f.name: f for f in dataclasses.fields(STEP_CONFIGS[stage])}
+        if option not in fields:
+            raise ConfigError(f"--set {item!r}: {stage} has no option {option!r}")
+        out.setdefault(stage, {})[option] = _typed(value, fields[option].default, item)
+    return out
+
+
+def chosen_models(models: str) -> dict[str, tuple[str, ...]]:
+    """The classify and segment models of `--models` (comma list; "" = all of PAPER_MODELS), in paper order."""
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        return dict(PAPER_MODELS)
+    known = [m for ms in PAPER_MODELS.values() for m in ms]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return {stage: tuple(m for m in ms if m in names) for stage, ms in PAPER_MODELS.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,13 +274,19 @@ def run_graph(pipe: Pipeline, nodes: list[Node]) -> dict[str, mlflow.entities.Ru
 # ------------------------------------------------------------------------------------------------
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host. A zombie counts as gone: a killed stage whose parent
+    died too is reparented to PID 1, and where PID 1 does not reap (some containers) it stays a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:                                   # Linux: the state after the ")" closing the command name
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def reap_killed_runs(experiment: str, log=print) -> list[str]:
@@ -261,6 +329,11 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
     """The paper's steps as a graph. Each node's config comes from the runs it needs (outputs pass
     forward as run ids / model URIs); list order is the priority among nodes ready at once."""
     p, common = cfg.profile, {"data_dir": cfg.data_dir, "seed": cfg.seed}
+    overrides = parse_overrides(cfg.overrides)
+    models = chosen_models(cfg.models)
+
+    def make_step(stage, cfg_cls, given, label=""):
+        return step(stage, cfg_cls, p, given, label, overrides)
 
     def generated(runs) -> str:
         return f"runs:/{runs['generate'].info.run_id}"
@@ -269,22 +342,22 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
         # the synthetic set has N_c images of class c, as many as the real training split: what
         # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
         ft_id = runs["finetune"].info.run_id
-        return step(STAGE_GENERATE, GenerateConfig, p, {
+        return make_step(STAGE_GENERATE, GenerateConfig, {
             "model_uri": f"runs:/{ft_id}/model", "match_real": True, "seed": cfg.seed,
             "output_dir": str(Path("outputs") / f"generate-{ft_id[:8]}-match-real")})
 
     def training(stage, cfg_cls, model, train_set):
-        return Node(f"{stage}.{model}.{train_set}", lambda runs: step(stage, cfg_cls, p, {
+        return Node(f"{stage}.{model}.{train_set}", lambda runs: make_step(stage, cfg_cls, {
             **common, "model": model, "train_set": train_set, "synth": generated(runs), "eval_data": eval_data},
             f"{stage}.{model}.{train_set}"), ("generate",))
 
     trainings = [training(stage, cfg_cls, model, train_set)
                  for stage, cfg_cls in ((STAGE_CLASSIFY, ClassifyConfig), (STAGE_SEGMENT, SegmentConfig))
-                 for model in PAPER_MODELS[stage] for train_set in TRAIN_SETS]
-    classifiers = PAPER_MODELS[STAGE_CLASSIFY]
+                 for model in models[stage] for train_set in TRAIN_SETS]
+    classifiers = models[STAGE_CLASSIFY]
 
     def explain(runs) -> Step:
-        return step(STAGE_EXPLAIN, ExplainConfig, p, {
+        return make_step(STAGE_EXPLAIN, ExplainConfig, {
             "real_run": ",".join(runs[f"classify.{m}.real"].info.run_id for m in classifiers),
             "hybrid_run": ",".join(runs[f"classify.{m}.hybrid"].info.run_id for m in classifiers),
             "seed": cfg.seed})
@@ -293,24 +366,40 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
     return [
         Node("prepare", lambda runs: Step(STAGE_PREPARE, PrepareConfig(data_dir=cfg.data_dir, seed=cfg.seed),
                                           {k: str(v) for k, v in common.items() if v != ""})),
-        Node("finetune", lambda runs: step(STAGE_FINETUNE, FinetuneConfig, p, {**common, "base_model": cfg.base_model}),
-             ("prepare",)),
+        Node("finetune", lambda runs: make_step(STAGE_FINETUNE, FinetuneConfig,
+                                                {**common, "base_model": cfg.base_model}), ("prepare",)),
         # needs no generated set: it runs (and trains the CAS / consistency judges) beside the fine-tune
-        Node("evaluate.real_test", lambda runs: step(STAGE_EVALUATE, EvaluateConfig, p,
-                                                          {"real": cfg.data_dir, "seed": cfg.seed}, "evaluate.real_test"),
+        Node("evaluate.real_test", lambda runs: make_step(STAGE_EVALUATE, EvaluateConfig, {
+            "real": cfg.data_dir, "seed": cfg.seed}, "evaluate.real_test"),
              ("prepare",)),
         Node("generate", generate, ("finetune",)),
-        Node("evaluate.synth", lambda runs: step(STAGE_EVALUATE, EvaluateConfig, p, {
+        Node("evaluate.synth", lambda runs: make_step(STAGE_EVALUATE, EvaluateConfig, {
             "real": cfg.data_dir, "fake": generated(runs), "seed": cfg.seed}, "evaluate.synth"), ("generate",)),
         # looks at the evaluations of now: never reused
         Node("register", lambda runs: Step(STAGE_REGISTER, RegisterConfig(), {}, reuse=False),
              ("evaluate.real_test", "evaluate.synth")),
         *trainings,
-        Node("explain", explain, tuple(n.name for n in trainings if n.name.startswith("classify."))),
+        # (no classifier chosen: no explain)
+        *([Node("explain", explain, tuple(n.name for n in trainings if n.name.startswith("classify.")))]
+          if classifiers else []),
         # the report reads whatever runs exist now: never reused, it only reads MLflow
         Node("report", lambda runs: Step(STAGE_REPORT, ReportConfig(**report_params), report_params, reuse=False),
-             ("register", "explain", *(n.name for n in trainings))),
+             ("register", *(["explain"] if classifiers else []), *(n.name for n in trainings))),
     ]
+
+
+class _Placeholder:
+    """A run as a node's `make` reads it (its id), to build every step before anything runs."""
+    def __init__(self, name: str):
+        self.info = type("Info", (), {"run_id": f"check-{name}"})()
+
+
+def check_nodes(nodes: list[Node]) -> None:
+    """Build every node's step from placeholder runs, so a wrong option (--set, --models, profile)
+    fails `main` before its run starts rather than after the fine-tune."""
+    runs = {n.name: _Placeholder(n.name) for n in nodes}
+    for n in nodes:
+        n.make(runs)
 
 
 def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) -> str:
@@ -319,10 +408,12 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
     if cfg.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
+    nodes = pipeline_nodes(cfg, eval_data)
+    check_nodes(nodes)
     t0 = time.perf_counter()
     with tracking.stage_run(STAGE_MAIN, cfg, experiment=experiment) as parent:
         pipe = Pipeline(cfg, experiment, parent.info.run_id, log)
-        runs = run_graph(pipe, pipeline_nodes(cfg, eval_data))
+        runs = run_graph(pipe, nodes)
         mlflow.set_tag(TAG_DIGEST, runs["prepare"].data.tags.get(TAG_DIGEST, ""))
         mlflow.log_metric(METRIC_PIPELINE_SECONDS, time.perf_counter() - t0)
         log(f"[main] done in {time.perf_counter() - t0:.1f} s (parent run {pipe.parent_id})")

@@ -1,5 +1,9 @@
-"""The `main` pipeline's step graph (harness.pipeline.pipeline_nodes): what waits for what."""
-from harness.pipeline import PAPER_MODELS, PipelineConfig, pipeline_nodes
+"""The `main` pipeline's step graph (harness.pipeline.pipeline_nodes): what waits for what, and the
+options that shape it (--models, --set)."""
+import pytest
+
+from harness.errors import ConfigError
+from harness.pipeline import PAPER_MODELS, PipelineConfig, check_nodes, pipeline_nodes
 from harness.schema import STAGE_CLASSIFY, TRAIN_SETS
 
 
@@ -51,3 +55,46 @@ def test_step_configs_follow_the_runs_they_need():
     assert seg.cfg.synth == "runs:/id-generate" and seg.cfg.eval_data == "ham" and seg.cfg.train_set == "hybrid"
     explain = nodes["explain"].make(runs)
     assert explain.cfg.real_run.split(",") == [f"id-classify.{m}.real" for m in PAPER_MODELS[STAGE_CLASSIFY]]
+
+
+def test_models_choose_the_trainings_and_explain_follows_the_classifiers():
+    g = {n.name: set(n.after) for n in pipeline_nodes(PipelineConfig(models="squeezenet1_1"), eval_data="ham")}
+    assert {n for n in g if n.startswith(("classify.", "segment."))} == {f"classify.squeezenet1_1.{s}" for s in TRAIN_SETS}
+    assert g["explain"] == {f"classify.squeezenet1_1.{s}" for s in TRAIN_SETS}
+    g = {n.name: set(n.after) for n in pipeline_nodes(PipelineConfig(models="unet"), eval_data="ham")}
+    assert "explain" not in g and g["report"] == {"register"} | {f"segment.unet.{s}" for s in TRAIN_SETS}
+    with pytest.raises(ConfigError, match="resnet"):
+        pipeline_nodes(PipelineConfig(models="resnet"), eval_data="ham")
+
+
+def test_set_overrides_every_step_of_its_stage_typed_as_the_config():
+    class Run:
+        def __init__(self, run_id):
+            self.info = type("Info", (), {"run_id": run_id})()
+    cfg = PipelineConfig(overrides=("classify.epochs=3", "classify.pretrained=false", "evaluate.cas_model=none",
+                                    "classify.learning-rate=1e-3"))
+    nodes = {n.name: n for n in pipeline_nodes(cfg, eval_data="ham")}
+    runs = {name: Run(f"id-{name}") for name in nodes}
+    for name in ("classify.resnet34.real", "classify.swin_tiny.hybrid"):
+        s = nodes[name].make(runs)
+        assert (s.cfg.epochs, s.cfg.pretrained, s.cfg.learning_rate) == (3, False, 1e-3)
+        assert s.params["epochs"] == "3" and s.params["pretrained"] == "False"
+    assert nodes["evaluate.synth"].make(runs).cfg.cas_model == "none"
+    assert nodes["evaluate.real_test"].make(runs).cfg.cas_model == "none"
+    assert nodes["segment.unet.real"].make(runs).cfg.epochs == 6          # the profile's: not classify's
+
+
+@pytest.mark.parametrize("item, message", [
+    ("classify.epochs", "STAGE.OPTION=VALUE"), ("report.output_dir=x", "stage must be"),
+    ("classify.nope=1", "no option 'nope'"), ("classify.epochs=many", "not a valid int"),
+    ("classify.pretrained=maybe", "not true/false")])
+def test_bad_set_items_are_config_errors(item, message):
+    with pytest.raises(ConfigError, match=message):
+        pipeline_nodes(PipelineConfig(overrides=(item,)), eval_data="ham")
+
+
+def test_set_may_not_change_what_main_wires_and_check_nodes_says_so_before_anything_runs():
+    nodes = pipeline_nodes(PipelineConfig(overrides=("classify.train_set=synth",)), eval_data="ham")
+    with pytest.raises(ConfigError, match="main` sets this option"):
+        check_nodes(nodes)
+    check_nodes(pipeline_nodes(PipelineConfig(overrides=("classify.epochs=1",)), eval_data="ham"))

@@ -27,6 +27,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import mlflow
@@ -388,16 +389,10 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
     ]
 
 
-class _Placeholder:
-    """A run as a node's `make` reads it (its id), to build every step before anything runs."""
-    def __init__(self, name: str):
-        self.info = type("Info", (), {"run_id": f"check-{name}"})()
-
-
 def check_nodes(nodes: list[Node]) -> None:
     """Build every node's step from placeholder runs, so a wrong option (--set, --models, profile)
     fails `main` before its run starts rather than after the fine-tune."""
-    runs = {n.name: _Placeholder(n.name) for n in nodes}
+    runs = {n.name: SimpleNamespace(info=SimpleNamespace(run_id=f"check-{n.name}")) for n in nodes}   # as make reads a run
     for n in nodes:
         n.make(runs)
 

@@ -33,13 +33,15 @@ _counter = itertools.count()
 # `small(cfg_cls, **overrides)` applies the entries the config class has, then a test's own values
 # (which so stand out). A field is in here when several tests shrank it by hand, at the value most of
 # them used; a test that used another passes it as an override. A setting that would change tests that
-# rely on the default (mask_warmup_steps; test_fraction: the downstream tests keep the paper's split)
-# stays with the tests that set it. It is not a `--profile` of harness.config: PROFILES are what
+# rely on the default (test_fraction: the downstream tests keep the paper's split) stays with the tests
+# that set it. The mask warm-up runs 4 steps, not 400: no test here checks what it learns (the
+# end-to-end test checks that it falls, at the demo's length). It is not a `--profile` of harness.config: PROFILES are what
 # users run (demo, paper), per stage; these sizes only exercise code paths.
 SMALL = {
     "resolution": 32,               # finetune, generate, tune
     "train_batch_size": 2, "max_train_steps": 2,   # finetune (`epochs` below does not count once steps are set)
     "validation_epochs": 0, "validation_steps": 2, "checkpointing_steps": 0,   # one validation grid, at the end
+    "mask_warmup_steps": 4,         # finetune: the warm-up's code runs, briefly
     "per_class": 1, "num_inference_steps": 3,      # generate, tune (per_class)
     "lpips_pairs": 10, "lpips_size": 64, "msssim_size": 176,   # evaluate; msssim_size must stay > 160
     "image_size": 32, "epochs": 1, "folds": 2,     # classify, segment

@@ -23,6 +23,7 @@ from harness.report.figures import LABEL_H, cell_box, figure2_size, panel_image,
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import run_link, strip_credentials, ui_base
 from harness.schema import (
+    METRIC_CAS, METRIC_MASK_CONSISTENCY,
     REAL_VS_REAL, REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
     STAGE_REPORT, STAGE_SEGMENT, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_COMPARABLE, TAG_COMPARISON, TAG_DIGEST,
     TAG_EXPLAIN_MODEL, TAG_EXTRACTOR, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET, TAG_OUTPUT_DIR, TAG_STAGE,
@@ -313,7 +314,8 @@ def test_per_class_table_under_table1(scenario):
     rows = list(csv.DictReader(open(folder / "table1_per_class.csv", newline="", encoding="utf-8")))
     runs = {REAL_VS_SYNTH: mlflow.get_run(ids["eval_synth"]),
             REAL_VS_REAL: mlflow.get_run(ids["eval_real"])}
-    classes = sorted({k.split("/", 1)[1] for r in runs.values() for k in r.data.metrics if "/" in k})
+    classes = sorted({k.split("/", 1)[1] for r in runs.values() for k in r.data.metrics
+                      if k.startswith((METRIC_CAS + "/", METRIC_MASK_CONSISTENCY + "/"))})
     assert classes == sorted(DEMO_CLASSES)
     expected = [(name, comparison, metric) for name in classes for comparison in runs
                 for metric in ("cas", "mask_consistency")]

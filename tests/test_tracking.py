@@ -37,7 +37,8 @@ def test_every_stage_run_logs_the_process_peak_memory(experiment):
         block[::4096] = b"x" * len(block[::4096])        # touch every page
     after = proc_status_gib("VmHWM")
     logged = mlflow.get_run(run.info.run_id).data.metrics[METRIC_PEAK_RSS_GIB]
-    assert before + 0.25 < logged <= after + 1e-6
+    # getrusage's ru_maxrss and /proc's VmHWM are two counters of the same peak: equal within a few pages
+    assert before + 0.25 < logged and logged == pytest.approx(after, abs=0.01)
 
 
 def test_failure_marks_run_failed(experiment):

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 import mlflow
+import psutil
 
 from harness import tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
@@ -278,16 +279,11 @@ def _alive(pid: int) -> bool:
     """Whether process `pid` runs on this host. A zombie counts as gone: a killed stage whose parent
     died too is reparented to PID 1, and where PID 1 does not reap (some containers) it stays a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:          # another user's process: it exists
         return True
-    try:                                   # Linux: the state after the ")" closing the command name
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def reap_killed_runs(experiment: str, log=print) -> list[str]:

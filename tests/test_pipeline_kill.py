@@ -26,7 +26,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil                                   # accelerate's dependency
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image

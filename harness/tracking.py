@@ -85,12 +85,33 @@ def setup(experiment: str | None = None) -> str:
 
 
 def describe_experiment(exp) -> None:
-    """Open the experiment in the UI's model-training view, with a description (only what is missing)."""
+    """Open the experiment in the UI's model-training view, with a description (only what is missing).
+
+    Workers that start on a new experiment at once (two `tune`s, `main --max-parallel`) all find a tag
+    missing and all add it; a SQL store refuses every insert but the first (unique key), and for them
+    the tag is there: only a refusal that leaves the tag missing is an error."""
     client = mlflow.tracking.MlflowClient()
     wanted = {**EXPERIMENT_KIND, TAG_MLFLOW_NOTE: EXPERIMENT_DESCRIPTION}
     for key, value in wanted.items():
-        if key not in (exp.tags or {}):
+        if key in (exp.tags or {}):
+            continue
+        try:
             client.set_experiment_tag(exp.experiment_id, key, value)
+        except mlflow.exceptions.MlflowException:
+            if key not in client.get_experiment(exp.experiment_id).tags:
+                raise
+
+
+def log_input(dataset, context: str) -> None:
+    """mlflow.log_input for runs that log the same dataset at once (children of `main --max-parallel`):
+    a SQL store keeps a dataset once per experiment (unique name and digest), so of two first inserts
+    one is refused (BAD_REQUEST); on its second try that run finds the dataset and links to it."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code != "BAD_REQUEST":
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 @functools.lru_cache(maxsize=1)

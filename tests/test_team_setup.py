@@ -170,15 +170,18 @@ def run_id(stdout: str, stage: str) -> str:
     return found.group(1)
 
 
-def release_when_waiting(gate, lock_holder, workers: list[tuple[str, subprocess.Popen]]) -> None:
-    """Wait until every worker is blocked on the locked Optuna tables (so all of them have their first
-    trial in hand at once), then commit lock_holder's transaction, which releases them."""
+def release_when_waiting(gate, lock_holder, workers: list[tuple[str, subprocess.Popen]], logs: Path) -> None:
+    """Wait until every worker is blocked on the table lock_holder locked (so all of them are at the
+    same write at once: the tune workers with their first trial in hand), then commit lock_holder's
+    transaction, which releases them. The waits are counted in gate's database. A worker that ends
+    first fails the test with the end of its stderr (<logs>/<name>.err)."""
     deadline = time.monotonic() + 300
-    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'optuna' AND wait_event_type = 'Lock'"
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     while gate.execute(query).fetchone()[0] < len(workers):
         for name, proc in workers:
-            assert proc.poll() is None, f"{name} ended before its first trial (exit {proc.returncode})"
-        assert time.monotonic() < deadline, "the tune workers never reached their first trial"
+            assert proc.poll() is None, (f"{name} ended before the lock was released (exit {proc.returncode}):\n"
+                                         f"{(logs / f'{name}.err').read_text()[-4000:]}")
+        assert time.monotonic() < deadline, "the workers never all waited on the lock"
         time.sleep(0.5)
     lock_holder.commit()
 
@@ -225,7 +228,7 @@ def team(postgres, tracking_server, demo_small, tmp_path_factory):
         pinned = run_id(cli.run("generate-pinned", "generate", "--model-uri", "models:/skindualgen@champion",
                                 *small, *exp), "generate")
         with psycopg.connect(storage, autocommit=True) as gate:
-            release_when_waiting(gate, lock_holder, workers)
+            release_when_waiting(gate, lock_holder, workers, cli.logs)
         lock_holder.close()
         report = run_id(cli.run("report", "report", "--output-dir", "reports", *exp), "report")
         tunes = [run_id(cli.finish(worker), "tune") for worker in workers]
@@ -320,3 +323,61 @@ def test_two_tune_workers_share_one_study(tracking_server, team):
         assert p.data.metrics["n_trials"] == len(trials)
         assert int(p.data.params[PARAM_BEST_STEPS]) == best[best_run].params["num_inference_steps"]
         assert float(p.data.params[PARAM_BEST_GUIDANCE]) == best[best_run].params["guidance_scale"]
+
+
+def race(postgres: str, uri: str, work: Path, table: str, code: str) -> None:
+    """Run `code` in two processes at the same moment against the tracking server: the server's `table`
+    stays locked until both wait to write to it, so their writes meet. Both must succeed."""
+    import psycopg
+    cli = Cli(work, uri)
+    lock_holder = psycopg.connect(f"{postgres}/mlflow")
+    lock_holder.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+    workers = []
+    try:
+        for name in ("worker-a", "worker-b"):
+            with open(cli.logs / f"{name}.out", "w") as out, open(cli.logs / f"{name}.err", "w") as err:
+                workers.append((name, subprocess.Popen([sys.executable, "-c", code], cwd=work, env=cli.env,
+                                                       stdout=out, stderr=err)))
+        with psycopg.connect(f"{postgres}/mlflow", autocommit=True) as gate:
+            release_when_waiting(gate, lock_holder, workers, cli.logs)
+        for name, proc in workers:
+            assert proc.wait(timeout=120) == 0, f"{name} failed:\n{(cli.logs / f'{name}.err').read_text()[-4000:]}"
+    finally:
+        lock_holder.close()
+        for _, proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_workers_starting_on_one_new_experiment_at_once(postgres, tracking_server, tmp_path):
+    """Two processes set up the same new experiment at once (two `tune` workers, `main --max-parallel`
+    children): both add its description tags, both start, and the tags are there once."""
+    from mlflow import MlflowClient
+    from harness.schema import TAG_MLFLOW_NOTE
+    uri, _ = tracking_server
+    race(postgres, uri, tmp_path, "experiment_tags", "from harness import tracking; tracking.setup('race-setup')")
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("race-setup")
+    assert exp.tags[TAG_MLFLOW_NOTE]
+
+
+def test_runs_logging_one_new_dataset_at_once(postgres, tracking_server, tmp_path):
+    """Two runs log the same dataset, new to the experiment, at once (classify children of `main
+    --max-parallel` on one synthetic set): both runs have it as input, and the experiment has it once."""
+    import psycopg
+    from mlflow import MlflowClient
+    uri, _ = tracking_server
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("race-inputs")
+    code = ("import mlflow, pandas as pd; from harness import tracking; "
+            f"mlflow.set_tracking_uri({uri!r}); "
+            f"run = mlflow.start_run(experiment_id={exp_id!r}); "
+            "ds = mlflow.data.from_pandas(pd.DataFrame({'id': ['a', 'b'], 'label': [0, 1]}), source='set', "
+            "name='synthetic', targets='label'); "
+            "tracking.log_input(ds, context='synthetic'); mlflow.end_run()")
+    race(postgres, uri, tmp_path, "datasets", code)
+    runs = client.search_runs([exp_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert all([d.dataset.name for d in r.inputs.dataset_inputs] == ["synthetic"] for r in runs)
+    with psycopg.connect(f"{postgres}/mlflow") as conn:
+        assert conn.execute("SELECT count(*) FROM datasets WHERE experiment_id = %s",
+                            (int(exp_id),)).fetchone()[0] == 1

@@ -96,7 +96,7 @@ def log_dataset_input(prepared: Prepared, context: str, source: str | None = Non
     df = pd.DataFrame(prepared.rows())
     ds = mlflow.data.from_pandas(df, source=source or str(prepared.dataset.root), name=prepared.name,
                                  targets="label", digest=prepared.digest)
-    mlflow.log_input(ds, context=context)
+    tracking.log_input(ds, context=context)
 
 
 def class_count_metrics(dataset: Dataset) -> dict[str, float]:

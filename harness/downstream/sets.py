@@ -35,6 +35,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from harness import tracking
 from harness.data.generated import generated_set
 from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
@@ -272,15 +273,15 @@ def log_inputs(data: DownstreamData, eval_by_class: bool = True) -> None:
     log_dataset_input(data.prepared, context="real")
     if data.synthetic is not None:
         df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in data.synthetic.samples])
-        mlflow.log_input(mlflow.data.from_pandas(df, source=str(data.synthetic.root), name="synthetic",
-                                                 targets="label"), context="synthetic")
+        tracking.log_input(mlflow.data.from_pandas(df, source=str(data.synthetic.root), name="synthetic",
+                                                   targets="label"), context="synthetic")
     metrics = data.train.metrics() | {"n_test": len(data.test.all_samples)}
     reports = {"test": data.test.report()}
     if data.ham is not None:
         ham = data.ham.samples if eval_by_class else data.ham.all_samples
         df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in ham])
-        mlflow.log_input(mlflow.data.from_pandas(df, source=data.tags[TAG_EVAL_DATA], name="eval",
-                                                 targets="label"), context="eval")
+        tracking.log_input(mlflow.data.from_pandas(df, source=data.tags[TAG_EVAL_DATA], name="eval",
+                                                   targets="label"), context="eval")
         metrics["ham_n"] = len(ham)
         if eval_by_class:
             metrics["ham_n_excluded"] = sum(data.ham.excluded.values())

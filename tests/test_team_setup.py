@@ -136,9 +136,12 @@ class Cli:
         self.started: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str, cwd: Path | None = None) -> tuple[str, subprocess.Popen]:
+        return self.start_python(name, "-m", "entrypoints.cli", *args, cwd=cwd)
+
+    def start_python(self, name: str, *args: str, cwd: Path | None = None) -> tuple[str, subprocess.Popen]:
         with open(self.logs / f"{name}.out", "w") as out, open(self.logs / f"{name}.err", "w") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", *args], cwd=cwd or self.work,
-                                    env=self.env, stdout=out, stderr=err)
+            proc = subprocess.Popen([sys.executable, *args], cwd=cwd or self.work, env=self.env, stdout=out,
+                                    stderr=err)
         self.started.append(proc)
         return name, proc
 
@@ -332,21 +335,15 @@ def race(postgres: str, uri: str, work: Path, table: str, code: str) -> None:
     cli = Cli(work, uri)
     lock_holder = psycopg.connect(f"{postgres}/mlflow")
     lock_holder.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-    workers = []
     try:
-        for name in ("worker-a", "worker-b"):
-            with open(cli.logs / f"{name}.out", "w") as out, open(cli.logs / f"{name}.err", "w") as err:
-                workers.append((name, subprocess.Popen([sys.executable, "-c", code], cwd=work, env=cli.env,
-                                                       stdout=out, stderr=err)))
+        workers = [cli.start_python(name, "-c", code) for name in ("worker-a", "worker-b")]
         with psycopg.connect(f"{postgres}/mlflow", autocommit=True) as gate:
             release_when_waiting(gate, lock_holder, workers, cli.logs)
-        for name, proc in workers:
-            assert proc.wait(timeout=120) == 0, f"{name} failed:\n{(cli.logs / f'{name}.err').read_text()[-4000:]}"
+        for worker in workers:
+            cli.finish(worker)
     finally:
         lock_holder.close()
-        for _, proc in workers:
-            if proc.poll() is None:
-                proc.kill()
+        cli.stop_all()
 
 
 def test_workers_starting_on_one_new_experiment_at_once(postgres, tracking_server, tmp_path):

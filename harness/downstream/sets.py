@@ -266,22 +266,24 @@ def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_
     return DownstreamData(prepared, train, test, ham, synthetic, tags)
 
 
+def log_samples_input(samples: list[Sample], source: str, name: str) -> None:
+    """One MLflow dataset input (id, image, label per sample), its context = its name."""
+    import pandas as pd
+    df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in samples])
+    tracking.log_input(mlflow.data.from_pandas(df, source=source, name=name, targets="label"), context=name)
+
+
 def log_inputs(data: DownstreamData, eval_by_class: bool = True) -> None:
     """Dataset inputs (real with its digest, synthetic, eval), composition metrics and JSON artifacts.
     eval_by_class=False (segmentation): every `--eval-data` image counts, none is excluded."""
-    import pandas as pd
     log_dataset_input(data.prepared, context="real")
     if data.synthetic is not None:
-        df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in data.synthetic.samples])
-        tracking.log_input(mlflow.data.from_pandas(df, source=str(data.synthetic.root), name="synthetic",
-                                                   targets="label"), context="synthetic")
+        log_samples_input(data.synthetic.samples, str(data.synthetic.root), "synthetic")
     metrics = data.train.metrics() | {"n_test": len(data.test.all_samples)}
     reports = {"test": data.test.report()}
     if data.ham is not None:
         ham = data.ham.samples if eval_by_class else data.ham.all_samples
-        df = pd.DataFrame([{"id": s.id, "image": str(s.image), "label": s.label} for s in ham])
-        tracking.log_input(mlflow.data.from_pandas(df, source=data.tags[TAG_EVAL_DATA], name="eval",
-                                                   targets="label"), context="eval")
+        log_samples_input(ham, data.tags[TAG_EVAL_DATA], "eval")
         metrics["ham_n"] = len(ham)
         if eval_by_class:
             metrics["ham_n_excluded"] = sum(data.ham.excluded.values())

@@ -173,8 +173,13 @@ def train_unet(unet, text_encoder, scheduler, latent_mean: torch.Tensor, latent_
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         drop = torch.rand(batch_size, generator=generator) < uncond_prob
-        which = torch.where(drop, empty, label_ids[idx])
-        cond = text_encoder(prompt_ids)[0][which]          # all prompts at once (8 x 77 tokens): cheap
+        which = torch.where(drop, empty, label_ids[idx])                   # (B,) prompt index
+        embeddings = text_encoder(prompt_ids)[0]           # (P+1,77,H): all prompts at once, cheap
+        # Pick each sample's prompt by a one-hot matmul, not embeddings[which]: the backward of indexing
+        # adds gradients in a thread-dependent order on CPU (weights drifted 5e-6 apart in 20 steps
+        # between two equal runs); a matmul's backward is a fixed sum.
+        pick = torch.nn.functional.one_hot(which, len(prompt_ids)).to(embeddings.dtype)  # (B,P+1)
+        cond = (pick @ embeddings.flatten(1)).view(batch_size, *embeddings.shape[1:])   # (B,77,H)
         prediction = unet(noisy, timesteps, encoder_hidden_states=cond).sample
         mse = (prediction - noise).pow(2).mean(dim=(1, 2, 3))              # (B,)
         snr = compute_snr(scheduler, timesteps)
@@ -194,7 +199,7 @@ def train_unet(unet, text_encoder, scheduler, latent_mean: torch.Tensor, latent_
 # the whole recipe
 # ----------------------------------------------------------------------------------------------
 def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int = RESOLUTION,
-                    vae_steps: int = 1000, unet_steps: int = 3000, progress: bool = True) -> Path:
+                    vae_steps: int = 1000, unet_steps: int = 6000, progress: bool = True) -> Path:
     """Build and pre-train the tiny base, save it as a diffusers folder in output_dir, return the path.
 
     images_dir: a dataset with images/<class name>/<id>.png; None = the embedded demo dataset (seed 0).
@@ -211,9 +216,12 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
 
     parts = build_tiny_components(seed)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
-    generator = torch.Generator().manual_seed(seed)
+    # One random stream per stage, each from the seed: the UNet stage draws the same batches and noise
+    # whatever the VAE stage consumed (changing vae_steps does not reshuffle the UNet's data order).
+    vae_generator = torch.Generator().manual_seed(seed)
+    unet_generator = torch.Generator().manual_seed(seed)
 
-    vae_losses = train_vae(vae, images, masks, label_ids, vae_steps, generator, progress=progress)
+    vae_losses = train_vae(vae, images, masks, label_ids, vae_steps, vae_generator, progress=progress)
     vae.requires_grad_(False)
     latent_mean, latent_std = encode_all(vae, images)
     scaling_factor = float(1.0 / latent_mean.std())
@@ -224,7 +232,7 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
                                     truncation=True, return_tensors="pt").input_ids
     flip_label_ids = label_ids.repeat(4)            # encode_all stacks 4 flip variants of the images
     unet_losses = train_unet(unet, parts["text_encoder"], scheduler, latent_mean * scaling_factor,
-                             latent_std * scaling_factor, prompt_ids, flip_label_ids, unet_steps, generator,
+                             latent_std * scaling_factor, prompt_ids, flip_label_ids, unet_steps, unet_generator,
                              progress=progress)
     parts["text_encoder"].requires_grad_(False)
 
@@ -234,7 +242,7 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
     save_components(parts, staging)
     report = {
         "recipe": "harness.dualgen.pretrain_tiny.build_tiny_base",
-        "recipe_version": 2, "lesion_weight": LESION_WEIGHT, "snr_gamma": SNR_GAMMA, "class_balanced": True,
+        "recipe_version": 3, "lesion_weight": LESION_WEIGHT, "snr_gamma": SNR_GAMMA, "class_balanced": True,
         "seed": seed, "resolution": resolution, "vae_steps": vae_steps, "unet_steps": unet_steps,
         "images": len(images), "classes": class_names,
         "scaling_factor": scaling_factor,

@@ -144,17 +144,17 @@ def metrics_of(runs, stage, **params):
 
 
 def test_generated_classes_are_recognised(pipeline_runs):
-    """CAS >= 0.80 overall (a classifier trained on the real train split names the prompt's class) and
-    every class at least twice as often as chance (2/7); masks non-empty for >= 95 % of the pairs. The
-    issue's per-class floor of 0.50 is not met yet: the tiny base draws vascular lesions as nevi about
-    half the time (README, "CAS and mask consistency")."""
+    """The issue's floors: CAS >= 0.80 overall (a classifier trained on the real train split names the
+    prompt's class) and >= 0.50 for every class; masks non-empty for >= 95 % of the pairs. Measured with
+    recipe 3's tiny base: 0.92 overall, weakest class actinic keratosis at 0.50 (README, "CAS and
+    mask consistency")."""
     _, runs, _, _ = pipeline_runs
     [synth] = [r for r in by_stage(runs, STAGE_EVALUATE) if r.data.params.get("fake")]
     m = synth.data.metrics
     per_class = {k: v for k, v in m.items() if k.startswith("cas/")}
     assert len(per_class) == 7
     assert m["cas"] >= 0.80, m["cas"]
-    assert min(per_class.values()) >= 2 / 7, per_class
+    assert min(per_class.values()) >= 0.50, per_class
     assert m["mask_nonempty"] >= 0.95
     assert 0.0 < m["mask_consistency"] <= 1.0
 

@@ -391,7 +391,7 @@ def test_fused_lora_generates_the_same_pairs_and_refuses_to_save(dual_pipe, tmp_
 def test_unet_stage_gives_equal_weights_twice():
     """The UNet stage run twice from one seed ends with bit-equal weights. With the prompt picked as
     embeddings[which], the backward of the indexing adds gradients in a thread-dependent order: in this
-    setting the weights of two equal runs drifted 4e-6 to 5e-6 apart (checked before the one-hot pick)."""
+    setting the weights of two equal runs drifted 3.6e-6 to 4.1e-6 apart (3 tries, checked before the one-hot pick)."""
     prompts = [PROMPT_TEMPLATE.format(class_name=c) for c in DEMO_CLASSES] + [""]
 
     def run():
@@ -405,7 +405,8 @@ def test_unet_stage_gives_equal_weights_twice():
         return [p.detach().clone() for m in ("unet", "text_encoder") for p in parts[m].parameters()]
 
     first, second = run(), run()
-    assert max((a - b).abs().max().item() for a, b in zip(first, second)) == 0.0
+    drift = max((a - b).abs().max().item() for a, b in zip(first, second))
+    assert drift == 0.0, drift
     untrained = build_tiny_components(seed=0)["unet"].parameters()
     assert not all(torch.equal(a, b) for a, b in zip(first, untrained))                  # it trained
 

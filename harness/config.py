@@ -258,7 +258,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "paper": {},
         # guidance 5.0, not the paper's 1.22 (tuned by Optuna for SD2): on the recipe-2 tiny base the classes
         # were recognised (CAS, 12 images per class) 0.71-0.75 of the time at 3.0 and 0.80-0.82 at 5.0;
-        # with recipe 3 the demo main scores 0.92 at 5.0 (README, "CAS and image-mask consistency")
+        # with recipe 4 the demo main scores 0.96 at 5.0 (README, "CAS and image-mask consistency")
         "demo": {"resolution": 64, "per_class": 4, "guidance_scale": 5.0, "reference_profile": "demo"},
     },
     STAGE_EVALUATE: {"paper": {}, "demo": {"lpips_pairs": 100, "reference_profile": "demo"}},

@@ -401,7 +401,7 @@ def test_unet_stage_gives_equal_weights_twice():
         latents = torch.randn(28, 4, 16, 16, generator=torch.Generator().manual_seed(1))
         train_unet(parts["unet"], parts["text_encoder"], parts["scheduler"], latents, 0.1 * latents.abs(),
                    ids, torch.arange(7).repeat(4), steps=20, generator=torch.Generator().manual_seed(0),
-                   progress=False)
+                   batch_size=16, progress=False)
         return [p.detach().clone() for m in ("unet", "text_encoder") for p in parts[m].parameters()]
 
     first, second = run(), run()

@@ -2,7 +2,7 @@
 
 A LoRA fine-tune adapts a model that already generates images; a randomly initialised base gives LoRA
 nothing to adapt. The real SD2 was pre-trained on LAION; our tiny stand-in is pre-trained here, on CPU,
-in about half an hour on 2 cores, by the same latent-diffusion recipe at toy scale:
+in about 16 min on 2 cores, by the same latent-diffusion recipe at toy scale:
 
   1. VAE (3 channels, like SD2's): full-weight training on RGB images, L1 + 2 x MSE reconstruction with
      the lesion's pixels weighted 5x (LESION_WEIGHT) + a small KL term; then scaling_factor =
@@ -16,10 +16,10 @@ in about half an hour on 2 cores, by the same latent-diffusion recipe at toy sca
      which is where the class hardly matters).
   Both stages draw class-balanced batches (a class uniformly, then an image of it): the demo's nevi
   would otherwise be a third of all updates and the small classes would not be learned.
-  How long the UNet trains decides how faithfully a demo fine-tune draws each class (CAS: a ResNet34
-  trained on the real demo train split names the prompt's class, 24 images per class): 3,000 steps x 16
-  latents gave 0.80 (weakest class 0.42), 6,000 x 8 0.85 (weakest 0.25), 6,000 x 16 0.88 (weakest
-  0.62). Latents seen is the lever, not optimizer steps; 6,000 x 16 is the default (recipe 3).
+  How many latents the UNet stage sees decides how faithfully a demo fine-tune draws each class (CAS:
+  a ResNet34 trained on the real demo train split names the prompt's class): 3,000 steps x 16 latents
+  gave 0.80 (weakest class 0.42), 6,000 x 16 0.88-0.92 (weakest 0.50-0.62), 3,000 x 32 with a fused
+  AdamW 0.96 (weakest 0.83) in half the time of 6,000 x 16 (recipe 4, the default).
   The text encoder trains together with the UNet (SD2's OpenCLIP came pre-trained by contrastive
   learning; ours has no other source of meaning). It is frozen again afterwards, as in SD2.
 
@@ -47,6 +47,7 @@ from harness.dualgen.tiny import RESOLUTION, build_tiny_components, count_params
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 LESION_WEIGHT = 4.0        # VAE loss weight of a lesion pixel: 1 + LESION_WEIGHT (skin: 1)
 SNR_GAMMA = 5.0            # Min-SNR weighting of the UNet loss
+UNET_BATCH = 32            # latents per UNet step: 32 keeps both cores busy, 16 used ~1.1 of 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def train_vae(vae, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tens
     """Reconstruction (L1 + 2 x MSE, lesion pixels weighted 1 + LESION_WEIGHT) + kl_weight x KL per
     latent element, class-balanced batches, random flips. Returns the per-step L1 (unweighted)."""
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, fused=True)
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=20, num_training_steps=steps)
     losses = []
     for _ in _progress(range(steps), "tiny VAE", progress):
@@ -154,7 +155,7 @@ def encode_all(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 def train_unet(unet, text_encoder, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor,
                prompt_ids: torch.Tensor, label_ids: torch.Tensor, steps: int, generator: torch.Generator,
-               batch_size: int = 16, lr: float = 2e-3, uncond_prob: float = 0.1,
+               batch_size: int = UNET_BATCH, lr: float = 2e-3, uncond_prob: float = 0.1,
                progress: bool = True) -> list[float]:
     """Epsilon-prediction MSE (Eq. 5) with Min-SNR-5 weights, on latents already multiplied by the VAE
     scaling factor, class-balanced batches.
@@ -166,7 +167,7 @@ def train_unet(unet, text_encoder, scheduler, latent_mean: torch.Tensor, latent_
     unet.train()
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)   # one kernel per step: ~5-9 % faster
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=50, num_training_steps=steps)
     empty = len(prompt_ids) - 1
     losses = []
@@ -203,7 +204,7 @@ def train_unet(unet, text_encoder, scheduler, latent_mean: torch.Tensor, latent_
 # the whole recipe
 # ----------------------------------------------------------------------------------------------
 def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int = RESOLUTION,
-                    vae_steps: int = 1000, unet_steps: int = 6000, progress: bool = True) -> Path:
+                    vae_steps: int = 1000, unet_steps: int = 3000, progress: bool = True) -> Path:
     """Build and pre-train the tiny base, save it as a diffusers folder in output_dir, return the path.
 
     images_dir: a dataset with images/<class name>/<id>.png; None = the embedded demo dataset (seed 0).
@@ -246,7 +247,8 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
     save_components(parts, staging)
     report = {
         "recipe": "harness.dualgen.pretrain_tiny.build_tiny_base",
-        "recipe_version": 3, "lesion_weight": LESION_WEIGHT, "snr_gamma": SNR_GAMMA, "class_balanced": True,
+        "recipe_version": 4, "lesion_weight": LESION_WEIGHT, "snr_gamma": SNR_GAMMA, "class_balanced": True,
+        "unet_batch_size": UNET_BATCH, "fused_adamw": True,
         "seed": seed, "resolution": resolution, "vae_steps": vae_steps, "unet_steps": unet_steps,
         "images": len(images), "classes": class_names,
         "scaling_factor": scaling_factor,

@@ -21,7 +21,7 @@ from harness.dualgen.lora import (
 )
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline
-from harness.dualgen.pretrain_tiny import build_tiny_base, load_class_images, train_unet
+from harness.dualgen.pretrain_tiny import build_tiny_base, class_prompt_ids, load_class_images, train_unet
 from harness.dualgen.tiny import build_tiny_components, save_components
 from harness.dualgen.vae4 import decode, encode, mask_from_logits, mask_trainable_parameters, widen_vae
 
@@ -392,12 +392,9 @@ def test_unet_stage_gives_equal_weights_twice():
     """The UNet stage run twice from one seed ends with bit-equal weights. With the prompt picked as
     embeddings[which], the backward of the indexing adds gradients in a thread-dependent order: in this
     setting the weights of two equal runs drifted 3.6e-6 to 4.1e-6 apart (3 tries, checked before the one-hot pick)."""
-    prompts = [PROMPT_TEMPLATE.format(class_name=c) for c in DEMO_CLASSES] + [""]
-
     def run():
         parts = build_tiny_components(seed=0)
-        ids = parts["tokenizer"](prompts, padding="max_length", max_length=77, truncation=True,
-                                 return_tensors="pt").input_ids                      # (8,77)
+        ids = class_prompt_ids(parts["tokenizer"], list(DEMO_CLASSES))                 # (8,77)
         latents = torch.randn(28, 4, 16, 16, generator=torch.Generator().manual_seed(1))
         train_unet(parts["unet"], parts["text_encoder"], parts["scheduler"], latents, 0.1 * latents.abs(),
                    ids, torch.arange(7).repeat(4), steps=20, generator=torch.Generator().manual_seed(0),

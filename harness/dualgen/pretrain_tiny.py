@@ -263,6 +263,7 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
         "unet_mse_last100": float(np.mean(unet_losses[-100:])),
         "seconds": round(time.time() - started, 1),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "openmp_wait": {key: os.environ.get(key, "") for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
     }
     (staging / "build.json").write_text(json.dumps(report, indent=1) + "\n")
     os.chmod(staging, 0o755)                          # mkdtemp makes it 0700

@@ -367,8 +367,10 @@ def test_model_folder_reproduces_bytes(dual_pipe, tmp_path):
 
 
 def test_fused_lora_generates_the_same_pairs_and_refuses_to_save(dual_pipe, tmp_path):
-    """generate/tune/the pyfunc model load the pipeline with its LoRA merged into the UNet: the same
-    pairs up to float rounding (one 8-bit level, masks all but a rare threshold pixel)."""
+    """generate/tune/the pyfunc model load the pipeline with its LoRA merged into the UNet, peft's
+    wrappers removed and each attention's projections joined: the same pairs up to float rounding (one
+    8-bit level, masks all but a rare threshold pixel), and weights equal to W + alpha/r * B A
+    computed here from the unfused pipeline's LoRA factors."""
     kw = {"num_inference_steps": 3, "height": 32, "width": 32, "progress": False}
     dual_pipe.save(tmp_path / "model")
     unfused = DualGenPipeline.from_folder(tmp_path / "model")
@@ -378,9 +380,28 @@ def test_fused_lora_generates_the_same_pairs_and_refuses_to_save(dual_pipe, tmp_
     b = as_arrays(fused(PROMPTS, [1, 2, 3], **kw))
     for x, y in zip(a, b):
         assert np.abs(x[0].astype(int) - y[0].astype(int)).max() <= 1 and (x[1] != y[1]).mean() < 0.01
+
+    from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
     from peft.tuners.tuners_utils import BaseTunerLayer
-    [u, f] = [next(m for m in p.unet.modules() if isinstance(m, BaseTunerLayer)) for p in (unfused, fused)]
-    assert not torch.equal(u.base_layer.weight, f.base_layer.weight)     # W + scale * B A is in the layer
+    assert not any(isinstance(m, BaseTunerLayer) for m in fused.unet.modules())
+    scale = json.loads((tmp_path / "model" / "dualgen.json").read_text())["lora"]
+    scale = scale["alpha"] / scale["rank"]
+
+    def merged(layer):                                   # W + alpha/r * B A from the unfused peft layer
+        return layer.base_layer.weight + scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+
+    fused_modules = dict(fused.unet.named_modules())
+    pairs = [(u, fused_modules[name]) for name, u in unfused.unet.named_modules() if isinstance(u, Attention)]
+    assert len(pairs) >= 2 and {type(f.processor) for _, f in pairs} == {FusedAttnProcessor2_0}
+    for u, f in pairs:
+        assert not torch.equal(u.to_out[0].base_layer.weight, f.to_out[0].weight)     # the LoRA is in it
+        torch.testing.assert_close(f.to_out[0].weight, merged(u.to_out[0]), rtol=0, atol=1e-6)
+        if u.is_cross_attention:                         # k, v from the text; q from the image
+            joined = torch.cat([merged(u.to_k), merged(u.to_v)])
+            torch.testing.assert_close(f.to_q.weight, merged(u.to_q), rtol=0, atol=1e-6)
+        else:
+            joined = torch.cat([merged(u.to_q), merged(u.to_k), merged(u.to_v)])
+        torch.testing.assert_close((f.to_kv if u.is_cross_attention else f.to_qkv).weight, joined, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="fused"):
         fused.save(tmp_path / "again")
 

@@ -6,9 +6,10 @@ Rows (each a section of its own; one failing section is recorded and the others 
                     bf16 + gradient checkpointing: peak allocated GiB (target < 16) and s/step (median
                     of the steps after the first two; each step timed from one training_step call to
                     the next, so the backward pass and the optimizer step are in it)
-  sd2_generate      DualGenPipeline (RGB + mask, LoRA unfused) vs the stock StableDiffusionPipeline
-                    (3-channel VAE, PIL output) on the same SD2-shaped UNet, 512 px, 45 DDIM steps,
-                    guidance 1.22, batch 4, bf16: images/s each and their ratio
+  sd2_generate      DualGenPipeline (RGB + mask) with the LoRA unfused, and with it fused as `generate`
+                    loads it (on a copy of the UNet), vs the stock StableDiffusionPipeline (3-channel
+                    VAE, PIL output, unfused LoRA) on the same SD2-shaped UNet, 512 px, 45 DDIM steps,
+                    guidance 1.22, batch 4, bf16: images/s each and the time ratios to the stock
   classify_epoch    one training epoch of each paper classifier at 224 px, batch 32, on the demo set
                     (autocast bf16 on GPU): seconds and images/s
 
@@ -116,24 +117,34 @@ def sd2_generate(device: str, smoke: bool, resolution: int, steps: int, batch: i
     for m in (c["unet"], c["text_encoder"], vae4, vae3):
         m.to(device, dtype)
     ours = DualGenPipeline(c["unet"], vae4, c["text_encoder"], c["tokenizer"], c["scheduler"])
+    fused = DualGenPipeline(copy.deepcopy(c["unet"]), vae4, c["text_encoder"], c["tokenizer"], c["scheduler"])
+    synchronize(device)
+    t0 = time.perf_counter()
+    fused.fuse_lora()                                   # what `generate` does once after loading
+    synchronize(device)
+    fuse_s = time.perf_counter() - t0
     stock = StableDiffusionPipeline(vae=vae3, text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
                                     scheduler=ours.scheduler.__class__.from_config(c["scheduler"].config),
                                     safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     stock.set_progress_bar_config(disable=True)
     prompts = [PROMPT_TEMPLATE.format(class_name="melanoma")] * batch
 
-    def run_ours(i):
-        ours(prompts, seeds=list(range(i, i + batch)), num_inference_steps=steps, guidance_scale=1.22,
-             height=resolution, width=resolution, batch_size=batch, progress=False)
+    def dualgen(pipe):
+        def run(i):
+            pipe(prompts, seeds=list(range(i, i + batch)), num_inference_steps=steps, guidance_scale=1.22,
+                 height=resolution, width=resolution, batch_size=batch, progress=False)
+        return run
 
     def run_stock(i):
         stock(prompts, num_inference_steps=steps, guidance_scale=1.22, height=resolution, width=resolution,
               generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
 
-    times = {"ours": [], "stock": []}
-    run_ours(0), run_stock(0)                            # warm-up
+    runs = {"ours": dualgen(ours), "fused": dualgen(fused), "stock": run_stock}
+    times = {name: [] for name in runs}
+    for fn in runs.values():
+        fn(0)                                           # warm-up
     for i in range(1, repeats + 1):
-        for name, fn in (("ours", run_ours), ("stock", run_stock))[:: 1 if i % 2 else -1]:
+        for name, fn in list(runs.items())[:: 1 if i % 2 else -1]:
             synchronize(device)
             t0 = time.perf_counter()
             fn(i)
@@ -141,8 +152,9 @@ def sd2_generate(device: str, smoke: bool, resolution: int, steps: int, batch: i
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"resolution": resolution, "steps": steps, "batch": batch, "guidance_scale": 1.22, "dtype": str(dtype),
-            "lora": "unfused", "images_per_s_ours": batch / med["ours"], "images_per_s_stock": batch / med["stock"],
-            "ratio_ours_over_stock_time": med["ours"] / med["stock"], "repeats": repeats}
+            "images_per_s_ours": batch / med["ours"], "images_per_s_ours_fused": batch / med["fused"],
+            "images_per_s_stock": batch / med["stock"], "ratio_ours_over_stock_time": med["ours"] / med["stock"],
+            "ratio_fused_over_stock_time": med["fused"] / med["stock"], "fuse_seconds": fuse_s, "repeats": repeats}
 
 
 # ------------------------------------------------------------------------------------------------

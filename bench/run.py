@@ -164,10 +164,11 @@ def generate_pair(device, batch, steps=20, resolution=64, fuse=False):
     from harness.dualgen.vae4 import widen_vae
     c, vae3 = tiny(device), tiny(device)["vae"]
     add_lora(c["unet"])
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():                # a trained LoRA is not zero: B = 0 at init would fuse to nothing
         for name, p in c["unet"].named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     ours_unet = copy.deepcopy(c["unet"]) if fuse else c["unet"]
     ours_pipe = DualGenPipeline(ours_unet, widen_vae(c["vae"]), c["text_encoder"], c["tokenizer"], c["scheduler"])
     t0 = time.perf_counter()

@@ -384,8 +384,8 @@ def test_fused_lora_generates_the_same_pairs_and_refuses_to_save(dual_pipe, tmp_
     from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
     from peft.tuners.tuners_utils import BaseTunerLayer
     assert not any(isinstance(m, BaseTunerLayer) for m in fused.unet.modules())
-    scale = json.loads((tmp_path / "model" / "dualgen.json").read_text())["lora"]
-    scale = scale["alpha"] / scale["rank"]
+    lora = json.loads((tmp_path / "model" / "dualgen.json").read_text())["lora"]
+    scale = lora["alpha"] / lora["rank"]
 
     def merged(layer):                                   # W + alpha/r * B A from the unfused peft layer
         return layer.base_layer.weight + scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight

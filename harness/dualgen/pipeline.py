@@ -147,8 +147,9 @@ class DualGenPipeline:
         the unfused pipeline's up to float rounding (on the demo model at most one 8-bit level per pixel,
         masks identical but a rare threshold pixel). Time per generation call against the stock
         pipeline with unfused LoRA, tiny model, 64 px, batch 4, 1 thread: merging only 0.88-0.91x, all
-        three with inference mode 0.82-0.89x (it varies from process to process). There is no way back: load the folder again for an unfused pipeline, which is
-        also the only kind that can be saved."""
+        three with inference mode 0.82-0.89x (it varies from process to process). There is no way
+        back: load the folder again for an unfused pipeline, which is also the only kind that can be
+        saved."""
         if not self.fused:
             self.unet.fuse_lora()                    # W <- W + scale * B A in every LoRA layer
             self.unet.unload_lora()                  # peft's wrappers out: one Linear per projection

@@ -96,6 +96,8 @@ class GenerateConfig:
     resolution: int = 512
     batch_size: int = 8
     mask_threshold: float = 0.5
+    # beyond the paper: torch.compile the fused UNet (a one-off compile, then faster steps; pays on large sets)
+    compile_unet: bool = False
     settings_from_run: str = ""     # a tune run id: take steps/guidance from it
     output_dir: str = ""            # "" = outputs/generate/<run id>
     # beyond the paper: keep only pairs whose mask agrees with a real-trained segmenter (0 = keep all)

@@ -406,6 +406,30 @@ def test_fused_lora_generates_the_same_pairs_and_refuses_to_save(dual_pipe, tmp_
         fused.save(tmp_path / "again")
 
 
+def test_compiled_unet_generates_the_same_pairs_and_compiles_for_one_shape(dual_pipe, tmp_path):
+    """compile_unet (generate --compile-unet true): the fused UNet under torch.compile gives the fused
+    pipeline's pairs up to float rounding, and a short last batch is padded, so the UNet is compiled
+    for one shape only (here a second compilation raises)."""
+    from torch._dynamo.utils import counters
+    kw = {"num_inference_steps": 3, "height": 32, "width": 32, "batch_size": 3, "progress": False}
+    prompts, seeds = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[1]], [1, 2, 3, 4]    # batches of 3 and 1
+    dual_pipe.save(tmp_path / "model")
+    fused = DualGenPipeline.from_folder(tmp_path / "model", fuse=True)
+    compiled = DualGenPipeline.from_folder(tmp_path / "model", compile_unet=True)
+    assert compiled.fused and compiled.compiled and not fused.compiled
+    a = as_arrays(fused(prompts, seeds, **kw))
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        b = as_arrays(compiled(prompts, seeds, **kw))
+    assert counters["stats"]["unique_graphs"] >= 1                       # the UNet ran compiled
+    assert len(b) == 4
+    for x, y in zip(a, b):          # the last pair: UNet batch 1 against 3 (padded), up to 2 levels
+        assert np.abs(x[0].astype(int) - y[0].astype(int)).max() <= 2 and (x[1] != y[1]).mean() < 0.01
+    with pytest.raises(ValueError, match="fused"):
+        compiled.save(tmp_path / "again")
+
+
 # ------------------------------------------------------------------------------------------------
 # pre-training recipe
 # ------------------------------------------------------------------------------------------------

@@ -226,7 +226,9 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
     todo = plan(training, cfg)
     judge = consistency_judge(training, cfg, progress) if cfg.min_consistency > 0 else None
     with tracking.stage_run(STAGE_GENERATE, cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
-        pipe = DualGenPipeline.from_folder(folder, fuse=True)
+        pipe = DualGenPipeline.from_folder(folder, fuse=True, compile_unet=cfg.compile_unet)
+        if cfg.compile_unet and progress:
+            print("generate: the first batch compiles the UNet (torch.compile, a one-off minute or so)", flush=True)
         template = training["prompt_template"]
         jobs, seeds, pairs, stats = generate_consistent(pipe, template, todo, cfg, judge, progress)
         out = Path(cfg.output_dir or Path("outputs") / "generate" / run.info.run_id).resolve()

@@ -53,6 +53,7 @@ class DualGenPipeline:
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.base_info = dict(base_info or {})
         self._fused = False                          # fuse_lora() makes it True, for good
+        self._compiled = False                       # compile_unet() makes it True, for good
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.prompts = PromptCache(tokenizer, text_encoder)
         self.sd = StableDiffusionPipeline(
@@ -86,8 +87,12 @@ class DualGenPipeline:
         results = []
         with _eval_mode(self.unet, self.vae, self.text_encoder):
             for start in starts:
-                batch_prompts = prompts[start:start + batch_size]
-                generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + batch_size]]
+                batch_prompts, batch_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
+                n = len(batch_prompts)
+                if self.compiled:       # one shape for the compiled UNet: a short batch would compile it again
+                    batch_prompts += batch_prompts[-1:] * (batch_size - n)      # padding, dropped below
+                    batch_seeds += batch_seeds[-1:] * (batch_size - n)
+                generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
                 latents = self.sd(
                     prompt_embeds=self.prompts(batch_prompts),
                     negative_prompt_embeds=self.prompts([""] * len(batch_prompts)),
@@ -98,7 +103,7 @@ class DualGenPipeline:
                     generator=generators,
                     output_type="latent",
                 ).images
-                rgb, mask_logits = decode(self.vae, latents)
+                rgb, mask_logits = decode(self.vae, latents[:n])
                 results += _to_pil(rgb, mask_from_logits(mask_logits, mask_threshold))
         return results
 
@@ -157,12 +162,32 @@ class DualGenPipeline:
             self._fused = True
         return self
 
+    def compile_unet(self) -> DualGenPipeline:
+        """Fuse the LoRA (fuse_lora) and compile the UNet with torch.compile (inductor, static shapes).
+        The first generation call then compiles, a one-off cost (tiny model on 2 CPU cores: ~45 s), and
+        every call after it is faster: 0.71x the stock pipeline's time with unfused LoRA, against 0.82-0.89x
+        fused alone (tiny model, 64 px, batch 4, 20 steps, 1 thread). Every batch then runs at
+        `batch_size` (a short last batch is padded with copies of its last sample, dropped after), since
+        another shape would compile again. Worth it when the run makes many UNet calls (the paper's
+        hundreds of 512 px pairs per class); on the demo's 114 pairs at 64 px the compile costs more than
+        it saves, so it is off by default (GenerateConfig.compile_unet)."""
+        self.fuse_lora()
+        if not self._compiled:
+            self.unet.compile()                      # in place: the same module, its forward compiled
+            self._compiled = True
+        return self
+
     @property
     def fused(self) -> bool:
         return self._fused
 
+    @property
+    def compiled(self) -> bool:
+        return self._compiled
+
     @classmethod
-    def from_folder(cls, folder, dtype=torch.float32, fuse: bool = False) -> DualGenPipeline:
+    def from_folder(cls, folder, dtype=torch.float32, fuse: bool = False,
+                    compile_unet: bool = False) -> DualGenPipeline:
         folder = Path(folder)
         meta_path = folder / "dualgen.json"
         if not meta_path.is_file():
@@ -183,6 +208,8 @@ class DualGenPipeline:
         vae.requires_grad_(False)
         load_lora(base.unet, folder / "lora")
         pipe = cls(base.unet, vae, base.text_encoder, base.tokenizer, base.scheduler, base_info=recorded)
+        if compile_unet:
+            return pipe.compile_unet()               # fuses too
         return pipe.fuse_lora() if fuse else pipe
 
 

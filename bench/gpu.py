@@ -10,6 +10,9 @@ Rows (each a section of its own; one failing section is recorded and the others 
                     loads it (on a copy of the UNet), vs the stock StableDiffusionPipeline (3-channel
                     VAE, PIL output, unfused LoRA) on the same SD2-shaped UNet, 512 px, 45 DDIM steps,
                     guidance 1.22, batch 4, bf16: images/s each and the time ratios to the stock
+  sd2_generate_compiled  the fused pipeline with its UNet under torch.compile (`generate --compile-unet
+                    true`) vs the same stock pipeline, same sizes: images/s, the time ratio and the
+                    one-off compile seconds (its own section: a failing compile loses no other row)
   classify_epoch    one training epoch of each paper classifier at 224 px, batch 32, on the demo set
                     (autocast bf16 on GPU): seconds and images/s
 
@@ -101,8 +104,10 @@ def sd2_finetune(device: str, smoke: bool, resolution: int, batch: int, steps: i
 
 
 # ------------------------------------------------------------------------------------------------
-def sd2_generate(device: str, smoke: bool, resolution: int, steps: int, batch: int, repeats: int) -> dict:
-    """DualGenPipeline vs the stock pipeline on the same UNet (with LoRA) and text encoder."""
+def sd2_generate(device: str, smoke: bool, resolution: int, steps: int, batch: int, repeats: int,
+                 compiled: bool = False) -> dict:
+    """DualGenPipeline vs the stock pipeline on the same UNet (with LoRA) and text encoder: unfused and
+    fused, or (compiled) fused with the UNet compiled."""
     from diffusers import StableDiffusionPipeline
 
     from harness.config import PROMPT_TEMPLATE
@@ -140,6 +145,14 @@ def sd2_generate(device: str, smoke: bool, resolution: int, steps: int, batch: i
               generator=[torch.Generator().manual_seed(i + k) for k in range(batch)], output_type="pil")
 
     runs = {"ours": dualgen(ours), "fused": dualgen(fused), "stock": run_stock}
+    compile_s = None
+    if compiled:
+        runs = {"compiled": dualgen(fused.compile_unet()), "stock": run_stock}     # unfused ours not timed
+        synchronize(device)
+        t0 = time.perf_counter()
+        runs["compiled"](0)                             # compiles the UNet
+        synchronize(device)
+        compile_s = time.perf_counter() - t0
     times = {name: [] for name in runs}
     for fn in runs.values():
         fn(0)                                           # warm-up
@@ -151,6 +164,11 @@ def sd2_generate(device: str, smoke: bool, resolution: int, steps: int, batch: i
             synchronize(device)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    if compiled:
+        return {"resolution": resolution, "steps": steps, "batch": batch, "guidance_scale": 1.22, "dtype": str(dtype),
+                "images_per_s_ours_compiled": batch / med["compiled"], "images_per_s_stock": batch / med["stock"],
+                "ratio_compiled_over_stock_time": med["compiled"] / med["stock"], "compile_seconds": compile_s,
+                "repeats": repeats}
     return {"resolution": resolution, "steps": steps, "batch": batch, "guidance_scale": 1.22, "dtype": str(dtype),
             "images_per_s_ours": batch / med["ours"], "images_per_s_ours_fused": batch / med["fused"],
             "images_per_s_stock": batch / med["stock"], "ratio_ours_over_stock_time": med["ours"] / med["stock"],
@@ -209,6 +227,7 @@ def run_checks(device: str, out_path: str, smoke: bool = False) -> dict:
     sections = {
         "sd2_finetune": lambda: sd2_finetune(device, smoke, *sizes["finetune"]),
         "sd2_generate": lambda: sd2_generate(device, smoke, *sizes["generate"]),
+        "sd2_generate_compiled": lambda: sd2_generate(device, smoke, *sizes["generate"], compiled=True),
         "classify_epoch": lambda: classify_epoch(device, *sizes["classify"]),
     }
     result = {"environment": environment(device), "smoke": smoke}

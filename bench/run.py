@@ -304,9 +304,9 @@ def finetunes_taking_turns(configs: dict, turns: TakeTurns | None = None) -> Tak
     turns, errors = turns or TakeTurns(list(configs)), {}
     original = T.training_step
 
-    def step_in_turn(batch, unet, vae, scheduler, cache, cfg, step, dev):
+    def step_in_turn(batch, unet, vae, scheduler, cache, cfg, step, dev, rank=0):
         turns.step(threading.current_thread().name, last=step == cfg.max_train_steps - 1)
-        return original(batch, unet, vae, scheduler, cache, cfg, step, dev)
+        return original(batch, unet, vae, scheduler, cache, cfg, step, dev, rank=rank)
 
     def run(name):
         try:
@@ -482,7 +482,10 @@ def bench_evaluate_cache():
         fakes = [make_demo_dataset(f"{tmp}/fake{i}", seed=i + 1, per_class=4) for i in range(2)]
         times = []
         for fake in fakes:
-            cfg = EvaluateConfig(real=str(real), fake=str(fake), lpips_pairs=100, cache_dir=f"{tmp}/cache")
+            # judges off: this row is the feature-statistics cache (CAS/consistency judges would train
+            # reference models at the paper's settings on the first evaluation)
+            cfg = EvaluateConfig(real=str(real), fake=str(fake), lpips_pairs=100, cache_dir=f"{tmp}/cache",
+                                 cas_model="none", consistency_model="none")
             t0 = time.perf_counter()
             evaluate(cfg, experiment="bench", progress=False)
             times.append(time.perf_counter() - t0)

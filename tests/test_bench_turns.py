@@ -1,13 +1,14 @@
 """The turn-taking used by the tracking benchmark (bench/run.py): threads run one step at a time, in
-turn, and a failing thread never leaves the others waiting. No timings are asserted. Also: a
-benchmark's temporary MLflow store does not outlive it."""
+turn, and a failing thread never leaves the others waiting; two real tiny fine-tunes go through it. No
+timings are asserted. Also: a benchmark's temporary MLflow store does not outlive it."""
 import os
 import threading
 
+import mlflow
 import pytest
 
 from bench.gpu import tracking_store
-from bench.run import TakeTurns
+from bench.run import TakeTurns, finetunes_taking_turns
 
 
 def _run(turns, name, steps, log, fail_at=None):
@@ -80,3 +81,20 @@ def test_tracking_store_restores_the_environment(before, monkeypatch):
         assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/bench/m.db"
         raise KeyError("a benchmark failed")
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+
+
+def test_two_real_finetunes_take_turns_through_finetunes_training_step(tiny_folder, demo_small, small, experiment,
+                                                                      tmp_path):
+    """The benchmark's wrapper of training_step must take every argument finetune passes (it once broke
+    the whole bench when finetune began to pass `rank`), and put the real function back after."""
+    from harness.config import FinetuneConfig
+    from harness.dualgen import train as T
+    original = T.training_step
+    cfgs = {n: small(FinetuneConfig, data_dir=str(demo_small), base_model=str(tiny_folder), max_train_steps=3,
+                     output_dir=str(tmp_path / n), test_fraction=0.25) for n in ("a", "b")}
+    turns = finetunes_taking_turns(cfgs)
+    assert [len(turns.turns[n]) for n in ("a", "b")] == [2, 2]        # steps 0 and 1 timed, the last not
+    assert T.training_step is original
+    runs = mlflow.search_runs(experiment_names=["bench"], output_format="list")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert {r.data.params["output_dir"] for r in runs} == {str(tmp_path / "a"), str(tmp_path / "b")}

@@ -13,6 +13,9 @@ D = PipelineConfig()
 @click.option("--base-model", default=D.base_model, help="'' = the profile's base model")
 @click.option("--env-manager", default=D.env_manager, show_default=True,
               help="env manager for the child `mlflow run`s (local, virtualenv, conda, uv)")
+@click.option("--launcher", type=click.Choice(["auto", "fork", "mlflow"]), default=D.launcher, show_default=True,
+              help="how a child run starts: fork (of a server with the stages imported), mlflow (`mlflow run`); "
+                   "auto = fork for --env-manager local")
 @click.option("--eval-data", default=D.eval_data,
               help="HAM10000 folder for Table 3 ('' = demo: the shifted HAM-layout demo set; paper: none)")
 @click.option("--max-parallel", type=int, default=D.max_parallel, show_default=True,
@@ -26,10 +29,11 @@ D = PipelineConfig()
                    "explain) beyond the profile, e.g. --set classify.epochs=5; repeatable")
 @experiment_option
 @user_errors
-def main(profile, data_dir, base_model, env_manager, eval_data, max_parallel, ui_url, seed, models, overrides,
-         experiment):
+def main(profile, data_dir, base_model, env_manager, launcher, eval_data, max_parallel, ui_url, seed, models,
+         overrides, experiment):
     from harness.pipeline import run_pipeline
     cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager,
+                         launcher=launcher,
                          eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed, models=models,
                          overrides=tuple(overrides))
     run_pipeline(cfg, experiment=experiment, log=click.echo)

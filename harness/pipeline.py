@@ -1,7 +1,8 @@
 """The `main` entry point: the paper's steps in order, as child runs of one parent run.
 
-Each step is an `mlflow.projects.run` of this project's own entry point (same env manager as the
-parent), so a child run is exactly what a user gets from `mlflow run . -e <step>`. Before running a
+Each step is a run of this project's own entry point, created by MLflow's project code and started by
+harness/launcher.py (a fork of a server that has the stages imported, or a stock `mlflow run` process
+for env managers other than local), so a child run is what a user gets from `mlflow run . -e <step>`. Before running a
 step, the parent resolves the step's full config (profile + parameters) and looks for a FINISHED run
 of that step with the same params and code version: if there is one, it is reused, not redone, so an
 interrupted pipeline continues where it stopped. Outputs pass forward as run ids / model URIs.
@@ -33,7 +34,7 @@ from typing import Callable
 import mlflow
 import psutil
 
-from harness import tracking
+from harness import launcher, tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
                             GenerateConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
 from harness.errors import ConfigError, HarnessError
@@ -52,6 +53,9 @@ class PipelineConfig:
     data_dir: str = ""
     base_model: str = ""          # "" = the profile's (demo: tiny; paper: stabilityai/stable-diffusion-2-base)
     env_manager: str = "local"
+    launcher: str = "auto"        # how a child starts (harness/launcher.py): fork (a fork of a server with the
+                                  # stage modules imported; env manager local) or mlflow (`mlflow run`);
+                                  # auto = fork for env manager local
     eval_data: str = ""           # a HAM10000 folder for Table 3 ("" = demo: the shifted demo set; paper: none)
     max_parallel: int = 2         # independent children at a time (evaluates; classify/segment runs); on CPU
                                   # they split the cores, with GPUs each gets one (round-robin)
@@ -175,8 +179,9 @@ def child_env(slot: int, max_parallel: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def launch(pipe: Pipeline, s: Step, env: dict[str, str]):
-    """Start the child `mlflow run` of step `s` (asynchronously) with `env` added to its environment."""
+def launch(pipe: Pipeline, s: Step, env: dict[str, str]) -> launcher.Child:
+    """Start the child run of step `s` (asynchronously) with `env` added to its environment, by the
+    pipeline's launcher (harness/launcher.py: a fork of the warm server, or `mlflow run`)."""
     if not (PROJECT_DIR / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_DIR}/MLproject not found: `main` runs from a checkout of the project")
     drop = {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"}           # the child makes its own run
@@ -185,9 +190,9 @@ def launch(pipe: Pipeline, s: Step, env: dict[str, str]):
         os.environ.pop(k, None)
     os.environ.update(env)
     try:
-        return mlflow.projects.run(str(PROJECT_DIR), entry_point=s.stage, parameters=s.params,
-                                   env_manager=pipe.cfg.env_manager, experiment_name=pipe.experiment,
-                                   synchronous=False)
+        if launcher.choose(pipe.cfg.launcher, pipe.cfg.env_manager) == "fork":
+            return launcher.launch_fork(PROJECT_DIR, s.stage, s.params, pipe.experiment)
+        return launcher.launch_mlflow(PROJECT_DIR, s.stage, s.params, pipe.experiment, pipe.cfg.env_manager)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -212,6 +217,9 @@ def reusable(pipe: Pipeline, s: Step) -> mlflow.entities.Run | None:
 def finish(pipe: Pipeline, s: Step, submitted, started: float, code: int) -> mlflow.entities.Run | None:
     """The run of a child that exited with `code`: logged and returned, or None when it failed."""
     run = mlflow.get_run(submitted.run_id)
+    if code == 0 and run.info.status == "RUNNING":   # as `mlflow run` ends its run once its command exits 0
+        mlflow.tracking.MlflowClient().set_terminated(submitted.run_id, "FINISHED")
+        run = mlflow.get_run(submitted.run_id)
     if code != 0 or run.info.status != "FINISHED":
         if run.info.status == "RUNNING":           # died before its stage could end the run
             mlflow.tracking.MlflowClient().set_terminated(submitted.run_id, "FAILED")
@@ -254,7 +262,7 @@ def run_graph(pipe: Pipeline, nodes: list[Node]) -> dict[str, mlflow.entities.Ru
         if running:
             time.sleep(0.2)
         for slot, (node, s, submitted, started) in list(running.items()):
-            code = submitted.command_proc.poll()
+            code = submitted.poll()
             if code is None:
                 continue
             del running[slot]
@@ -398,6 +406,10 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
     reap_killed_runs(experiment, log)
     if cfg.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
+    try:
+        launcher.choose(cfg.launcher, cfg.env_manager)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     nodes = pipeline_nodes(cfg, eval_data)
     check_nodes(nodes)

@@ -11,8 +11,9 @@ Steps, as a graph (`pipeline_nodes`): a step starts once the steps it needs have
 `max_parallel` children at a time:
     prepare -> finetune -> generate -> evaluate real/synth ----> register
             -> evaluate real/real (beside the fine-tune) --/
-                          generate -> classify x models x {real, synth, hybrid} -> explain -> report
-                                   -> segment x models x {real, synth, hybrid} -------------/
+            -> classify, segment x models x real (beside the fine-tune) --\
+                          generate -> classify x models x {synth, hybrid} -> explain -> report
+                                   -> segment x models x {synth, hybrid} -------------/
 `describe` is not chained: the paper's descriptions come with its dataset (run it on new data).
 
 Parallel children each get a share of the machine: with GPUs, CUDA_VISIBLE_DEVICES round-robin over
@@ -352,9 +353,13 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
             "output_dir": str(Path("outputs") / f"generate-{ft_id[:8]}-match-real")})
 
     def training(stage, cfg_cls, model, train_set):
+        # the real set uses no generated image: it needs only the prepared split, so it trains beside the
+        # fine-tune and the generation instead of after them (the report finds it by model and train_set)
+        needs_synth = train_set != "real"
         return Node(f"{stage}.{model}.{train_set}", lambda runs: make_step(stage, cfg_cls, {
-            **common, "model": model, "train_set": train_set, "synth": generated(runs), "eval_data": eval_data},
-            f"{stage}.{model}.{train_set}"), ("generate",))
+            **common, "model": model, "train_set": train_set, "eval_data": eval_data,
+            **({"synth": generated(runs)} if needs_synth else {})},
+            f"{stage}.{model}.{train_set}"), ("generate",) if needs_synth else ("prepare",))
 
     trainings = [training(stage, cfg_cls, model, train_set)
                  for stage, cfg_cls in ((STAGE_CLASSIFY, ClassifyConfig), (STAGE_SEGMENT, SegmentConfig))

@@ -34,11 +34,11 @@ def test_real_evaluation_runs_beside_the_finetune_and_register_waits_for_both_ev
     assert {"evaluate.real_test", "evaluate.synth"} <= g["register"]
 
 
-def test_trainings_need_the_generated_set_and_the_report_needs_everything():
+def test_trainings_with_synthetic_images_need_the_generated_set_and_the_report_needs_everything():
     g = graph()
     trainings = {f"{stage}.{model}.{s}" for stage, models in PAPER_MODELS.items() for model in models for s in TRAIN_SETS}
     assert len(trainings) == 18 and trainings <= set(g)
-    assert all(g[t] == {"generate"} for t in trainings)
+    assert all(g[t] == ({"prepare"} if t.endswith(".real") else {"generate"}) for t in trainings)
     assert g["explain"] == {t for t in trainings if t.startswith("classify.")}
     assert ancestors(g, "report") == set(g) - {"report"}
 
@@ -53,6 +53,8 @@ def test_step_configs_follow_the_runs_they_need():
     assert gen.cfg.model_uri == "runs:/id-finetune/model" and gen.cfg.match_real
     seg = nodes["segment.unet.hybrid"].make(runs)
     assert seg.cfg.synth == "runs:/id-generate" and seg.cfg.eval_data == "ham" and seg.cfg.train_set == "hybrid"
+    real = nodes["classify.resnet34.real"].make(runs)        # no generated set: its config names none
+    assert real.cfg.synth == "" and real.cfg.train_set == "real" and real.cfg.eval_data == "ham"
     explain = nodes["explain"].make(runs)
     assert explain.cfg.real_run.split(",") == [f"id-classify.{m}.real" for m in PAPER_MODELS[STAGE_CLASSIFY]]
 

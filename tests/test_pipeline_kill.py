@@ -1,15 +1,12 @@
 """A `main` killed mid-step (issue 18, item 4), and how `main` reaps the runs a killed one left RUNNING.
 
 Which kill: the job's or machine's end, which takes every process of it at once (a scheduler ending
-the job, the container's cgroup killed, the OOM killer, a lost machine). `kill -9 -<main's pgid>` is
-not that: mlflow starts each asynchronous `mlflow run` child as the leader of its own session
-(os.setsid), so the running steps survive main's process group, are orphaned, carry on and end their
-own runs FINISHED (or FAILED). A `main` started again meanwhile leaves their runs alone (their pids
-live), reuses those that have FINISHED by the time their step comes up and runs the others once more
-beside the orphan (seen while writing this test: the orphaned classify was reused, the orphaned
-evaluate ran twice; both FINISHED, the report unaffected). So the test stops main, collects its whole
-process tree and SIGKILLs all of it while a classify fold trains: the runs it leaves RUNNING are what
-the re-run must find and mark KILLED.
+the job, the container's cgroup killed, the OOM killer, a lost machine). With `--launcher mlflow` a
+process-group kill is not that: mlflow starts each asynchronous `mlflow run` child as the leader of its
+own session (os.setsid), so the running steps survive main's group, carry on and end their own runs. So
+the test stops main, collects its whole process tree (with the default fork launcher: main, the fork
+server and the forked steps) and SIGKILLs all of it while a classify fold on generated images trains:
+the runs it leaves RUNNING are what the re-run must find and mark KILLED.
 
 The slow test runs a real `main` at the smallest settings (`--models squeezenet1_1`, `--set` sizes, a
 28-image demo set), kills it, runs it again and compares its report with that of an uninterrupted
@@ -35,7 +32,7 @@ from harness.pipeline import reap_killed_runs
 from harness.report.figures import LABEL_H
 from harness.schema import (
     STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, STAGE_MAIN, STAGE_REGISTER, STAGE_REPORT, TAG_HOST, TAG_MLFLOW_PARENT_RUN,
-    TAG_PID, TAG_STAGE, TAG_STEP_PREFIX,
+    TAG_PID, TAG_STAGE, TAG_STEP_PREFIX, TAG_TRAIN_SET,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,12 +128,13 @@ def runs_of(client, experiment):
 
 
 def wait_for_training_fold(client, experiment, proc, work, timeout=MAIN_TIMEOUT):
-    """The classify fold run that is RUNNING and has logged a training loss (polled every 0.2 s)."""
+    """A classify fold run on generated images (so after the generation) that is RUNNING and has logged a
+    training loss (polled every 0.2 s)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         for r in runs_of(client, experiment):
             if (r.data.tags.get(TAG_STAGE) == STAGE_CLASSIFY_FOLD and r.info.status == "RUNNING"
-                    and "train/loss" in r.data.metrics):
+                    and r.data.tags.get(TAG_TRAIN_SET) in ("synth", "hybrid") and "train/loss" in r.data.metrics):
                 return r
         assert proc.poll() is None, (work / f"{experiment}.log").read_text()[-6000:]
         time.sleep(0.2)
@@ -197,7 +195,7 @@ def test_main_killed_during_classify_continues_and_reports_as_if_uninterrupted(s
     # 1. main and all its processes, SIGKILLed while a classify fold trains
     proc = start("killed")
     fold = wait_for_training_fold(client, "killed", proc, work)
-    assert kill_tree(proc.pid) >= 3               # main, the classify step's `mlflow run` and its stage
+    assert kill_tree(proc.pid) >= 3               # main, the fork server and the classify step
     proc.wait()
     before = {r.info.run_id: r for r in runs_of(client, "killed")}
     left_running = {i for i, r in before.items() if r.info.status == "RUNNING"}

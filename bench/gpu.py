@@ -186,7 +186,7 @@ def classify_epoch(device: str, image_size: int, batch: int) -> dict:
     out = {"image_size": image_size, "batch": batch, "autocast": str(amp), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         train = load_prepared(str(make_demo_dataset(f"{tmp}/d", seed=0)), progress=False).dataset.split("train")
-        images = C.decode_images(train.samples, image_size, {}, progress=False)
+        images = C.decode_images(train.samples, image_size, progress=False)
     labels = np.array([train.classes.index(s.label) for s in train.samples])
     for name in C.MODELS:
         cfg = ClassifyConfig(model=name, image_size=image_size, batch_size=batch)

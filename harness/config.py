@@ -146,6 +146,7 @@ class ClassifyConfig:
     allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
     mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
     num_workers: int = 0
+    cache_dir: str = ".cache/skindualgen/decoded"   # resized image-mask pairs, shared with segment ("" = none)
     test_fraction: float = 0.176
     seed: int = SEED
 
@@ -165,6 +166,7 @@ class SegmentConfig:
     allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
     mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
     num_workers: int = 0
+    cache_dir: str = ".cache/skindualgen/decoded"   # resized image-mask pairs, shared with classify ("" = none)
     test_fraction: float = 0.176
     seed: int = SEED
 

@@ -204,7 +204,7 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
     model, info = classify_mod.load_classifier(rid)
     assert info["fold"] == int(m["best_fold"]) and info["classes"] == sorted(info["classes"])
     test = load_prepared(str(real_dir), progress=False).dataset.split("test").samples
-    images = classify_mod.decode_images(test, 32, {}, progress=False)
+    images = classify_mod.decode_images(test, 32, progress=False)
     x = torch.stack([classify_mod.ImageSet(images, np.zeros(len(test), np.int64))[i][0] for i in range(len(test))])
     with torch.no_grad():
         probs = torch.softmax(model(x), 1).numpy()

@@ -76,6 +76,13 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def fill(self, rgb: np.ndarray, mask: np.ndarray) -> None:
+        """Fill the decode cache with every pair at once: rgb (N, S, S, 3), mask (N, S, S), decoded as
+        load_pair does (harness.downstream.decoded.pairs)."""
+        if len(rgb) != len(self.samples) or len(mask) != len(self.samples):
+            raise ValueError(f"fill: {len(rgb)} images and {len(mask)} masks for {len(self.samples)} samples")
+        self._cache = {i: (rgb[i], mask[i]) for i in range(len(self.samples))}
+
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._cache:
             self._cache[i] = load_pair(self.samples[i], self.size)

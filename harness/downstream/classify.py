@@ -37,14 +37,12 @@ import json
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
@@ -53,7 +51,7 @@ from harness import tracking
 from harness.config import ClassifyConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.records import Sample
-from harness.downstream import runtime
+from harness.downstream import decoded, runtime
 from harness.downstream.metrics import (
     classification_metrics,
     confusion_figure,
@@ -156,24 +154,12 @@ def load_classifier(run_id: str) -> tuple[nn.Module, dict]:
 # Data
 # ---------------------------------------------------------------------------------------------
 
-def _decode(sample: Sample, size: int) -> np.ndarray:
-    with Image.open(sample.image) as im:
-        return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
-
-
-def decode_images(samples: list[Sample], size: int, cache: dict[str, np.ndarray], progress: bool = True,
-                  desc: str = "decode", threads: int = 1) -> np.ndarray:
-    """(N, size, size, 3) uint8, LANCZOS-resized like harness.data.augment.load_pair; each file is
-    decoded once (cache keyed by sample id), by `threads` threads (PIL releases the GIL)."""
-    todo = list({s.id: s for s in samples if s.id not in cache}.values())
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        decoded = pool.map(lambda s: _decode(s, size), todo)
-        for s, image in zip(todo, tqdm(decoded, total=len(todo), desc=desc, unit="img",
-                                       disable=not progress or not todo)):
-            cache[s.id] = image
-    if not samples:
-        return np.zeros((0, size, size, 3), np.uint8)
-    return np.stack([cache[s.id] for s in samples])
+def decode_images(samples: list[Sample], size: int, progress: bool = True, desc: str = "decode", threads: int = 1,
+                  cache_dir: str = "") -> np.ndarray:
+    """(N, size, size, 3) uint8, LANCZOS-resized like harness.data.augment.load_pair, by `threads` threads;
+    with `cache_dir`, read from / written to the decoded-pairs cache that classify and segment runs share
+    (harness/downstream/decoded.py)."""
+    return decoded.pairs(samples, size, cache_dir, threads, progress, desc)[0]
 
 
 def train_augmentation():
@@ -413,10 +399,9 @@ def summarize(results: list[FoldResult], set_names: list[str], train_seconds: fl
 
 
 def decode_inputs(data, classes: list[str], evals: dict[str, EvalSet], cfg: ClassifyConfig, progress: bool) -> Inputs:
-    cache: dict[str, np.ndarray] = {}
-    images = decode_images(data.train.samples, cfg.image_size, cache, progress, "decode train", cfg.num_workers)
-    eval_images = {name: decode_images(e.samples, cfg.image_size, cache, progress, f"decode {name}",
-                                       cfg.num_workers) for name, e in evals.items()}
+    images = decode_images(data.train.samples, cfg.image_size, progress, "decode train", cfg.num_workers, cfg.cache_dir)
+    eval_images = {name: decode_images(e.samples, cfg.image_size, progress, f"decode {name}", cfg.num_workers,
+                                       cfg.cache_dir) for name, e in evals.items()}
     eval_y = {name: np.array([classes.index(s.label) for s in e.samples]) for name, e in evals.items()}
     y = np.array([classes.index(c) for c in data.train.labels])
     return Inputs(classes, data.train.samples, images, y, evals, eval_images, eval_y)

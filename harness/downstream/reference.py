@@ -127,7 +127,7 @@ def _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progr
     train = prepared.dataset.split("train")
     classes = train.classes
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
-    images = classify_mod.decode_images(train.samples, cfg.image_size, {}, progress, "decode reference")
+    images = classify_mod.decode_images(train.samples, cfg.image_size, progress, "decode reference")
     y = np.array([classes.index(s.label) for s in train.samples])
     epochs = cfg.epochs or classify_mod.CLASSIFIERS[cfg.model].paper_epochs
     net, _ = classify_mod.train_classifier(cfg.model, classes, images, y, cfg, epochs, device, amp, progress, seed,
@@ -178,7 +178,7 @@ def _per_class(values: np.ndarray, labels: list[str], name: str) -> dict[str, fl
 def predict_classes(ref: Reference, samples: list[Sample]) -> list[str]:
     """The reference classifier's class for each sample's image."""
     cfg = ClassifyConfig(**ref.config)
-    images = classify_mod.decode_images(samples, cfg.image_size, {}, progress=False)
+    images = classify_mod.decode_images(samples, cfg.image_size, progress=False)
     amp = runtime.autocast_dtype(cfg.mixed_precision, ref.device)
     probs = classify_mod.predict_images(ref.model, images, cfg, ref.device, amp)
     return [ref.info["classes"][i] for i in probs.argmax(1)]

@@ -32,7 +32,6 @@ import csv
 import json
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from harness import tracking
 from harness.config import SegmentConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_pair, paired_augmentation
 from harness.data.records import Sample
-from harness.downstream import runtime
+from harness.downstream import decoded, runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
 from harness.downstream.sets import DownstreamError, load_inputs, log_inputs
 from harness.hub import hf_cache_place, hf_hub_cache, offline
@@ -154,10 +153,9 @@ def train_segmenter(name: str, samples: list[Sample], cfg: SegmentConfig, device
     scaler = runtime.grad_scaler(device, amp_dtype)
     train_ds = PairDataset(samples, cfg.image_size, augment=paired_augmentation("paper"),
                            image_norm="imagenet", seed=seed)
-    # decode + resize once, before loader workers copy the dataset (PIL releases the GIL: threads help)
-    with ThreadPoolExecutor(max(1, cfg.num_workers)) as pool:
-        list(tqdm(pool.map(train_ds.pair, range(len(train_ds))), total=len(train_ds), desc="decode train",
-                  unit="img", disable=not progress))
+    # decode + resize once (or read the pairs the classify / segment runs before this one cached), before
+    # loader workers copy the dataset
+    train_ds.fill(*decoded.pairs(samples, cfg.image_size, cfg.cache_dir, cfg.num_workers, progress, "decode train"))
     train_dl = runtime.loader(train_ds, cfg.batch_size, True, seed, cfg.num_workers, device, train=True)
     losses, step_seconds = [], []
     bar = tqdm(total=cfg.epochs * len(train_dl), desc=f"segment {name}", unit="step", disable=not progress)

@@ -63,8 +63,8 @@ def config_options(cfg_cls, exclude: tuple[str, ...] = ()):
 def accept_underscores(command: click.Command) -> click.Command:
     """MLflow passes an extra `-P learning_rate=1e-4` on as `--learning_rate 1e-4`: every `--dashed-name`
     option also answers to its `--underscored_name` (listed beside it in --help)."""
-    for param in command.params:
+    for param in command.params:            # idempotent: a module imported twice (as __main__ too) adds none again
         if isinstance(param, click.Option):
-            param.opts += [o.replace("-", "_").replace("__", "--", 1) for o in list(param.opts)
-                           if o.startswith("--") and "-" in o[2:]]
+            param.opts += [alias for alias in (o.replace("-", "_").replace("__", "--", 1) for o in list(param.opts)
+                                               if o.startswith("--") and "-" in o[2:]) if alias not in param.opts]
     return command

@@ -31,7 +31,9 @@ LAUNCHERS = ("auto", "fork", "mlflow")
 
 # what the fork server imports once, before any child is forked: torch, mlflow, the model libraries and
 # every stage (importing torch starts no thread, so forking after it is safe)
-PRELOAD = ["torch", "mlflow", "entrypoints.cli", "harness.data.prepare", "harness.dualgen.train",
+# (not entrypoints.cli itself: run as `python -m entrypoints.cli`, it is the main module, which each child
+# runs again as __mp_main__, and runpy warns when that module is already imported)
+PRELOAD = ["torch", "mlflow", "entrypoints.common", "harness.data.prepare", "harness.dualgen.train",
            "harness.dualgen.generate", "harness.quality", "harness.downstream.classify",
            "harness.downstream.segment", "harness.downstream.explain", "harness.report", "harness.registry"]
 

@@ -78,3 +78,18 @@ def test_fork_needs_the_local_env_manager_and_auto_picks_it():
         launcher.choose("fork", "conda")
     with pytest.raises(ValueError, match="must be one of"):
         launcher.choose("thread", "local")
+
+
+def test_underscore_aliases_are_added_once_when_the_cli_module_runs_twice():
+    """A forked child of `python -m entrypoints.cli main` runs that module again as __mp_main__; the
+    second pass must not add the `--data_dir` aliases again (click warned about every option)."""
+    import runpy
+    import warnings
+
+    from entrypoints.cli import cli
+    before = {name: [list(p.opts) for p in cmd.params] for name, cmd in cli.commands.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # runpy: the module is already imported
+        runpy.run_module("entrypoints.cli", run_name="__mp_main__")
+    assert {name: [list(p.opts) for p in cmd.params] for name, cmd in cli.commands.items()} == before
+    assert ["--data-dir", "--data_dir"] in before["classify"]

@@ -78,6 +78,13 @@ def fork_context():
     return _context
 
 
+def start_server() -> None:
+    """Start the fork server now (its imports take ~10 s), so that it is ready when the first child is."""
+    fork_context()
+    from multiprocessing import forkserver
+    forkserver.ensure_running()
+
+
 def _run_command(argv: list[str], env: dict[str, str], cwd: str) -> None:
     """In the forked child: the environment and folder `mlflow run` would give the command, then the
     `skindualgen` command itself (its SystemExit status is the process's exit status)."""

@@ -407,14 +407,16 @@ def check_nodes(nodes: list[Node]) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) -> str:
-    experiment = tracking.setup(experiment)
-    reap_killed_runs(experiment, log)
     if cfg.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
     try:
-        launcher.choose(cfg.launcher, cfg.env_manager)
+        how = launcher.choose(cfg.launcher, cfg.env_manager)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if how == "fork":
+        launcher.start_server()             # its imports overlap with the setup below
+    experiment = tracking.setup(experiment)
+    reap_killed_runs(experiment, log)
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     nodes = pipeline_nodes(cfg, eval_data)
     check_nodes(nodes)

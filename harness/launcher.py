@@ -27,6 +27,8 @@ from typing import Callable
 
 import mlflow
 
+from harness.errors import ConfigError
+
 LAUNCHERS = ("auto", "fork", "mlflow")
 
 # what the fork server imports once, before any child is forked: torch, mlflow, the model libraries and
@@ -48,9 +50,9 @@ class Child:
 def choose(launcher: str, env_manager: str) -> str:
     """The launcher `auto` means: fork for the local env manager, mlflow run otherwise."""
     if launcher not in LAUNCHERS:
-        raise ValueError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+        raise ConfigError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if launcher == "fork" and env_manager != "local":
-        raise ValueError(f"--launcher fork runs children in main's own environment: it needs --env-manager "
+        raise ConfigError(f"--launcher fork runs children in main's own environment: it needs --env-manager "
                          f"local, got {env_manager!r} (use --launcher mlflow)")
     if launcher == "auto":
         return "fork" if env_manager == "local" else "mlflow"
@@ -111,7 +113,7 @@ def launch_fork(project_dir: Path, entry_point: str, params: dict[str, str], exp
     [command] = project_utils.get_entry_point_command(project, entry_point, params, None)
     program, *argv = shlex.split(command)
     if program != "skindualgen":
-        raise ValueError(f"MLproject entry point {entry_point!r} runs {program!r}; the fork launcher runs "
+        raise ConfigError(f"MLproject entry point {entry_point!r} runs {program!r}; the fork launcher runs "
                          f"`skindualgen` commands only (use --launcher mlflow)")
     env = {**os.environ, **project_utils.get_run_env_vars(run.info.run_id, experiment_id)}
     proc = fork_context().Process(target=_run_command, args=(argv, env, str(work_dir)),

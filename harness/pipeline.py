@@ -409,11 +409,7 @@ def check_nodes(nodes: list[Node]) -> None:
 def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) -> str:
     if cfg.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
-    try:
-        how = launcher.choose(cfg.launcher, cfg.env_manager)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if how == "fork":
+    if launcher.choose(cfg.launcher, cfg.env_manager) == "fork":
         launcher.start_server()             # its imports overlap with the setup below
     experiment = tracking.setup(experiment)
     reap_killed_runs(experiment, log)

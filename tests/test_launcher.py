@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from harness import launcher
+from harness.errors import ConfigError
 from harness.pipeline import PROJECT_DIR, Pipeline, PipelineConfig, Step, finish
 from harness.schema import TAG_HOST, TAG_PID
 
@@ -74,9 +75,9 @@ def test_fork_needs_the_local_env_manager_and_auto_picks_it():
     assert launcher.choose("auto", "local") == "fork"
     assert launcher.choose("auto", "virtualenv") == "mlflow"
     assert launcher.choose("mlflow", "local") == "mlflow"
-    with pytest.raises(ValueError, match="needs --env-manager local"):
+    with pytest.raises(ConfigError, match="needs --env-manager local"):
         launcher.choose("fork", "conda")
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ConfigError, match="must be one of"):
         launcher.choose("thread", "local")
 
 

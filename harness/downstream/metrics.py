@@ -48,7 +48,25 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.divide(num, den, out=np.zeros(len(num), dtype=np.float64), where=den > 0)
+    return np.divide(num, den, out=np.zeros(np.shape(num), dtype=np.float64), where=den > 0)
+
+
+def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """accuracy, sensitivity, precision, f1 (macro, %) of confusion matrices (..., C, C) (counts or
+    weights), one value per leading index; also "recall" (..., C) per class, as a fraction. The one
+    formula of the module docstring, used for the point values and for every bootstrap resample."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    n_true, n_pred = cm.sum(axis=-1), cm.sum(axis=-2)
+    recall, precision = _ratio(tp, n_true), _ratio(tp, n_pred)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    used = ((n_true > 0) | (n_pred > 0)).astype(np.float64)
+    n_used = used.sum(axis=-1)
+    return {METRIC_ACCURACY: 100.0 * tp.sum(axis=-1) / cm.sum(axis=(-2, -1)),
+            METRIC_SENSITIVITY: 100.0 * (recall * used).sum(axis=-1) / n_used,
+            METRIC_PRECISION: 100.0 * (precision * used).sum(axis=-1) / n_used,
+            METRIC_F1: 100.0 * (f1 * used).sum(axis=-1) / n_used,
+            "recall": recall, "n_true": n_true}
 
 
 def classification_metrics(y_true, y_pred, classes: list[str]) -> dict[str, float]:
@@ -57,17 +75,10 @@ def classification_metrics(y_true, y_pred, classes: list[str]) -> dict[str, floa
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if len(y_true) == 0:
         raise ValueError("no images to score")
-    cm = confusion_matrix(y_true, y_pred, len(classes))
-    tp = np.diag(cm).astype(np.float64)
-    n_true, n_pred = cm.sum(axis=1).astype(np.float64), cm.sum(axis=0).astype(np.float64)
-    recall, precision = _ratio(tp, n_true), _ratio(tp, n_pred)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    used = (n_true > 0) | (n_pred > 0)
-    out = {METRIC_ACCURACY: 100.0 * tp.sum() / len(y_true),
-           METRIC_SENSITIVITY: 100.0 * recall[used].mean(),
-           METRIC_PRECISION: 100.0 * precision[used].mean(),
-           METRIC_F1: 100.0 * f1[used].mean()}
-    out.update({f"{METRIC_SENSITIVITY}/{c}": 100.0 * recall[i] for i, c in enumerate(classes) if n_true[i] > 0})
+    m = confusion_metrics(confusion_matrix(y_true, y_pred, len(classes)))
+    out = {k: float(m[k]) for k in CLASSIFY_METRICS}
+    out.update({f"{METRIC_SENSITIVITY}/{c}": 100.0 * float(m["recall"][i])
+                for i, c in enumerate(classes) if m["n_true"][i] > 0})
     return out
 
 

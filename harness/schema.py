@@ -156,6 +156,18 @@ SEGMENT_METRICS = (METRIC_DICE, METRIC_IOU, METRIC_ASD, METRIC_HD)
 HAM_PREFIX = "ham_"                                    # classify / segment metrics on --eval-data
 VAL_PREFIX = "val/"                                    # classify: on the validation folds
 
+# classify / segment -> report: the 95 % interval of every test metric above (and its ham_ form), as
+# <metric> + CI_LOW_SUFFIX / CI_HIGH_SUFFIX (e.g. accuracy_ci_low, ham_dice_ci_high), same units;
+# how it was computed in three params (harness/intervals.py)
+CI_LOW_SUFFIX = "_ci_low"
+CI_HIGH_SUFFIX = "_ci_high"
+PARAM_CI_METHOD = "ci_method"
+PARAM_CI_LEVEL = "ci_level"
+PARAM_CI_RESAMPLES = "ci_resamples"
+# the per-image predictions the intervals are computed from (artifact paths inside the run)
+ARTIFACT_CLASSIFY_PREDICTIONS = "predictions/{set}.csv"          # set: test, ham (and val)
+ARTIFACT_SEGMENT_SCORES = "segmentation/{set}.csv"               # set: test, ham
+
 # finetune, main: their wall time (bench/ reads the finetune one)
 METRIC_TRAIN_SECONDS = "train/seconds"
 METRIC_PIPELINE_SECONDS = "pipeline/seconds"

@@ -81,6 +81,29 @@ def rescore(csv_path: Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def numpy_interval(values_by_model, groups, n=4000, seed=7):
+    """An independent bootstrap of a run's logged interval, in plain numpy: draw the test units (a
+    lesion's images together) and the models with replacement, average each drawn model's per-image
+    values over the drawn images, then over the drawn models with weights spread about 1/M by
+    sqrt(M / (M - 1)) (the small-M adjustment the harness documents); percentile 2.5 / 97.5."""
+    values_by_model = np.asarray(values_by_model, dtype=float)
+    units = {}
+    for i, g in enumerate(groups):
+        units.setdefault(g if isinstance(g, str) and g else f"#{i}", []).append(i)
+    units = list(units.values())
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(n):
+        images = np.concatenate([units[u] for u in rng.integers(0, len(units), len(units))])
+        k = len(values_by_model)
+        means = np.array([v[images].mean() for v in values_by_model])
+        if k == 1:
+            out.append(means[0])
+            continue
+        w = np.bincount(rng.integers(0, k, k), minlength=k) / k
+        out.append(np.sum((1 / k + np.sqrt(k / (k - 1)) * (w - 1 / k)) * means))
+    return np.percentile(out, [2.5, 97.5])
+
+
 # ------------------------------------------------------------------------------- training sets
 def test_training_sets_sizes_proportions_and_seed(real_dir, synth_csv):
     prepared = load_prepared(str(real_dir), progress=False)
@@ -200,6 +223,21 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
     for name in ("confusion_test.png", "confusion_ham.png", "train_set.json", "eval_sets.json"):
         assert artifact(rid, name).is_file()
 
+    # every test metric has its 95 % interval around the point value, and the accuracy's agrees with
+    # an independent bootstrap of the predictions artifact (HAM: lesion_id groups drawn together)
+    assert parent.data.params["ci_level"] == "0.95" and parent.data.params["ci_resamples"] == "2000"
+    for name, prefix in (("test", ""), ("ham", "ham_")):
+        for key in ("accuracy", "sensitivity", "precision", "f1"):
+            assert m[prefix + key + "_ci_low"] <= m[prefix + key] <= m[prefix + key + "_ci_high"], (prefix, key)
+        df = pd.read_csv(artifact(rid, f"predictions/{name}.csv"), keep_default_na=False)
+        per_fold = [part.sort_values("id") for _, part in df.groupby("fold")]
+        correct = [100.0 * (part["true_label"] == part["predicted_label"]).to_numpy() for part in per_fold]
+        lo, hi = numpy_interval(correct, per_fold[0]["group"].tolist())
+        assert m[prefix + "accuracy_ci_low"] == pytest.approx(lo, abs=3.0)
+        assert m[prefix + "accuracy_ci_high"] == pytest.approx(hi, abs=3.0)
+    ham_groups = pd.read_csv(artifact(rid, "predictions/ham.csv"))["group"]
+    assert ham_groups.str.startswith("HAM_").all() and ham_groups.nunique() < len(ham_groups) / 2
+
     # the best fold's model reproduces its saved test probabilities
     model, info = classify_mod.load_classifier(rid)
     assert info["fold"] == int(m["best_fold"]) and info["classes"] == sorted(info["classes"])
@@ -289,6 +327,11 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     df, preds = check_segmentation_artifacts(run.info.run_id, "test", 7, {s.id: s.mask for s in test})
     for key in ("dice", "iou", "asd", "hd"):
         assert m[key] == pytest.approx(df[key].mean(), abs=1e-9)
+        assert m[key + "_ci_low"] <= m[key] <= m[key + "_ci_high"]
+        assert "ham_" + key + "_ci_low" in m and "ham_" + key + "_ci_high" in m
+    lo, hi = numpy_interval([df["dice"].to_numpy()], [""] * len(df))
+    assert m["dice_ci_low"] == pytest.approx(lo, abs=3.0) and m["dice_ci_high"] == pytest.approx(hi, abs=3.0)
+    assert run.data.params["ci_method"].startswith("bootstrap-percentile")
     # Dice and IoU of the saved masks, recomputed with numpy from the ground truth
     for s in test:
         gt = np.asarray(Image.open(s.mask).convert("L")) > 0       # scored at the ground truth's size

@@ -48,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
+from harness.intervals import classification_intervals, ci_params, interval_metrics
 from harness.config import ClassifyConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.records import Sample
@@ -245,13 +246,14 @@ def check_folds(labels: list[str], folds: int) -> None:
 
 
 def _prediction_rows(fold: int, samples: list[Sample], probs: np.ndarray, classes: list[str]) -> list[dict]:
-    return [{"fold": fold, "id": s.id, "true_label": s.label, "predicted_label": classes[int(p.argmax())],
+    return [{"fold": fold, "id": s.id, "group": s.group, "true_label": s.label,
+             "predicted_label": classes[int(p.argmax())],
              **{f"prob_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)}}
             for s, p in zip(samples, probs)]
 
 
 def _write_csv(path: Path, rows: list[dict], classes: list[str]) -> None:
-    fields = ["fold", "id", "true_label", "predicted_label"] + [f"prob_{c}" for c in classes]
+    fields = ["fold", "id", "group", "true_label", "predicted_label"] + [f"prob_{c}" for c in classes]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -335,6 +337,7 @@ class FoldResult:
     rows: dict[str, list[dict]]
     state_dict: dict
     step_seconds: float
+    predicted: dict[str, np.ndarray]      # per eval set: (N,) predicted class index of each image
 
 
 def score_fold(k: int, out: dict, va: np.ndarray, inputs: Inputs) -> FoldResult:
@@ -348,7 +351,8 @@ def score_fold(k: int, out: dict, va: np.ndarray, inputs: Inputs) -> FoldResult:
         metrics[name] = classification_metrics(inputs.eval_y[name], pred, classes)
         confusion[name] = confusion_matrix(inputs.eval_y[name], pred, len(classes))
         rows[name] = _prediction_rows(k, e.samples, out[name], classes)
-    return FoldResult(k, metrics, confusion, rows, out["state_dict"], out["step_seconds"])
+    predicted = {name: out[name].argmax(1) for name in inputs.evals}
+    return FoldResult(k, metrics, confusion, rows, out["state_dict"], out["step_seconds"], predicted)
 
 
 def run_fold(k: int, tr: np.ndarray, va: np.ndarray, inputs: Inputs, cfg: ClassifyConfig, epochs: int, run,
@@ -398,6 +402,20 @@ def summarize(results: list[FoldResult], set_names: list[str], train_seconds: fl
     return summary
 
 
+def summary_intervals(results: list[FoldResult], inputs: Inputs) -> dict[str, float]:
+    """The 95 % interval of each test (and ham_) metric of the parent run: the eval set's images
+    (lesion groups together) and the fold models resampled, the metric per fold then averaged, as
+    the point value is (harness/intervals.py)."""
+    out = {}
+    for name, e in inputs.evals.items():
+        prefix = "" if name == "test" else HAM_PREFIX
+        predicted = np.stack([r.predicted[name] for r in results])                   # (folds, N)
+        ivs = classification_intervals(inputs.eval_y[name], predicted, len(inputs.classes),
+                                       [s.group for s in e.samples])
+        out.update(interval_metrics(prefix, ivs))
+    return out
+
+
 def decode_inputs(data, classes: list[str], evals: dict[str, EvalSet], cfg: ClassifyConfig, progress: bool) -> Inputs:
     images = decode_images(data.train.samples, cfg.image_size, progress, "decode train", cfg.num_workers, cfg.cache_dir)
     eval_images = {name: decode_images(e.samples, cfg.image_size, progress, f"decode {name}", cfg.num_workers,
@@ -436,6 +454,8 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
                             progress)
                    for k, (tr, va) in enumerate(splitter.split(np.zeros(len(inputs.y)), inputs.y))]
         mlflow.log_metrics(summarize(results, list(evals), time.perf_counter() - t_start))
+        mlflow.log_params(ci_params())
+        mlflow.log_metrics(summary_intervals(results, inputs))
         _log_artifacts(cfg, classes, list(evals), results)
         return run.info.run_id
 

@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
+from harness.intervals import Interval, ci_params, interval_metrics, mean_intervals
 from harness.config import SegmentConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_pair, paired_augmentation
 from harness.data.records import Sample
@@ -207,14 +208,22 @@ def evaluate(model, samples: list[Sample], name: str, cfg: SegmentConfig, device
     for s, pred, gt in zip(samples, preds, gts):
         path = Path("pred_masks") / name / f"{s.id}.png"
         Image.fromarray(pred.astype(np.uint8) * 255).save(out_dir / path)
-        rows.append({"id": s.id, "label": s.label, **segmentation_scores(pred, gt), "pred_mask": path.as_posix()})
+        rows.append({"id": s.id, "label": s.label, "group": s.group, **segmentation_scores(pred, gt),
+                     "pred_mask": path.as_posix()})
     return rows, summarize_segmentation(rows)
+
+
+def score_intervals(rows: list[dict]) -> dict[str, Interval]:
+    """The 95 % interval of each of SEGMENT_METRICS over the images of one set (one model per run:
+    the images are resampled, a lesion's images together; harness/intervals.py)."""
+    scores = np.array([[[float(r[k]) for k in SEGMENT_METRICS] for r in rows]])        # (1 model, N, 4)
+    return dict(zip(SEGMENT_METRICS, mean_intervals(scores, [r["group"] for r in rows])))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "label", "dice", "iou", "asd", "hd", "empty_pred", "empty_gt",
+        writer = csv.DictWriter(f, fieldnames=["id", "label", "group", "dice", "iou", "asd", "hd", "empty_pred", "empty_gt",
                                                "pred_mask"])
         writer.writeheader()
         writer.writerows(rows)
@@ -263,6 +272,7 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
     with tracking.stage_run(STAGE_SEGMENT, cfg, data.prepared.digest, experiment,
                             run_name=f"segment {cfg.model} {cfg.train_set}", extra_tags=tags) as run:
         log_inputs(data, eval_by_class=False)
+        mlflow.log_params(ci_params())
         t_start = time.perf_counter()
         model, history = train_segmenter(cfg.model, data.train.samples, cfg, device, amp_dtype, progress, cfg.seed,
                                          on_epoch=lambda e, loss: mlflow.log_metrics({"train/loss": loss}, step=e + 1))
@@ -284,6 +294,7 @@ def _evaluate_and_log(model, evals: dict[str, list[Sample]], cfg: SegmentConfig,
             _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
             prefix = "" if name == "test" else HAM_PREFIX
             scores_by_set.update({prefix + k: scores[k] for k in SCORE_KEYS})
+            scores_by_set.update(interval_metrics(prefix, score_intervals(rows)))
         (tmp / "model").mkdir()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
         spec = SEGMENTERS[cfg.model]

@@ -39,7 +39,7 @@ from scipy.stats import bootstrap
 
 from harness.downstream.metrics import confusion_metrics
 from harness.schema import (CI_HIGH_SUFFIX, CI_LOW_SUFFIX, CLASSIFY_METRICS, PARAM_CI_LEVEL, PARAM_CI_METHOD,
-                            PARAM_CI_RESAMPLES)
+                            PARAM_CI_RESAMPLES, TAG_NO_INTERVAL_PREFIX)
 
 CI_METHOD = "bootstrap-percentile: test units (lesion groups) x models, two-way"
 CI_LEVEL = 0.95
@@ -81,6 +81,11 @@ def interval_metrics(prefix: str, intervals: dict[str, Interval]) -> dict[str, f
             out[prefix + key + CI_LOW_SUFFIX] = iv.low
             out[prefix + key + CI_HIGH_SUFFIX] = iv.high
     return out
+
+
+def interval_tags(prefix: str, intervals: dict[str, Interval]) -> dict[str, str]:
+    """{TAG_NO_INTERVAL_PREFIX + prefix + metric: reason} for the metrics without an interval."""
+    return {TAG_NO_INTERVAL_PREFIX + prefix + key: iv.reason for key, iv in intervals.items() if not iv.ok}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,5 +299,5 @@ def needed_units(iv: Interval, n_units: int, effect: float) -> int | None:
 
 
 __all__ = ["CI_LEVEL", "CI_METHOD", "CI_RESAMPLES", "FAILS", "INCONCLUSIVE", "Interval", "PASSES", "ci_params",
-           "classification_intervals", "interval_metrics", "mean_intervals", "needed_units",
+           "classification_intervals", "interval_metrics", "interval_tags", "mean_intervals", "needed_units",
            "paired_classification_intervals", "paired_mean_intervals", "unit_index", "verdict"]

@@ -164,6 +164,8 @@ CI_HIGH_SUFFIX = "_ci_high"
 PARAM_CI_METHOD = "ci_method"
 PARAM_CI_LEVEL = "ci_level"
 PARAM_CI_RESAMPLES = "ci_resamples"
+# a metric without an interval has, instead of the two metrics, this tag + metric -> why (e.g. 1 test image)
+TAG_NO_INTERVAL_PREFIX = "skindualgen.no_interval/"
 # the per-image predictions the intervals are computed from (artifact paths inside the run)
 ARTIFACT_CLASSIFY_PREDICTIONS = "predictions/{set}.csv"          # set: test, ham (and val)
 ARTIFACT_SEGMENT_SCORES = "segmentation/{set}.csv"               # set: test, ham

@@ -141,6 +141,9 @@ def test_no_interval_from_one_test_image_or_no_model():
     ivs = iv.classification_intervals([0], [[0]], 3, [""])
     assert all(not v.ok for v in ivs.values())
     assert iv.interval_metrics("", ivs) == {}
+    assert iv.interval_tags("ham_", ivs) == {f"skindualgen.no_interval/ham_{k}": ivs[k].reason for k in CLASSIFY_METRICS}
+    two = iv.classification_intervals([0, 1], [[0, 1]], 2, ["", ""])
+    assert iv.interval_tags("", two) == {} and len(iv.interval_metrics("", two)) == 2 * len(CLASSIFY_METRICS)
     [none] = iv.mean_intervals(np.zeros((0, 5)), [""] * 5)
     assert not none.ok and "no model" in none.reason
 

@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
-from harness.intervals import classification_intervals, ci_params, interval_metrics
+from harness.intervals import classification_intervals, ci_params, interval_metrics, interval_tags
 from harness.config import ClassifyConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.records import Sample
@@ -402,18 +402,19 @@ def summarize(results: list[FoldResult], set_names: list[str], train_seconds: fl
     return summary
 
 
-def summary_intervals(results: list[FoldResult], inputs: Inputs) -> dict[str, float]:
+def summary_intervals(results: list[FoldResult], inputs: Inputs) -> tuple[dict[str, float], dict[str, str]]:
     """The 95 % interval of each test (and ham_) metric of the parent run: the eval set's images
     (lesion groups together) and the fold models resampled, the metric per fold then averaged, as
-    the point value is (harness/intervals.py)."""
-    out = {}
+    the point value is (harness/intervals.py). Returns (metrics, tags saying why a metric has none)."""
+    out, why = {}, {}
     for name, e in inputs.evals.items():
         prefix = "" if name == "test" else HAM_PREFIX
         predicted = np.stack([r.predicted[name] for r in results])                   # (folds, N)
         ivs = classification_intervals(inputs.eval_y[name], predicted, len(inputs.classes),
                                        [s.group for s in e.samples])
         out.update(interval_metrics(prefix, ivs))
-    return out
+        why.update(interval_tags(prefix, ivs))
+    return out, why
 
 
 def decode_inputs(data, classes: list[str], evals: dict[str, EvalSet], cfg: ClassifyConfig, progress: bool) -> Inputs:
@@ -455,7 +456,9 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
                    for k, (tr, va) in enumerate(splitter.split(np.zeros(len(inputs.y)), inputs.y))]
         mlflow.log_metrics(summarize(results, list(evals), time.perf_counter() - t_start))
         mlflow.log_params(ci_params())
-        mlflow.log_metrics(summary_intervals(results, inputs))
+        ci_metrics, ci_tags = summary_intervals(results, inputs)
+        mlflow.log_metrics(ci_metrics)
+        mlflow.set_tags(ci_tags)
         _log_artifacts(cfg, classes, list(evals), results)
         return run.info.run_id
 

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
-from harness.intervals import Interval, ci_params, interval_metrics, mean_intervals
+from harness.intervals import Interval, ci_params, interval_metrics, interval_tags, mean_intervals
 from harness.config import SegmentConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_pair, paired_augmentation
 from harness.data.records import Sample
@@ -294,7 +294,9 @@ def _evaluate_and_log(model, evals: dict[str, list[Sample]], cfg: SegmentConfig,
             _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
             prefix = "" if name == "test" else HAM_PREFIX
             scores_by_set.update({prefix + k: scores[k] for k in SCORE_KEYS})
-            scores_by_set.update(interval_metrics(prefix, score_intervals(rows)))
+            ivs = score_intervals(rows)
+            scores_by_set.update(interval_metrics(prefix, ivs))
+            mlflow.set_tags(interval_tags(prefix, ivs))
         (tmp / "model").mkdir()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
         spec = SEGMENTERS[cfg.model]

@@ -27,9 +27,10 @@ from harness.schema import (
     REAL_VS_REAL, REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
     STAGE_REPORT, STAGE_SEGMENT, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_COMPARABLE, TAG_COMPARISON, TAG_DIGEST,
     TAG_EXPLAIN_MODEL, TAG_EXTRACTOR, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET, TAG_OUTPUT_DIR, TAG_STAGE,
-    TAG_SYNTH_RUN,
+    TAG_NO_INTERVAL_PREFIX, TAG_SYNTH_RUN,
 )
 
+ONE_UNIT = "1 test unit(s): at least 2 are needed"
 CELLS = {"table1": 2 * 6, "table2": 4 * 3 * 4 + 2 * 3 * 4, "table3": 4 * 2 * 4 + 2 * 2 * 2}
 STAGES = (STAGE_EVALUATE, STAGE_CLASSIFY, STAGE_SEGMENT, STAGE_GENERATE, STAGE_FINETUNE, STAGE_EXPLAIN, STAGE_REPORT)
 
@@ -47,13 +48,15 @@ def log_run(experiment, stage, params, metrics, tags=None, digest="d" * 16, fail
     return run.info.run_id
 
 
-def clf_metrics(base, ham=False):
-    m = {"accuracy": base, "sensitivity": base + 0.5, "precision": base + 2.25, "f1": base - 0.125,
-         "accuracy_std": 1.0}
+def clf_metrics(base, ham=False, ci=False):
+    """As classify logs them; with ci, each metric's interval [value − 7.5, value + 5.25] too."""
+    m = {"accuracy": base, "sensitivity": base + 0.5, "precision": base + 2.25, "f1": base - 0.125}
     if ham:
         m.update({"ham_accuracy": base / 2, "ham_sensitivity": base / 2 + 20, "ham_precision": base / 2 + 3,
-                  "ham_f1": base / 2 + 1, "ham_n_excluded": 0})
-    return m
+                  "ham_f1": base / 2 + 1})
+    if ci:
+        m.update({k + s: v + d for k, v in list(m.items()) for s, d in (("_ci_low", -7.5), ("_ci_high", 5.25))})
+    return {**m, "accuracy_std": 1.0, **({"ham_n_excluded": 0} if ham else {})}
 
 
 def judge_metrics(cas, consistency=None, classes=(), skip=()):
@@ -121,7 +124,7 @@ def scenario(mlflow_store, tmp_path_factory):
     ids["dn_real_old"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "real", "eval_data": ham},
                                  clf_metrics(60.0, ham=True), digest=digest)
     ids["dn_real_new"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "real", "eval_data": ham},
-                                 clf_metrics(70.75, ham=True), digest=digest)
+                                 clf_metrics(70.75, ham=True, ci=True), digest=digest)
     ids["dn_hybrid"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "hybrid", "eval_data": ham,
                                                  **synth}, clf_metrics(79.5, ham=True), digest=digest, tags=syn_tag)
     ids["dn_hybrid_failed"] = log_run(exp, STAGE_CLASSIFY, {"model": "densenet121", "train_set": "hybrid",
@@ -134,7 +137,9 @@ def scenario(mlflow_store, tmp_path_factory):
                                      clf_metrics(40.0), digest=digest, tags=syn_tag, fail=True)
     ids["unet_real"] = log_run(exp, STAGE_SEGMENT, {"model": "unet", "train_set": "real", "eval_data": ham},
                                {"dice": 78.5, "iou": 64.75, "asd": 3.25, "hd": 12.5, "ham_dice": 31.0,
-                                "ham_iou": 18.5, "ham_asd": 9.0, "ham_hd": 40.0}, digest=digest)
+                                "ham_iou": 18.5, "ham_asd": 9.0, "ham_hd": 40.0, "dice_ci_low": 70.0,
+                                "dice_ci_high": 84.0}, digest=digest,
+                               tags={TAG_NO_INTERVAL_PREFIX + f"ham_{m}": ONE_UNIT for m in ("dice", "iou")})
     ids["dl_hybrid_nohd"] = log_run(exp, STAGE_SEGMENT, {"model": "deeplabv3plus", "train_set": "hybrid",
                                                      "eval_data": "", **synth},
                                     {"dice": 82.0, "iou": 70.0, "asd": 2.5}, digest=digest, tags=syn_tag)
@@ -200,8 +205,40 @@ def test_every_cell_equals_the_metric_of_the_run_it_names(scenario):
     # Markdown shows the same numbers (3 decimals) and the full run id of the row
     md = (scenario["folder"] / "table2.md").read_text(encoding="utf-8")
     line = next(x for x in md.splitlines() if x.startswith("| DenseNet121 | Real only |"))
-    assert f"| {70.75:.3f} | 71.257 | {70.75 - 71.257:+.3f} |" in line
+    assert f"| {70.75:.3f} [{70.75 - 7.5:.1f}, {70.75 + 5.25:.1f}] | 71.257 | {70.75 - 71.257:+.3f} |" in line
     assert scenario["ids"]["dn_real_new"] in line
+
+
+def test_cells_show_their_logged_interval_or_why_there_is_none(scenario):
+    """Every filled cell: the run's <metric>_ci_low/_ci_high, else "no interval n" with note n giving the
+    reason (the run's no_interval tag, or that it logged none); never a made-up interval."""
+    for key, rows in scenario["tables"].items():
+        md = (scenario["folder"] / f"{key}.md").read_text(encoding="utf-8")
+        for c in rows:
+            if c["status"] != "ok":
+                assert c["ci_low"] == c["ci_high"] == c["ci_reason"] == ""
+                continue
+            run = mlflow.get_run(c["run_id"])
+            low = run.data.metrics.get(c["run_metric"] + "_ci_low")
+            if low is not None:
+                assert float(c["ci_low"]) == low and c["ci_reason"] == ""
+                assert float(c["ci_high"]) == run.data.metrics[c["run_metric"] + "_ci_high"]
+            else:
+                assert c["ci_low"] == c["ci_high"] == ""
+                expected = run.data.tags.get(TAG_NO_INTERVAL_PREFIX + c["run_metric"], "the run logged none")
+                assert c["ci_reason"] == expected
+                assert re.search(r"No interval \d+: " + re.escape(expected) + r"\.", md)
+    assert cell(scenario, "table3", "unet/real", "dice")["ci_reason"] == ONE_UNIT
+    assert cell(scenario, "table2", "unet/real", "dice")["ci_low"] == "70.0"
+    t3 = (scenario["folder"] / "table3.md").read_text(encoding="utf-8")
+    notes = dict(re.findall(r"No interval (\d+): (.+)\.", t3))
+    unet = next(x for x in t3.splitlines() if x.startswith("| U-Net | Real |"))
+    n_one = next(n for n, why in notes.items() if why == ONE_UNIT)
+    assert f"| {31.0:.3f} (no interval {n_one}) |" in unet
+    dn = next(x for x in t3.splitlines() if x.startswith("| DenseNet121 | Real |"))
+    assert f"| {70.75 / 2:.3f} [{70.75 / 2 - 7.5:.1f}, {70.75 / 2 + 5.25:.1f}] |" in dn
+    tex = (scenario["folder"] / "table3.tex").read_text(encoding="utf-8")
+    assert rf"${70.75 / 2:.3f}$ {{\scriptsize [{70.75 / 2 - 7.5:.1f}, {70.75 / 2 + 5.25:.1f}]}}" in tex
 
 
 def test_newest_finished_run_wins_and_failed_runs_are_ignored(scenario):
@@ -269,7 +306,7 @@ def test_paper_values_beside_ours_with_the_differences(scenario):
                                                                      "hd": 89.778}
     assert paper["table3"]["classify"]["resnet34"]["hybrid"]["accuracy"] == 34.333
     t1 = (scenario["folder"] / "table1.md").read_text(encoding="utf-8")
-    assert f"| Real Train vs Synth Train | 73.500 | 68.601 | {73.5 - 68.601:+.3f} |" in t1
+    assert f"| Real Train vs Synth Train | 73.500 (no interval 1) | 68.601 | {73.5 - 68.601:+.3f} |" in t1
 
 
 JUDGE = ("cas", "mask_consistency", "mask_nonempty")
@@ -301,9 +338,10 @@ def test_table1_cas_and_consistency_columns_are_beyond_the_paper(scenario):
     header = next(x for x in md.splitlines() if x.startswith("| Data for calculations"))
     assert "| CAS† | paper | Δ | Mask consistency† | paper | Δ | Mask non-empty† | paper | Δ | run |" in header
     synth = next(x for x in md.splitlines() if x.startswith("| Real Train vs Synth Train |"))
-    assert f"| {0.71875:.3f} | — | — | {0.8125:.3f} | — | — | {0.96875:.3f} | — | — |" in synth
+    na = "(no interval 1)"
+    assert f"| {0.71875:.3f} {na} | — | — | {0.8125:.3f} {na} | — | — | {0.96875:.3f} {na} | — | — |" in synth
     real = next(x for x in md.splitlines() if x.startswith("| Real Train vs Real Test |"))
-    assert f"| {0.9375:.3f} | — | — | — | — | — | — | — | — |" in real
+    assert f"| {0.9375:.3f} {na} | — | — | — | — | — | — | — | — |" in real
     assert "† not in the paper" in md and "† not in the paper" in scenario["md"]
     tex = (scenario["folder"] / "table1.tex").read_text(encoding="utf-8")
     assert r"CAS\dag{}" in tex and r"\dag{} not in the paper" in tex and "†" not in tex
@@ -440,27 +478,97 @@ def test_report_run_is_finished_with_the_files_and_creates_no_other_run(scenario
 # ------------------------------------------------------------------------------------------------
 # Claims
 # ------------------------------------------------------------------------------------------------
+# Runs with per-image artifacts, as classify and segment write them: N test images in pairs of a
+# lesion (group), 3 classes, 2 fold models per classify run. A run "correct on the first k images"
+# makes the paired differences of nested runs one-signed, so some verdicts are certain whatever the
+# resample: ResNet34 hybrid ⊂ real (every check fails), synth ⊃ real (synth < real fails).
 
-CLF = {"densenet121": {"real": 70.0, "hybrid": 79.0, "synth": 60.0},      # +9: in [8, 15]; synth below
-       "resnet34": {"real": 71.0, "hybrid": 80.5, "synth": 75.0},         # +9.5; synth ABOVE real
-       "squeezenet1_1": {"real": 64.0, "hybrid": 72.5},                   # +8.5; no synth run
-       "swin_tiny": {"real": 74.0, "hybrid": 90.0}}                       # +16: above 15, still > 0
-SEG = {("unet", "real"): {"dice": 78.0, "iou": 64.0, "asd": 5.0, "hd": 20.0},
-       ("unet", "hybrid"): {"dice": 78.75, "iou": 64.5, "asd": 4.5, "hd": 18.0},
-       ("deeplabv3plus", "real"): {"dice": 80.0, "iou": 66.0, "asd": 6.0, "hd": 15.0}}   # ASD worse than U-Net
+N_TEST, CLASSES = 100, ("bcc", "mel", "nv")
+CLF = {"densenet121": {"real": 70, "hybrid": 79, "synth": 60},       # nested: hybrid +9, synth −10
+       "resnet34": {"real": 71, "hybrid": 60, "synth": 75},          # hybrid below real, synth above it
+       "squeezenet1_1": {"real": 64, "hybrid": 72},                  # its hybrid run has no artifact
+       "swin_tiny": {"real": 74, "hybrid": 90}}
+NO_ARTIFACT = ("squeezenet1_1", "hybrid")
 FID = {REAL_VS_REAL: 40.0, REAL_VS_SYNTH: 55.5}
+
+
+def image_ids():
+    return [f"img{i:03d}" for i in range(N_TEST)], [f"lesion{i // 2:03d}" for i in range(N_TEST)]
+
+
+def fold_predictions(k: int) -> np.ndarray:
+    """(2 folds, N) predicted class indices: correct on the first k images (fold 1 swaps image k−1 for k)."""
+    y = np.arange(N_TEST) % len(CLASSES)
+    pred = np.stack([(y + 1) % len(CLASSES)] * 2)
+    pred[0, :k] = y[:k]
+    pred[1, :k - 1], pred[1, k] = y[:k - 1], y[k]
+    return pred
+
+
+def seg_scores(model, train_set) -> np.ndarray:
+    """(N, 4) dice, iou, asd, hd per image: U-Net real around 78/64/5/20; hybrid +0.75 Dice, +0.6 IoU,
+    −0.5 ASD, −2 HD per image (± a little); DeepLabV3+ real: U-Net real + 2 Dice, +2 IoU, +1 ASD, −5 HD."""
+    i = np.arange(N_TEST)
+    base = np.stack([78 + (i % 5) - 2, 64 + (i % 7) - 3, 5 + 0.25 * (i % 3), 20 + (i % 4)], axis=1).astype(float)
+    wiggle = ((i % 3) - 1)[:, None] * np.array([0.05, 0.03, 0.05, 0.2])
+    shift = {("unet", "real"): (0, 0, 0, 0), ("unet", "hybrid"): (0.75, 0.6, -0.5, -2.0),
+             ("deeplabv3plus", "real"): (2.0, 2.0, 1.0, -5.0)}[(model, train_set)]
+    return base + np.array(shift) + (wiggle if shift != (0, 0, 0, 0) else 0)
+
+
+def log_with_artifact(exp, stage, params, metrics, folder, name, rows, tmp):
+    path = tmp / f"{params['model']}-{params['train_set']}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    time.sleep(0.005)
+    with tracking.stage_run(stage, params, "d" * 16, exp) as run:
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(path), folder)
+    return run.info.run_id
+
+
+def log_classify(exp, model, train_set, k, tmp):
+    from harness.downstream.metrics import classification_metrics
+    ids, groups = image_ids()
+    y, pred = np.arange(N_TEST) % len(CLASSES), fold_predictions(k)
+    per_fold = [classification_metrics(y, p, list(CLASSES)) for p in pred]
+    metrics = {m: float(np.mean([f[m] for f in per_fold])) for m in ("accuracy", "sensitivity", "precision", "f1")}
+    params = {"model": model, "train_set": train_set, "eval_data": ""}
+    if (model, train_set) == NO_ARTIFACT:
+        return log_run(exp, STAGE_CLASSIFY, params, metrics)
+    rows = [{"fold": m, "id": ids[i], "group": groups[i], "true_label": CLASSES[y[i]],
+             "predicted_label": CLASSES[pred[m, i]], **{f"prob_{c}": f"{float(c == CLASSES[pred[m, i]]):.6f}"
+                                                       for c in CLASSES}}
+            for m in range(2) for i in range(N_TEST)]
+    return log_with_artifact(exp, STAGE_CLASSIFY, params, metrics, "predictions", "test.csv", rows, tmp)
+
+
+def log_segment(exp, model, train_set, tmp):
+    ids, groups = image_ids()
+    scores = seg_scores(model, train_set)
+    rows = [{"id": ids[i], "label": CLASSES[i % 3], "group": groups[i],
+             **{m: repr(float(v)) for m, v in zip(("dice", "iou", "asd", "hd"), scores[i])},
+             "empty_pred": 0, "empty_gt": 0, "pred_mask": f"pred_masks/test/{ids[i]}.png"}
+            for i in range(N_TEST)][::-1]                          # another image order than the classify runs
+    metrics = dict(zip(("dice", "iou", "asd", "hd"), map(float, scores.mean(axis=0))))
+    return log_with_artifact(exp, STAGE_SEGMENT, {"model": model, "train_set": train_set, "eval_data": ""},
+                             metrics, "segmentation", "test.csv", rows, tmp)
 
 
 @pytest.fixture(scope="module")
 def claims_report(mlflow_store, tmp_path_factory):
-    """An experiment whose runs make some claims hold, some fail and one unmeasured; one report of it."""
+    """An experiment whose runs make a claim hold, some fail, one inconclusive, one unmeasured."""
     mlflow.set_tracking_uri(mlflow_store)
     exp = f"test-claims-{os.getpid()}"
+    tmp = tmp_path_factory.mktemp("claims-artifacts")
     for model, sets in CLF.items():
-        for train_set, base in sets.items():
-            log_run(exp, STAGE_CLASSIFY, {"model": model, "train_set": train_set, "eval_data": ""}, clf_metrics(base))
-    for (model, train_set), m in SEG.items():
-        log_run(exp, STAGE_SEGMENT, {"model": model, "train_set": train_set, "eval_data": ""}, m)
+        for train_set, k in sets.items():
+            log_classify(exp, model, train_set, k, tmp)
+    for model, train_set in (("unet", "real"), ("unet", "hybrid"), ("deeplabv3plus", "real")):
+        log_segment(exp, model, train_set, tmp)
     for comparison, fid in FID.items():
         log_run(exp, STAGE_EVALUATE, {}, {"fid": fid, "lpips": 0.5, "ms_ssim": 0.2},
                 tags={TAG_COMPARISON: comparison, TAG_EXTRACTOR: "standard:inception-v3-compat"})
@@ -468,14 +576,56 @@ def claims_report(mlflow_store, tmp_path_factory):
     run_id = report(ReportConfig(output_dir=str(out)), experiment=exp)
     folder = out / exp
     record = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    return {"run_id": run_id, "md": (folder / "report.md").read_text(encoding="utf-8"),
+    return {"run_id": run_id, "md": (folder / "report.md").read_text(encoding="utf-8"), "folder": folder,
             "claims": {c["key"]: c for c in record["claims"]}, "summary": record["claims_summary"]}
 
 
-def verdict(results):
-    """The rule, written out again: holds if every measured result holds and one was measured."""
-    measured = [r for r in results if r is not None]
-    return "not measured" if not measured else "holds" if all(measured) else "does not hold"
+def expected_result(test: str, low, high) -> str:
+    """The three-way rule, written out again for the tests used: > 0, < 0, in [a, b]."""
+    if low is None:
+        return "inconclusive"
+    if test == "> 0":
+        ok = [low > 0, high > 0]
+    elif test == "< 0":
+        ok = [low < 0, high < 0]
+    else:
+        a, b = map(float, re.match(r"in \[(.+), (.+)\]", test).groups())
+        if a <= low and high <= b:
+            return "passes"
+        return "fails" if high < a or low > b else "inconclusive"
+    return "passes" if all(ok) else "fails" if not any(ok) else "inconclusive"
+
+
+def expected_verdict(results) -> str:
+    measured = [r for r in results if r != "not measured"]
+    if not measured:
+        return "not measured"
+    if "fails" in measured:
+        return "does not hold"
+    return "holds" if all(r == "passes" for r in measured) else "inconclusive"
+
+
+def numpy_paired(per_a, per_b, groups, n=4000, seed=3):
+    """An independent paired bootstrap of mean(a) − mean(b): the same drawn lesions for both runs, each
+    run's models drawn on their own with the small-M weight spread; per_a (Ma, N), per_b (Mb, N)."""
+    units = {}
+    for i, g in enumerate(groups):
+        units.setdefault(g, []).append(i)
+    units = list(units.values())
+    rng, out = np.random.default_rng(seed), []
+
+    def model_mean(per, images):
+        means = per[:, images].mean(axis=1)
+        k = len(means)
+        if k == 1:
+            return means[0]
+        w = np.bincount(rng.integers(0, k, k), minlength=k) / k
+        return np.sum((1 / k + np.sqrt(k / (k - 1)) * (w - 1 / k)) * means)
+
+    for _ in range(n):
+        images = np.concatenate([units[u] for u in rng.integers(0, len(units), len(units))])
+        out.append(model_mean(per_a, images) - model_mean(per_b, images))
+    return np.percentile(out, [2.5, 97.5])
 
 
 def test_claim_definitions_quote_a_section_and_state_a_rule():
@@ -485,87 +635,126 @@ def test_claim_definitions_quote_a_section_and_state_a_rule():
         assert c.quotes and all(section and len(quote) > 40 for section, quote in c.quotes) and c.readings
 
 
-def test_claims_hold_fail_or_are_not_measured_on_the_runs(claims_report):
+def test_every_check_is_decided_on_its_paired_interval(claims_report):
+    """Each measured check: ours = a − b of the logged metrics, its paired interval holds it, the result
+    follows the three-way rule on that interval; the paper's is a point comparison."""
+    seen = set()
+    for claim in claims_report["claims"].values():
+        for i, reading in enumerate(claim["readings"]):
+            results = [chk["results"][i]["ours"] for chk in claim["checks"]]
+            assert reading["verdict"] == expected_verdict(results)
+        for chk in claim["checks"]:
+            if chk["ours"] is None:
+                assert [r["ours"] for r in chk["results"]] == ["not measured"] * len(chk["results"])
+                continue
+            ma = mlflow.get_run(chk["a"]["run_id"]).data.metrics[chk["a"]["run_metric"]]
+            mb = mlflow.get_run(chk["b"]["run_id"]).data.metrics[chk["b"]["run_metric"]]
+            assert chk["ours"] == ma - mb
+            if chk["ci_low"] is not None:
+                assert chk["ci_low"] - 1e-9 <= chk["ours"] <= chk["ci_high"] + 1e-9
+                assert chk["half_width"] == pytest.approx((chk["ci_high"] - chk["ci_low"]) / 2)
+            else:
+                assert chk["ci_reason"]
+            for r in chk["results"]:
+                assert r["ours"] == expected_result(r["test"], chk["ci_low"], chk["ci_high"])
+                point = chk["paper"]
+                assert r["paper"] == expected_result(r["test"], point, point).replace("inconclusive", "fails")
+                seen.add(r["ours"])
+    assert seen == {"passes", "fails", "inconclusive"}
+
+
+def test_paired_intervals_agree_with_an_independent_bootstrap(claims_report):
+    """Accuracy and Dice/ASD differences recomputed from the runs' artifacts in plain numpy (3 points /
+    0.2 px tolerance: two Monte Carlo estimates of the same percentiles on 50 lesions)."""
+    ids, groups = image_ids()
+    y = np.arange(N_TEST) % len(CLASSES)
+    checked = 0
+    for claim in claims_report["claims"].values():
+        for chk in claim["checks"]:
+            if chk["ci_low"] is None:
+                continue
+            (ma, sa), (mb, sb) = (chk[x]["row"].split("/") for x in ("a", "b"))
+            metric = chk["a"]["metric"]
+            if metric == "accuracy":
+                per_a = 100.0 * (fold_predictions(CLF[ma][sa]) == y)
+                per_b = 100.0 * (fold_predictions(CLF[mb][sb]) == y)
+                tol = 3.0
+            elif metric in ("dice", "asd"):
+                col = ("dice", "iou", "asd", "hd").index(metric)
+                per_a, per_b = seg_scores(ma, sa)[None, :, col], seg_scores(mb, sb)[None, :, col]
+                tol = 0.2
+            else:
+                continue
+            low, high = numpy_paired(per_a, per_b, groups)
+            assert abs(chk["ci_low"] - low) < tol and abs(chk["ci_high"] - high) < tol, (chk["quantity"], low, high)
+            checked += 1
+    assert checked == 9                      # 5 accuracy (SqueezeNet has no artifact), 2 Dice, 2 ASD
+    # pairing matters: ResNet34's real and hybrid accuracies (71, 60) each have intervals about 18 points
+    # wide that overlap; paired, the shared images cancel and the whole interval is below 0
+    rn = next(c for c in claims_report["claims"]["hybrid_gain_classification"]["checks"]
+              if c["part"] == "ResNet34" and c["a"]["metric"] == "accuracy")
+    assert rn["ci_high"] < 0
+
+
+def test_claims_verdicts_on_the_runs(claims_report):
     claims, md = claims_report["claims"], claims_report["md"]
-    paper = paper_values()
-    # 1. hybrid − real in [8, 15] points for accuracy and F1, every classifier: Swin is +16 -> does not hold;
-    #    the weaker reading (> 0) holds
+    # 1. ResNet34's hybrid run is below its real one on every image it differs: fails either reading
     c = claims["hybrid_gain_classification"]
-    gains = {m: CLF[m]["hybrid"] - CLF[m]["real"] for m in CLF}
-    assert c["verdict"] == verdict([8 <= g <= 15 for g in gains.values()]) == "does not hold"
-    assert c["readings"][1]["verdict"] == verdict([g > 0 for g in gains.values()]) == "holds"
-    assert not c["partly_measured"] and c["not_measured"] == []
-    assert len(c["checks"]) == 8
-    for chk in c["checks"]:
-        model, metric = chk["a"]["row"].split("/")[0], chk["a"]["metric"]
-        assert chk["a"]["row"] == f"{model}/hybrid" and chk["b"]["row"] == f"{model}/real"
-        run_a = mlflow.get_run(chk["a"]["run_id"])
-        assert run_a.data.params["model"] == model and run_a.data.params["train_set"] == "hybrid"
-        assert chk["ours"] == run_a.data.metrics[metric] - mlflow.get_run(chk["b"]["run_id"]).data.metrics[metric]
-        assert chk["ours"] == pytest.approx(gains[model])
-        p = paper["table2"]["classify"][model]
-        assert chk["paper"] == pytest.approx(p["hybrid"][metric] - p["real"][metric])
-        assert [r["ours"] for r in chk["results"]] == [
-            "holds" if 8 <= gains[model] <= 15 else "does not hold", "holds"]
-    p = paper["table2"]["classify"]["densenet121"]
-    assert (f"| DenseNet121 | Accuracy: hybrid − real (points) | {79.0:.3f} − {70.0:.3f} = {9.0:+.3f} | "
-            f"{p['hybrid']['accuracy']:.3f} − {p['real']['accuracy']:.3f} = "
-            f"{p['hybrid']['accuracy'] - p['real']['accuracy']:+.3f} | in [8, 15]: ✓ · ✓ | > 0: ✓ · ✓ |") in md
-    assert "| Swin Transformer | Accuracy: hybrid − real (points) | 90.000 − 74.000 = +16.000 |" in md
-    # the paper's own Table 2 gives +5.7 to +9.2 points: the strict reading fails on it too
-    paper_gains = [p["hybrid"][m] - p["real"][m] for p in paper["table2"]["classify"].values()
-                   for m in ("accuracy", "f1")]
-    assert c["paper_verdict"] == verdict([8 <= g <= 15 for g in paper_gains])
-    # 2. synth below real: ResNet34's synth run is above its real run -> does not hold (partly measured)
-    c = claims["synth_below_real"]
-    assert c["verdict"] == "does not hold" and c["partly_measured"]
-    assert {chk["part"]: chk["ours"] for chk in c["checks"] if chk["ours"] is not None} == \
-        {"DenseNet121": pytest.approx(-10.0), "ResNet34": pytest.approx(4.0)}
-    assert any(x.startswith("SqueezeNet1.1 (all checks): no classify run of squeezenet1_1 on synth")
-               for x in c["not_measured"])
-    assert any(x.startswith("U-Net (all checks): no segment run of unet on synth") for x in c["not_measured"])
-    # 3. U-Net: Dice +0.75, IoU +0.5 (in [0.5, 1]), ASD and HD lower -> holds; DeepLabV3+ has no hybrid run
+    assert c["verdict"] == "does not hold" and c["readings"][1]["verdict"] == "does not hold"
+    rn = [chk for chk in c["checks"] if chk["part"] == "ResNet34"]
+    assert [r["ours"] for chk in rn for r in chk["results"]] == ["fails"] * 4
+    sq = [chk for chk in c["checks"] if chk["part"] == "SqueezeNet1.1"]
+    assert all(chk["ci_low"] is None and "has no predictions/test.csv artifact" in chk["ci_reason"] for chk in sq)
+    assert all(r["ours"] == "inconclusive" for chk in sq for r in chk["results"])
+    assert "(no interval: run " in md and "has no predictions/test.csv artifact)" in md
+    # 2. ResNet34's synth run is above its real one: "< 0" fails
+    assert claims["synth_below_real"]["verdict"] == "does not hold"
+    # 3. U-Net: Dice +0.75 and IoU +0.6 per image (± a little): inside [0.5, 1]; ASD and HD lower: holds
     c = claims["hybrid_gain_segmentation"]
-    unet = [chk for chk in c["checks"] if chk["part"] == "U-Net"]
-    expected = {m: SEG[("unet", "hybrid")][m] - SEG[("unet", "real")][m] for m in ("dice", "iou", "asd", "hd")}
-    assert {chk["a"]["metric"]: chk["ours"] for chk in unet} == expected
-    assert c["verdict"] == verdict([0.5 <= expected["dice"] <= 1, 0.5 <= expected["iou"] <= 1,
-                                    expected["asd"] < 0, expected["hd"] < 0]) == "holds"
-    assert c["partly_measured"] and c["verdict_text"] == "holds (partly measured)"
+    assert c["verdict_text"] == "holds (partly measured)"
     assert c["not_measured"] == ["DeepLabV3+ (all checks): no segment run of deeplabv3plus on hybrid"]
-    assert "— **holds (partly measured)**" in md
-    # 4. DeepLabV3+ vs U-Net on real: Dice, IoU, HD better but ASD worse -> does not hold
-    c = claims["deeplab_beats_unet"]
-    real = [chk for chk in c["checks"] if chk["part"] == "Real only"]
-    assert [chk["ours"] for chk in real] == [SEG[("deeplabv3plus", "real")][m] - SEG[("unet", "real")][m]
-                                             for m in ("dice", "iou", "asd", "hd")]
-    assert [chk["results"][0]["ours"] for chk in real] == ["holds", "holds", "does not hold", "holds"]
-    assert c["verdict"] == "does not hold"
-    # 5. no run with eval_data: not measured, for every classifier, saying why
-    c = claims["ham_hybrid_gain"]
-    assert c["verdict"] == "not measured" and all(chk["ours"] is None for chk in c["checks"])
-    assert [x.split(" (")[0] for x in c["not_measured"]] == ["DenseNet121", "ResNet34", "SqueezeNet1.1",
-                                                             "Swin Transformer"]
-    assert all("with eval_data (HAM10000)" in x for x in c["not_measured"])
-    # 6. FID 55.5 vs 40.0 with the same extractor -> holds
+    unet = [chk for chk in c["checks"] if chk["part"] == "U-Net"]
+    assert all(0.5 <= chk["ci_low"] <= chk["ci_high"] <= 1 for chk in unet[:2])
+    # 4. DeepLabV3+ has the higher ASD on every image: fails
+    assert claims["deeplab_beats_unet"]["verdict"] == "does not hold"
+    # 5. no run with eval_data: not measured
+    assert claims["ham_hybrid_gain"]["verdict"] == "not measured"
+    # 6. FID is one number per evaluate run: no interval, so +15.5 decides nothing
     c = claims["fid_synth_above_real"]
-    assert c["verdict"] == "holds" and c["checks"][0]["ours"] == 55.5 - 40.0
-    assert "| Table 1 | FID: real train vs synth train − real train vs real test | 55.500 − 40.000 = +15.500 |" in md
+    assert c["verdict"] == "inconclusive" and c["checks"][0]["ours"] == 55.5 - 40.0
+    assert c["checks"][0]["ci_reason"] == "one number per run (no per-image values to resample)"
+    assert c["checks"][0]["results"][0]["paper"] == "passes"           # the paper's point comparison
+    assert ("| Table 1 | FID: real train vs synth train − real train vs real test | 55.500 − 40.000 = +15.500 "
+            "(no interval: one number per run (no per-image values to resample)) | — | — |") in md
 
 
-def test_claims_counts_on_the_report_run(claims_report):
-    metrics = mlflow.get_run(claims_report["run_id"]).data.metrics
+def test_claims_counts_precision_and_forest_on_the_report_run(claims_report):
+    run = mlflow.get_run(claims_report["run_id"])
     verdicts = [c["verdict"] for c in claims_report["claims"].values()]
-    assert verdicts.count("holds") == 2 and verdicts.count("does not hold") == 3 and verdicts.count("not measured") == 1
-    assert {k: v for k, v in metrics.items() if k.startswith("claims/")} == {
-        "claims/holds": 2, "claims/does_not_hold": 3, "claims/not_measured": 1}
-    assert claims_report["summary"] == {"claims/holds": 2, "claims/does_not_hold": 3, "claims/not_measured": 1}
+    expected = {"claims/holds": 1, "claims/does_not_hold": 3, "claims/inconclusive": 1, "claims/not_measured": 1}
+    assert {k: verdicts.count(v) for k, v in (("claims/holds", "holds"), ("claims/does_not_hold", "does not hold"),
+                                              ("claims/inconclusive", "inconclusive"),
+                                              ("claims/not_measured", "not measured"))} == expected
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("claims/")} == expected
+    assert claims_report["summary"] == expected
     md = claims_report["md"]
     assert md.rstrip().endswith(" |") and md.index("## Figure 3") < md.index("## Claims")   # the last section
-    assert "Verdicts of the 6 claims: holds 2 · does not hold 3 · not measured 1." in md
+    assert "Verdicts of the 6 claims: holds 1 · does not hold 3 · inconclusive 1 · not measured 1." in md
+    assert "**What this experiment can and cannot tell.**" in md
     for claim in CLAIMS:                       # every quote verbatim, with its section
         for section, quote in claim.quotes:
             assert f"> “{quote}” — *{section}*" in md
+    # needed test units: n · (half-width / claimed effect)², the paper's own difference as the effect
+    dn = next(c for c in claims_report["claims"]["hybrid_gain_classification"]["checks"]
+              if c["part"] == "DenseNet121" and c["a"]["metric"] == "accuracy")
+    assert dn["n_units"] == N_TEST // 2
+    assert dn["needed_units"] == int(np.ceil(50 * (dn["half_width"] / abs(dn["paper"])) ** 2))
+    assert f"| {dn['half_width']:.1f} | {dn['needed_units']} (of 50) |" in md
+    assert "- **Precision:** half-widths of the" in md
+    # the forest figure: in the report folder, linked from the report and logged with the run
+    assert Image.open(claims_report["folder"] / "claims_forest.png").size[1] > 300
+    assert "](claims_forest.png)" in md
+    assert "claims_forest.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
 
 def test_claims_in_the_main_scenario(scenario):
@@ -575,14 +764,18 @@ def test_claims_in_the_main_scenario(scenario):
     assert fid["verdict"] == "not measured" and fid["checks"][0]["ours"] is None
     assert "fallback:inception-random-he-seed0" in fid["not_measured"][0]
     assert "standard:inception-v3-compat" in fid["not_measured"][0]
-    # only DenseNet121 has both real and hybrid runs: +8.75 points -> holds, partly measured
+    # only DenseNet121 has both real and hybrid runs: +8.75 points, but the runs have no predictions
+    # artifact, so no paired interval: inconclusive, partly measured (a point estimate decides nothing)
     c = claims["hybrid_gain_classification"]
-    assert c["verdict_text"] == "holds (partly measured)"
-    assert [chk["ours"] for chk in c["checks"] if chk["ours"] is not None] == [79.5 - 70.75, 79.5 - 70.75]
+    assert c["verdict_text"] == "inconclusive (partly measured)"
+    measured = [chk for chk in c["checks"] if chk["ours"] is not None]
+    assert [chk["ours"] for chk in measured] == [79.5 - 70.75, 79.5 - 70.75]
+    assert all(chk["ci_low"] is None and "has no predictions/test.csv artifact" in chk["ci_reason"]
+               for chk in measured)
     metrics = mlflow.get_run(scenario["run_id"]).data.metrics
     verdicts = [c["verdict"] for c in claims.values()]
-    assert metrics["claims/holds"] == verdicts.count("holds")
-    assert metrics["claims/does_not_hold"] == verdicts.count("does not hold")
+    for key, v in (("holds", "holds"), ("does_not_hold", "does not hold"), ("inconclusive", "inconclusive")):
+        assert metrics[f"claims/{key}"] == verdicts.count(v)
     assert metrics["claims/not_measured"] == verdicts.count("not measured") >= 1
 
 

@@ -6,11 +6,12 @@ and of the real data. Writes `<output_dir>/<experiment>/` and logs the same file
 one run of stage `report`:
 
     report.md                      header + Tables 1-3 (Markdown) + the figures + the paper's claims checked
-    report.json                    the header facts, every cell (ours, paper, diff, run, reason) and the claims
+    report.json                    the header facts, every cell (ours, interval, paper, diff, run, reason), claims
     table{1,2,3}.md|.tex|.csv      each table as Markdown, LaTeX (booktabs) and CSV (one row per cell)
     table1_per_class.md|.tex|.csv  per-class CAS and mask consistency of Table 1's runs (not in the paper)
     figure2.png, figure2.json      real vs generated image-mask pairs, one row per class (+ the ids)
     figure3.png                    the explain runs' heatmap figures, one per model (when any exist)
+    claims_forest.png              each claim check's difference with its paired 95 % interval (forest.py)
 
 Files of an earlier report in that folder with these names are replaced or removed, nothing else.
 Paths of this machine appear in report.md, report.json and figure2.json only as paths.py shows them
@@ -34,7 +35,9 @@ from PIL import Image
 from harness import tracking
 from harness.config import PrepareConfig, ReportConfig
 from harness.errors import HarnessError
+from harness.intervals import CI_RESAMPLES
 from harness.report import claims, figures
+from harness.report.forest import forest_figure, plt
 from harness.report.paths import scrub, show_path, show_uri
 from harness.report.runs import (
     CHOICE_RULE,
@@ -67,9 +70,19 @@ from harness.schema import (
 FIGURE3_RE = re.compile(r"^figure3_(?P<model>.+)\.png$")
 NOT_COMPARABLE = "NOT comparable with published numbers"
 
-REPORT_FILES = ("report.md", "report.json", "figure2.png", "figure2.json", "figure3.png",
+FOREST_FILE = "claims_forest.png"
+REPORT_FILES = ("report.md", "report.json", "figure2.png", "figure2.json", "figure3.png", FOREST_FILE,
                 *(f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")),
                 *(f"table1_per_class.{ext}" for ext in ("md", "tex", "csv")))
+
+
+INTERVALS_TEXT = (
+    "each filled cell shows the 95 % interval its run logged (`<metric>_ci_low`/`_ci_high`): a percentile "
+    f"bootstrap ({CI_RESAMPLES} seeded resamples, scipy.stats.bootstrap) that draws the test images (a lesion's "
+    "images together) and the run's models (folds x seeds) with replacement and recomputes the metric as the "
+    "point value is (per model, then averaged). A cell without one says why (e.g. a run made before "
+    "intervals, one test image). The claims' differences get paired intervals, from the two runs' per-image "
+    "artifacts. The paper reports no intervals.")
 
 
 class ReportError(HarnessError, ValueError):
@@ -371,6 +384,7 @@ def header_markdown(h: dict, run_id: str) -> str:
     lines.append("- **Units:** accuracy, sensitivity, precision, F1, Dice and IoU in %; ASD and HD in pixels; "
                  "FID, LPIPS and MS-SSIM unitless (as in the paper); CAS, mask consistency and mask non-empty "
                  "(Table 1, † not in the paper) fractions in [0, 1]. Δ = ours − paper.")
+    lines.append(f"- **Intervals:** {INTERVALS_TEXT}")
     lines.append(f"- **Missing cells:** {h['cells_missing']} of {h['cells']}" + (":" if h["missing"] else ""))
     for m in h["missing"]:
         lines.append(f"  - {m['table'].replace('table', 'Table ')}, {m['row_label']} ({', '.join(m['metrics'])}): "
@@ -442,7 +456,11 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
                 continue
             result.image.save(out / f"{key}.png", format="PNG")
             body.append(f"![{title}]({key}.png)\n\n" + "".join(f"- {n}\n" for n in result.notes))
-        body.append(claims.claims_markdown(claim_results))
+        forest = forest_figure(claim_results)
+        if forest is not None:
+            forest.savefig(out / FOREST_FILE, dpi=150)
+            plt.close(forest)
+        body.append(claims.claims_markdown(claim_results, forest=FOREST_FILE if forest is not None else ""))
         if fig2.image is not None:
             (out / "figure2.json").write_text(json.dumps({"columns": list(figures.COLUMNS), "rows": fig2.rows,
                                                           "cell": cfg.figure_cell}, indent=1), encoding="utf-8")

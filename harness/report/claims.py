@@ -5,29 +5,38 @@ each reading applies, and one small function that lists its checks. A check is o
 two cells of Tables 1-3 (a − b, e.g. hybrid − real accuracy of one classifier), read from the same
 cells (so the same chosen runs) as the tables, with one test per reading (e.g. "in [8, 15]").
 
-Verdict of a reading, from its checks' tests on our values:
-    holds           every check that could be measured passes, and at least one could be measured
+Each check of ours carries the 95 % interval of its difference, paired over the test images both
+runs were scored on (evidence.py). Its test **passes** when the whole interval satisfies it,
+**fails** when the whole interval violates it, and is **inconclusive** otherwise (also when the
+difference has no interval: a point estimate decides nothing). Verdict of a reading:
+    holds           every measured check passes, and at least one was measured
     does not hold   at least one measured check fails
+    inconclusive    none fails, at least one is inconclusive
     not measured    no check could be measured (a cell missing, or a comparison made invalid)
 The claim's verdict is its first reading's; "partly measured" when some of its checks could not be
-measured (they are listed with why). The same rule applied to the paper's own numbers is shown
-beside ours, so a claim the paper's tables do not bear out is visible as such.
+measured (they are listed with why). The paper's own numbers have no intervals: the same tests on
+its point differences (passes or fails) are shown beside ours, labelled as point comparisons.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.report.tables import CLASSIFIERS, SEGMENTERS, TRAIN_SETS_T2, Cell, Table, fmt
+from harness import intervals
+from harness.intervals import Interval, needed_units
+from harness.report.evidence import Evidence
+from harness.report.tables import CLASSIFIERS, SEGMENTERS, TRAIN_SETS_T2, Cell, Table, fmt, fmt_interval
 from harness.schema import (
     METRIC_ACCURACY, METRIC_ASD, METRIC_DICE, METRIC_F1, METRIC_FID, METRIC_HD, METRIC_IOU, METRIC_SENSITIVITY,
     REAL_VS_REAL, REAL_VS_SYNTH, SEGMENT_METRICS, TAG_EXTRACTOR,
 )
 
-HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
-VERDICTS = (HOLDS, FAILS, NOT_MEASURED)
-METRIC_METRICS = {HOLDS: "claims/holds", FAILS: "claims/does_not_hold", NOT_MEASURED: "claims/not_measured"}
-MARK = {HOLDS: "✓", FAILS: "✗", NOT_MEASURED: "—"}
+HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
+METRIC_METRICS = {HOLDS: "claims/holds", FAILS: "claims/does_not_hold", INCONCLUSIVE: "claims/inconclusive",
+                  NOT_MEASURED: "claims/not_measured"}
+# a check's test result: intervals.PASSES / FAILS / INCONCLUSIVE, or NOT_MEASURED
+MARK = {intervals.PASSES: "✓", intervals.FAILS: "✗", intervals.INCONCLUSIVE: "?", NOT_MEASURED: "—"}
 LABELS = {METRIC_ACCURACY: "Accuracy", METRIC_SENSITIVITY: "Sensitivity", METRIC_F1: "F1", METRIC_DICE: "Dice",
           METRIC_IOU: "IoU", METRIC_ASD: "ASD", METRIC_HD: "HD", METRIC_FID: "FID"}
 
@@ -54,6 +63,8 @@ class Check:
     b: Cell
     tests: tuple[Test, ...]      # one per reading of the claim
     blocked: str = ""            # why our a − b is not measured although both cells have a value
+    ci: Interval = field(default_factory=lambda: Interval(None, None, "not computed"))   # paired 95 % interval
+    n_units: int | None = None   # test units (lesion groups) the two runs were scored on
 
     @property
     def ours(self) -> float | None:
@@ -72,10 +83,27 @@ class Check:
         return "; ".join(dict.fromkeys(c.reason for c in (self.a, self.b) if c.ours is None))
 
     def result(self, reading: int, paper: bool = False) -> str:
+        """passes / fails / inconclusive on our paired interval; passes / fails on the paper's point
+        difference; not measured without a value."""
         value = self.paper if paper else self.ours
         if value is None:
             return NOT_MEASURED
-        return HOLDS if self.tests[reading].passes(value) else FAILS
+        test = self.tests[reading]
+        if paper:
+            return intervals.PASSES if test.passes(value) else intervals.FAILS
+        return intervals.verdict(self.ci, test.passes) or intervals.INCONCLUSIVE
+
+    @property
+    def effect(self) -> float | None:
+        """The difference the paper claims for this check (its own point difference), else ours."""
+        return self.paper if self.paper else self.ours
+
+    @property
+    def needed(self) -> int | None:
+        """Test units for the interval's half-width to shrink to |effect| (∝ 1/half-width²)."""
+        if self.ours is None or self.n_units is None or self.effect is None:
+            return None
+        return needed_units(self.ci, self.n_units, self.effect)
 
 
 @dataclass(frozen=True)
@@ -103,10 +131,13 @@ class Cells:
 
 
 def combine(results: list[str]) -> str:
+    """A reading's verdict from its checks' results (passes / fails / inconclusive / not measured)."""
     measured = [r for r in results if r != NOT_MEASURED]
     if not measured:
         return NOT_MEASURED
-    return HOLDS if all(r == HOLDS for r in measured) else FAILS
+    if intervals.FAILS in measured:
+        return FAILS
+    return HOLDS if all(r == intervals.PASSES for r in measured) else INCONCLUSIVE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,13 +289,21 @@ class ClaimResult:
         return lines
 
 
-def evaluate(tables: list[Table]) -> list[ClaimResult]:
-    cells = Cells(tables)
-    return [ClaimResult(claim, claim.checks(cells)) for claim in CLAIMS]
+def evaluate(tables: list[Table], evidence: Evidence | None = None) -> list[ClaimResult]:
+    """Every claim's checks on the tables' cells, each with its paired interval from the runs' artifacts."""
+    cells, evidence = Cells(tables), evidence or Evidence()
+    results = [ClaimResult(claim, claim.checks(cells)) for claim in CLAIMS]
+    for check in (c for r in results for c in r.checks):
+        if check.ours is None:
+            continue
+        check.ci = evidence.paired(check.a, check.b)
+        check.n_units = evidence.n_units(check.a)
+    return results
 
 
 def counts(results: list[ClaimResult]) -> dict[str, int]:
-    """{"claims/holds": n, "claims/does_not_hold": n, "claims/not_measured": n} over the claims' verdicts."""
+    """{"claims/holds": n, "claims/does_not_hold": n, "claims/inconclusive": n, "claims/not_measured": n}
+    over the claims' verdicts."""
     return {METRIC_METRICS[v]: sum(r.verdict() == v for r in results) for v in VERDICTS}
 
 
@@ -272,6 +311,14 @@ def _pair(a: float | None, b: float | None, d: float | None) -> str:
     if a is None or b is None or d is None:
         return "—"
     return f"{fmt(a)} − {fmt(b)} = {fmt(d, signed=True)}"
+
+
+def _ours(c: Check) -> str:
+    """a − b = d and its paired interval, or "no interval (reason)"."""
+    text = _pair(c.a.ours, c.b.ours, c.ours)
+    if c.ours is None:
+        return text
+    return text + " " + (fmt_interval(c.ci, _unit_of(c)) if c.ci.ok else f"(no interval: {c.ci.reason})")
 
 
 def _cell_ref(c: Cell) -> dict:
@@ -289,7 +336,10 @@ def claim_record(r: ClaimResult) -> dict:
                      for i, rule in enumerate(r.claim.readings)],
         "not_measured": r.not_measured(),
         "checks": [{"part": c.part, "quantity": c.quantity, "a": _cell_ref(c.a), "b": _cell_ref(c.b),
-                    "ours": c.ours, "paper": c.paper, "reason": c.reason if c.ours is None else "",
+                    "ours": c.ours, "ci_low": c.ci.low, "ci_high": c.ci.high,
+                    "ci_reason": c.ci.reason if c.ours is not None else "", "half_width": c.ci.half_width,
+                    "n_units": c.n_units, "effect": c.effect, "needed_units": c.needed,
+                    "paper": c.paper, "reason": c.reason if c.ours is None else "",
                     "results": [{"test": t.text, "ours": c.result(i), "paper": c.result(i, paper=True)}
                                 for i, t in enumerate(c.tests)]}
                    for c in r.checks],
@@ -298,18 +348,65 @@ def claim_record(r: ClaimResult) -> dict:
 
 RULE_TEXT = (
     "Each quantitative claim of the paper, quoted, is checked on the cells of the tables above (the same chosen "
-    "runs). A check is one difference a − b of two cells with a test; a reading of the claim **holds** when "
-    "every check that could be measured passes and at least one could, **does not hold** when a measured check "
-    "fails, and is **not measured** when none could be measured. The first reading decides the verdict; "
-    "\"partly measured\" means some checks lacked a value (listed with why). The paper's own numbers are checked "
-    "by the same rule. In the tables: ✓ passes, ✗ fails, — not measured (ours · paper).")
+    "runs). A check is one difference a − b of two cells with a test, and carries the 95 % interval of the "
+    "difference, paired: the same resampled test images for both runs, so the noise they share cancels, each "
+    "run's models resampled on their own. A test **passes** (✓) when the whole interval satisfies it, **fails** "
+    "(✗) when the whole interval violates it, and is **inconclusive** (?) otherwise, also when the difference "
+    "has no interval; — not measured. A reading **holds** when every measured check passes, **does not hold** "
+    "when one fails, is **inconclusive** when none fails and one or more are inconclusive, and **not "
+    "measured** when no check could be measured. The first reading decides the verdict; \"partly measured\" "
+    "means some checks lacked a value (listed with why). The paper reports no intervals: its own numbers get "
+    "the same tests as point comparisons (✓/✗ on the point difference), shown after ours (ours · paper).")
+
+CAN_TELL = (
+    "**What this experiment can and cannot tell.** An interval says how far another draw of test images and of "
+    "training randomness (fold models, seeds) could move a difference; it does not cover what both runs share "
+    "(this one test split's population, one generated set, one base model), so a passing check says the "
+    "difference is real for this data and protocol, not that it transfers. A check can only be decided when "
+    "its interval is narrower than the effect it tests: \"needed\" is the number of test units (lesion "
+    "groups) at which the half-width would equal the claimed difference (the paper's own, else ours), from "
+    "the observed variance (size ∝ 1/half-width²); a test split below it leaves the check inconclusive unless "
+    "the true effect is larger than claimed. Inconclusive is a statement about the evidence, not about the "
+    "claim.")
 
 
-def claims_markdown(results: list[ClaimResult], heading_level: int = 2) -> str:
+def _unit_of(c: Check) -> str:
+    return "%" if c.a.unit in ("%", "px") else ""
+
+
+def _half_width(c: Check) -> str:
+    return "—" if not c.ci.ok else f"{c.ci.half_width:.{1 if _unit_of(c) else 3}f}"
+
+
+def _needed(c: Check) -> str:
+    n = c.needed
+    return "—" if n is None else f"{n} (of {c.n_units})"
+
+
+def precision_line(r: ClaimResult) -> str:
+    """The half-widths of a claim's intervals and the test-split size that would decide them."""
+    with_ci = [c for c in r.checks if c.ours is not None and c.ci.ok]
+    if not with_ci:
+        return "- **Precision:** no check has an interval."
+    hw = sorted(c.ci.half_width for c in with_ci)
+    needed = sorted(c.needed for c in with_ci if c.needed is not None)
+    units = sorted({c.n_units for c in with_ci if c.n_units is not None})
+    text = (f"- **Precision:** half-widths of the {len(with_ci)} intervals {hw[0]:.2f}–{hw[-1]:.2f}, on "
+            f"{'/'.join(map(str, units)) or '?'} test units")
+    if needed:
+        text += (f"; deciding the claimed differences needs about {needed[0]}–{needed[-1]} test units "
+                 f"(median {needed[len(needed) // 2]})")
+    return text + "."
+
+
+def claims_markdown(results: list[ClaimResult], heading_level: int = 2, forest: str = "") -> str:
+    """The Claims section; `forest` names the forest figure's file beside the report ("" when none)."""
     n = counts(results)
-    out = [f"{'#' * heading_level} Claims", "", RULE_TEXT, "",
+    out = [f"{'#' * heading_level} Claims", "", RULE_TEXT, "", CAN_TELL, "",
            f"Verdicts of the {len(results)} claims: " + " · ".join(f"{v} {n[METRIC_METRICS[v]]}" for v in VERDICTS)
            + ".", ""]
+    if forest:
+        out += [f"![Claims: each check's difference with its paired 95 % interval]({forest})", ""]
     h = "#" * (heading_level + 1)
     for k, r in enumerate(results, 1):
         claim = r.claim
@@ -320,20 +417,22 @@ def claims_markdown(results: list[ClaimResult], heading_level: int = 2) -> str:
         for i, rule in enumerate(claim.readings):
             name = "Reading" if i == 0 else "Also"
             out.append(f"- **{name}:** {rule} — ours: **{r.verdict_text(i)}**; "
-                       f"the paper's own numbers: {r.verdict(i, paper=True)}.")
+                       f"the paper's own numbers (point comparison): {r.verdict(i, paper=True)}.")
         for line in r.not_measured():
             out.append(f"- **Not measured:** {line}")
+        out.append(precision_line(r))
         out.append("")
         rule_heads = ["Test"] if len(claim.readings) == 1 else ["Test", "Test (also)"]
-        out.append(f"| {claim.part_title} | Quantity | Ours | Paper | " + " | ".join(rule_heads) + " |")
-        out.append("|:--|:--|--:|--:|" + ":--|" * len(rule_heads))
+        out.append(f"| {claim.part_title} | Quantity | Ours [95 % interval] | ± | Needed | Paper | "
+                   + " | ".join(rule_heads) + " |")
+        out.append("|:--|:--|--:|--:|--:|--:|" + ":--|" * len(rule_heads))
         for c in r.checks:
             tests = [f"{t.text}: {MARK[c.result(i)]} · {MARK[c.result(i, paper=True)]}" for i, t in enumerate(c.tests)]
-            out.append(f"| {c.part} | {c.quantity} | {_pair(c.a.ours, c.b.ours, c.ours)} | "
+            out.append(f"| {c.part} | {c.quantity} | {_ours(c)} | {_half_width(c)} | {_needed(c)} | "
                        f"{_pair(c.a.paper, c.b.paper, c.paper)} | " + " | ".join(tests) + " |")
         out.append("")
     return "\n".join(out)
 
 
-__all__ = ["CLAIMS", "FAILS", "HOLDS", "METRIC_METRICS", "NOT_MEASURED", "Check", "Claim", "ClaimResult",
-           "Cells", "claim_record", "claims_markdown", "counts", "evaluate"]
+__all__ = ["CAN_TELL", "CLAIMS", "FAILS", "HOLDS", "INCONCLUSIVE", "METRIC_METRICS", "NOT_MEASURED", "Check", "Claim",
+           "ClaimResult", "Cells", "claim_record", "claims_markdown", "counts", "evaluate", "precision_line"]

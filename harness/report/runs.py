@@ -20,7 +20,8 @@ import mlflow
 from mlflow.entities import Run
 
 from harness import tracking
-from harness.schema import TAG_DIGEST, TAG_PREFIX, TAG_STAGE
+from harness.intervals import Interval
+from harness.schema import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, TAG_DIGEST, TAG_NO_INTERVAL_PREFIX, TAG_PREFIX, TAG_STAGE
 
 FINISHED = "FINISHED"
 
@@ -109,6 +110,19 @@ def metric_value(run: Run, key: str) -> tuple[float | None, str]:
     return float(value), ""
 
 
+NO_RUN_INTERVAL = "the run logged none"
+
+
+def metric_interval(run: Run, key: str) -> Interval:
+    """The 95 % interval a run logged for one metric (`<key>_ci_low`, `<key>_ci_high`), or why there is
+    none: the run's tag `skindualgen.no_interval/<key>` when it logged one (e.g. one test image)."""
+    m = run.data.metrics
+    low, high = m.get(key + CI_LOW_SUFFIX), m.get(key + CI_HIGH_SUFFIX)
+    if low is not None and high is not None:
+        return Interval(float(low), float(high))
+    return Interval(None, None, run.data.tags.get(TAG_NO_INTERVAL_PREFIX + key, NO_RUN_INTERVAL))
+
+
 def param(run: Run, key: str) -> str:
     """A resolved param, else the tag `skindualgen.<key>` the stage also sets, else ""."""
     value = tracking.effective_params(run).get(key)
@@ -147,5 +161,5 @@ def run_link(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base and run_id else ""
 
 
-__all__ = ["CHOICE_RULE", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_value", "newest_first", "param",
-           "run_link", "strip_credentials", "ui_base"]
+__all__ = ["CHOICE_RULE", "UI_URL_ENV", "Choice", "RunIndex", "choose", "metric_interval", "metric_value", "newest_first",
+           "param", "run_link", "strip_credentials", "ui_base"]

@@ -23,7 +23,8 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 
-from harness.report.runs import Choice, RunIndex, choose, metric_value, param, run_link
+from harness.intervals import Interval
+from harness.report.runs import Choice, RunIndex, choose, metric_interval, metric_value, param, run_link
 from harness.schema import (
     HAM_PREFIX, METRIC_ACCURACY, METRIC_ASD, METRIC_CAS, METRIC_DICE, METRIC_F1, METRIC_FID, METRIC_HD, METRIC_IOU,
     METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, METRIC_MS_SSIM, METRIC_PRECISION, METRIC_SENSITIVITY,
@@ -81,6 +82,7 @@ class Cell:
     run_url: str = ""
     reason: str = ""
     in_paper: bool = True
+    ci: Interval = field(default_factory=lambda: Interval(None, None, "no value"))    # our value's 95 % interval
 
     @property
     def diff(self) -> float | None:
@@ -142,6 +144,8 @@ def _row(table: str, section: str, key: str, labels: tuple[str, ...], model: str
             cell.run_id = run.info.run_id
             cell.run_url = run_link(link_base, run.info.experiment_id, run.info.run_id)
             cell.ours, cell.reason = metric_value(run, run_metric)
+            if cell.ours is not None:
+                cell.ci = metric_interval(run, run_metric)
         cells.append(cell)
     return Row(key, labels, cells, choice)
 
@@ -273,6 +277,34 @@ def fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
+def fmt_interval(iv: Interval, unit: str) -> str:
+    """`[low, high]`: one decimal for % and px (as wide as they are, more would be noise), three otherwise."""
+    d = 1 if unit in ("%", "px") else 3
+    return f"[{iv.low:.{d}f}, {iv.high:.{d}f}]"
+
+
+def interval_notes(cells: list[Cell]) -> dict[str, int]:
+    """The distinct reasons of filled cells without an interval, numbered in order of appearance."""
+    out: dict[str, int] = {}
+    for c in cells:
+        if c.ours is not None and not c.ci.ok:
+            out.setdefault(c.ci.reason, len(out) + 1)
+    return out
+
+
+def ours_text(c: Cell, notes: dict[str, int]) -> str:
+    """Our value with its interval, or with "no interval" and the number of the note saying why."""
+    if c.ours is None:
+        return MISSING
+    if c.ci.ok:
+        return f"{fmt(c.ours)} {fmt_interval(c.ci, c.unit)}"
+    return f"{fmt(c.ours)} (no interval {notes[c.ci.reason]})"
+
+
+def _interval_note_lines(notes: dict[str, int]) -> list[str]:
+    return [f"No interval {n}: {reason}." for reason, n in notes.items()]
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -290,8 +322,10 @@ def _md_run(row: Row) -> str:
 
 
 def to_markdown(table: Table, heading_level: int = 2) -> str:
-    intro = (f"Paper: *{table.caption}*. Each metric: ours, the paper's value, Δ = ours − paper; the run "
-             "column names the MLflow run of the whole row.")
+    intro = (f"Paper: *{table.caption}*. Each metric: ours with its 95 % interval in brackets (test images "
+             "and the run's models resampled, see Intervals in the header), the paper's value (no interval: the "
+             "paper reports none), Δ = ours − paper; the run column names the MLflow run of the whole row.")
+    notes = interval_notes(table.cells)
     out = [f"{'#' * heading_level} {table.title}", "", intro, ""]
     for section in table.sections:
         if len(table.sections) > 1:
@@ -305,11 +339,11 @@ def to_markdown(table: Table, heading_level: int = 2) -> str:
         for row in section.rows:
             values = [_md_escape(x) for x in row.labels]
             for c in row.cells:
-                values += [fmt(c.ours), fmt(c.paper), fmt(c.diff, signed=True)]
+                values += [ours_text(c, notes), fmt(c.paper), fmt(c.diff, signed=True)]
             values.append(_md_run(row))
             out.append("| " + " | ".join(values) + " |")
         out.append("")
-    out += [*(_md_escape(n) for n in table.notes), ""] if table.notes else []
+    out += [*(_md_escape(n) for n in table.notes + _interval_note_lines(notes)), ""] if table.notes or notes else []
     return "\n".join(out)
 
 
@@ -369,6 +403,12 @@ def _tex_num(value: float | None, signed: bool = False) -> str:
     return "---" if value is None else f"${fmt(value, signed)}$"
 
 
+def _tex_ours(c: Cell, notes: dict[str, int]) -> str:
+    if c.ours is None or not c.ci.ok:
+        return _tex_num(c.ours) + ("" if c.ours is None else rf"$^{{{notes[c.ci.reason]}}}$")
+    return _tex_num(c.ours) + r" {\scriptsize " + fmt_interval(c.ci, c.unit) + "}"
+
+
 def _tex_run(row: Row) -> str:
     cell = next((c for c in row.cells if c.run_id), None)
     if cell is None:
@@ -386,6 +426,7 @@ def to_latex(table: Table) -> str:
     n_head = max(len(s.headers) for s in table.sections)
     n_metric = max(len(s.columns) for s in table.sections)
     spec = "l" * n_head + "rrr" * n_metric + "l"
+    notes = interval_notes(table.cells)
     lines = [(f"% {table.title}. Generated by harness.report from MLflow runs; needs \\usepackage{{booktabs}}"
               " (and hyperref for run links)."),
              r"\begin{table}[t]", r"\centering", r"\small",
@@ -416,11 +457,11 @@ def to_latex(table: Table) -> str:
             previous = row.labels[0]
             values = []
             for c in row.cells:
-                values += [_tex_num(c.ours), _tex_num(c.paper), _tex_num(c.diff, signed=True)]
+                values += [_tex_ours(c, notes), _tex_num(c.paper), _tex_num(c.diff, signed=True)]
             values += [""] * (3 * (n_metric - len(row.cells)))
             lines.append(" & ".join(labels + values + [_tex_run(row)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [r"\par\smallskip{\footnotesize " + tex_note(n) + "}" for n in table.notes]
+    lines += [r"\par\smallskip{\footnotesize " + tex_note(n) + "}" for n in table.notes + _interval_note_lines(notes)]
     lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
@@ -447,7 +488,7 @@ def per_class_latex(table: PerClassTable) -> str:
 
 
 CSV_FIELDS = ["table", "section", "row", "model", "train_set", "metric", "run_metric", "label", "unit", "in_paper",
-              "ours", "paper", "diff", "run_id", "run_url", "status", "reason"]
+              "ours", "ci_low", "ci_high", "ci_reason", "paper", "diff", "run_id", "run_url", "status", "reason"]
 
 
 def _num(value: float | None) -> str:
@@ -457,7 +498,8 @@ def _num(value: float | None) -> str:
 def cell_record(c: Cell) -> dict[str, str]:
     return {"table": c.table, "section": c.section, "row": c.row, "model": c.model, "train_set": c.train_set,
             "metric": c.metric, "run_metric": c.run_metric, "label": c.label, "unit": c.unit,
-            "in_paper": str(c.in_paper).lower(), "ours": _num(c.ours), "paper": _num(c.paper),
+            "in_paper": str(c.in_paper).lower(), "ours": _num(c.ours), "ci_low": _num(c.ci.low),
+            "ci_high": _num(c.ci.high), "ci_reason": "" if c.ours is None else c.ci.reason, "paper": _num(c.paper),
             "diff": _num(c.diff), "run_id": c.run_id, "run_url": c.run_url, "status": c.status, "reason": c.reason}
 
 
@@ -487,6 +529,9 @@ __all__ = [
     "build_tables",
     "cell_record",
     "fmt",
+    "fmt_interval",
+    "interval_notes",
+    "ours_text",
     "paper_values",
     "per_class_latex",
     "per_class_markdown",

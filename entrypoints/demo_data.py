@@ -16,12 +16,16 @@ D = DemoDataConfig()
 @click.option("--seed", type=int, default=D.seed, show_default=True)
 @click.option("--per-class", type=int, default=D.per_class, show_default=True,
               help="images per class (0 = HAM10000-like balance, ~140 images; ~70 for ham10000)")
+@click.option("--extra-test/--no-extra-test", default=D.extra_test, show_default=True,
+              help="isic-gpt with --per-class 0: ~127 more test images and a fixed split (the embedded demo)")
 @user_errors
-def demo_data(layout, output_dir, seed, per_class):
+def demo_data(layout, output_dir, seed, per_class, extra_test):
     from harness.data.demo import make_demo_dataset
     if output_dir is None:
         output_dir = D.ham_output_dir if layout == "ham10000" else D.output_dir
-    path = make_demo_dataset(output_dir, seed=seed, per_class=per_class, progress=True, layout=layout)
+    extra_test = extra_test and layout == "isic-gpt" and per_class == 0
+    path = make_demo_dataset(output_dir, seed=seed, per_class=per_class, progress=True, layout=layout,
+                             extra_test=extra_test)
     click.echo(f"demo dataset ({layout} layout): {path}")
 
 

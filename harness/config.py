@@ -34,6 +34,7 @@ class DemoDataConfig:
     max_size: int = 128
     layout: str = "isic-gpt"        # "ham10000" = the shifted external set in the HAM10000 layout
     ham_output_dir: str = "data/demo-ham10000"   # where the demo pipeline keeps the HAM10000-layout set
+    extra_test: bool = True         # isic-gpt, per_class 0: ~127 more test images, a fixed split (demo.py)
 
 
 @dataclass

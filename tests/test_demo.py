@@ -486,3 +486,29 @@ def test_cli_layout_ham10000(tmp_path, monkeypatch):
     result = runner.invoke(demo_data, ["--layout", "ham", "--output-dir", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "ham10000" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_extra_test_images_grow_the_test_split_and_leave_the_training_split_as_it_was(tmp_path):
+    """The embedded demo (extra_test): the flat set's train split, byte for byte and in the same order,
+    and a test split of its ~26 images plus DEMO_EXTRA_TEST new draws (~150 in all)."""
+    from harness.data.demo import DEMO_EXTRA_TEST, DEMO_SPLIT
+    from harness.data.prepare import load_prepared
+    flat = load_prepared(str(make_demo_dataset(tmp_path / "flat")), "auto", *DEMO_SPLIT, progress=False)
+    grown_dir = make_demo_dataset(tmp_path / "grown", extra_test=True)
+    assert (grown_dir / "train" / "images").is_dir() and (grown_dir / "test" / "images").is_dir()
+    grown = load_prepared(str(grown_dir), "auto", 0.5, 7, progress=False)      # a fixed split ignores both
+    train_f, train_g = flat.dataset.split("train").samples, grown.dataset.split("train").samples
+    assert [(s.id, s.label) for s in train_f] == [(s.id, s.label) for s in train_g]
+    assert all(a.image.read_bytes() == b.image.read_bytes() and a.mask.read_bytes() == b.mask.read_bytes()
+               for a, b in zip(train_f, train_g))
+    test_f, test_g = flat.dataset.split("test"), grown.dataset.split("test")
+    assert {s.id for s in test_f.samples} < {s.id for s in test_g.samples}
+    assert len(test_g) == len(test_f) + sum(DEMO_EXTRA_TEST.values()) >= 150
+    assert Counter(test_g.class_counts()) == Counter(test_f.class_counts()) + Counter(DEMO_EXTRA_TEST)
+    new = sorted({s.id for s in test_g.samples} - {s.id for s in test_f.samples})
+    assert new[0] == f"DEMO_{sum(DEMO_CLASSES.values()):07d}"                 # drawn after the others
+    assert make_demo_dataset(tmp_path / "grown", extra_test=True) == grown_dir  # reused, same params
+    with pytest.raises(DemoDataError, match="already exists"):
+        make_demo_dataset(tmp_path / "grown")                                   # not the flat build
+    with pytest.raises(ValueError, match="extra_test needs"):
+        make_demo_dataset(tmp_path / "x", per_class=3, extra_test=True)

@@ -94,6 +94,14 @@ HAM_DEMO_CLASSES: dict[str, int] = {
     "dermatofibroma": 5,
 }
 DEMO_LAYOUTS = ("isic-gpt", "ham10000")
+
+# extra_test=True (the embedded demo's default): this many more images per class, all in the test
+# split, so the test split holds ~150 images instead of ~26 and a real-only accuracy interval is
+# ~10 points wide instead of 13-21 (one image = 0.7 points, not 3.8). The other images are split
+# exactly as `prepare` would split them with DEMO_SPLIT (the paper's test fraction, seed 42), so
+# the training split, and every model trained on it, is the same as without the extra images.
+DEMO_EXTRA_TEST: dict[str, int] = {name: round(0.9 * n) for name, n in DEMO_CLASSES.items()}
+DEMO_SPLIT = (0.176, 42)      # (test_fraction, seed): PrepareConfig's defaults
 HAM_GENERATOR_VERSION = 1   # bump when the HAM set's drawing or shift changes
 
 # The HAM10000-layout set's domain shift: uniform ranges, drawn per lesion (radius_scale) or per
@@ -491,14 +499,33 @@ def _check_existing(root: Path, params: dict) -> bool:
         "refusing to overwrite it (choose another folder or remove it)")
 
 
-def _write_isic_gpt(tmp: Path, counts: dict[str, int], seed: int, min_size: int, max_size: int,
-                    progress: bool) -> dict:
-    """The ISIC-GPT layout into `tmp`; returns nothing extra for demo.json."""
+def _demo_labels(counts: dict[str, int], seed) -> list[str]:
     labels = [name for name, n in counts.items() for _ in range(n)]
-    labels = [labels[i] for i in np.random.default_rng(seed).permutation(len(labels))]
-    for folder in ("images", "masks"):
-        for name in counts:
-            (tmp / folder / name).mkdir(parents=True)
+    return [labels[i] for i in np.random.default_rng(seed).permutation(len(labels))]
+
+
+def _fixed_split(labels: list[str]) -> dict[str, str]:
+    """Sample id -> "train"/"test": the split `prepare` gives the flat set (DEMO_SPLIT)."""
+    from harness.data.records import Dataset, Sample
+    from harness.data.splits import train_test_split
+    samples = [Sample(id=f"DEMO_{i:07d}", image=Path(), mask=None, label=label) for i, label in enumerate(labels)]
+    split = train_test_split(Dataset(samples=samples, root=Path("demo"), layout="isic-gpt"), *DEMO_SPLIT)
+    return {s.id: s.split for s in split.samples}
+
+
+def _write_isic_gpt(tmp: Path, counts: dict[str, int], seed: int, min_size: int, max_size: int,
+                    progress: bool, extra_test: bool = False) -> dict:
+    """The ISIC-GPT layout into `tmp` (flat, or train/ + test/ with extra_test); returns nothing extra
+    for demo.json. Image i is drawn from default_rng([seed, i]); the extra test images follow the others."""
+    labels = _demo_labels(counts, seed)
+    split = _fixed_split(labels) if extra_test else {}
+    if extra_test:
+        labels += _demo_labels(DEMO_EXTRA_TEST, [seed, 1])
+    folders = {f"DEMO_{i:07d}": tmp / split.get(f"DEMO_{i:07d}", "test" if extra_test else "") for i in range(len(labels))}
+    for part in set(folders.values()):
+        for folder in ("images", "masks"):
+            for name in counts:
+                (part / folder / name).mkdir(parents=True)
     items = enumerate(labels)
     if progress:
         from tqdm import tqdm
@@ -509,22 +536,28 @@ def _write_isic_gpt(tmp: Path, counts: dict[str, int], seed: int, min_size: int,
         side = int(rng.integers(min_size, max_size + 1))
         image, mask, text = _draw_example(rng, label, side)
         sample_id = f"DEMO_{i:07d}"
-        Image.fromarray(image).save(tmp / "images" / label / f"{sample_id}.png", format="PNG")
-        Image.fromarray(mask).save(tmp / "masks" / label / f"{sample_id}.png", format="PNG")
+        part = folders[sample_id]
+        Image.fromarray(image).save(part / "images" / label / f"{sample_id}.png", format="PNG")
+        Image.fromarray(mask).save(part / "masks" / label / f"{sample_id}.png", format="PNG")
         descriptions[sample_id] = text
     (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1, sort_keys=True) + "\n")
     return {}
 
 
 def make_demo_dataset(output_dir, seed: int = 0, per_class: int = 0, min_size: int = 64,
-                      max_size: int = 128, progress: bool = False, layout: str = "isic-gpt") -> Path:
+                      max_size: int = 128, progress: bool = False, layout: str = "isic-gpt",
+                      extra_test: bool = False) -> Path:
     """Build (or reuse) the demo dataset in `output_dir` and return its path.
 
     layout="isic-gpt" writes the training demo set, layout="ham10000" the shifted HAM10000-layout
     set (see the module docstring). per_class=0 gives DEMO_CLASSES' (HAM_DEMO_CLASSES') counts,
     N > 0 gives N images of every class. Image sides are drawn per image (HAM: per lesion) from
-    [min_size, max_size]. Same arguments -> byte-identical files.
+    [min_size, max_size]. extra_test (isic-gpt, per_class=0): DEMO_EXTRA_TEST more images, all test,
+    written with a fixed split (train/ and test/ folders; see DEMO_EXTRA_TEST). Same arguments ->
+    byte-identical files.
     """
+    if extra_test and (layout != "isic-gpt" or per_class):
+        raise ValueError("extra_test needs layout isic-gpt and per_class 0 (the default class balance)")
     if layout not in DEMO_LAYOUTS:
         raise ValueError(f"unknown demo layout {layout!r}; choose one of {', '.join(DEMO_LAYOUTS)}")
     if min_size < 16 or max_size < min_size:
@@ -535,6 +568,8 @@ def make_demo_dataset(output_dir, seed: int = 0, per_class: int = 0, min_size: i
     # The isic-gpt params keep their original keys, so builds made before `layout` existed are reused.
     params = {"version": GENERATOR_VERSION, "seed": int(seed), "per_class": int(per_class),
               "min_size": int(min_size), "max_size": int(max_size)}
+    if extra_test:
+        params.update(extra_test=DEMO_EXTRA_TEST, split=list(DEMO_SPLIT))
     if layout == "ham10000":
         params.update(layout=layout, ham_version=HAM_GENERATOR_VERSION, shift=HAM_SHIFT)
         params = json.loads(json.dumps(params))    # tuples -> lists, as read back from demo.json
@@ -548,7 +583,7 @@ def make_demo_dataset(output_dir, seed: int = 0, per_class: int = 0, min_size: i
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        extra = write(tmp, counts, seed, min_size, max_size, progress)
+        extra = write(tmp, counts, seed, min_size, max_size, progress, **({"extra_test": True} if extra_test else {}))
         info = {"generator": "harness.data.demo", "layout": layout, "params": params, "counts": counts,
                 **extra, "digest": _digest(tmp)}
         (tmp / "demo.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")

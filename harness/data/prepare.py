@@ -49,7 +49,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if not data_dir:
         from harness.data.demo import make_demo_dataset
         demo = DemoDataConfig()
-        return make_demo_dataset(demo.output_dir, seed=demo.seed)
+        return make_demo_dataset(demo.output_dir, seed=demo.seed, extra_test=demo.extra_test)
     return Path(data_dir).expanduser().resolve()
 
 

@@ -22,6 +22,9 @@ D = PipelineConfig()
               help="independent child runs at a time (each gets a GPU, or cores / N threads)")
 @click.option("--ui-url", default=D.ui_url, help="MLflow UI URL for the report's run links")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=0), default=D.seeds, show_default=True,
+              help="classify/segment: models trained per run with seeds seed, seed+1000, ... (0 = the "
+                   "profile's: demo 1, paper 3)")
 @click.option("--models", default=D.models,
               help="comma list of the classify/segment models to train ('' = all six of the paper's)")
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.OPTION=VALUE",
@@ -29,12 +32,12 @@ D = PipelineConfig()
                    "explain) beyond the profile, e.g. --set classify.epochs=5; repeatable")
 @experiment_option
 @user_errors
-def main(profile, data_dir, base_model, env_manager, launcher, eval_data, max_parallel, ui_url, seed, models,
+def main(profile, data_dir, base_model, env_manager, launcher, eval_data, max_parallel, ui_url, seed, seeds, models,
          overrides, experiment):
     from harness.pipeline import run_pipeline
     cfg = PipelineConfig(profile=profile, data_dir=data_dir, base_model=base_model, env_manager=env_manager,
                          launcher=launcher,
-                         eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed, models=models,
+                         eval_data=eval_data, max_parallel=max_parallel, ui_url=ui_url, seed=seed, seeds=seeds, models=models,
                          overrides=tuple(overrides))
     run_pipeline(cfg, experiment=experiment, log=click.echo)
 

@@ -62,6 +62,7 @@ class PipelineConfig:
                                   # they split the cores, with GPUs each gets one (round-robin)
     ui_url: str = ""              # MLflow UI base URL for the report's run links ("" = none / the server's)
     seed: int = 42
+    seeds: int = 0                # classify/segment repeats (--seeds; 0 = the profile's: demo 1, paper 3)
     models: str = ""              # comma list of classify/segment models to train ("" = the paper's six)
     overrides: tuple[str, ...] = ()   # "STAGE.OPTION=VALUE": an option of every step of STAGE (beyond the
                                   # profile; e.g. classify.epochs=5), for smaller or changed runs
@@ -358,7 +359,7 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
         needs_synth = train_set != "real"
         return Node(f"{stage}.{model}.{train_set}", lambda runs: make_step(stage, cfg_cls, {
             **common, "model": model, "train_set": train_set, "eval_data": eval_data,
-            **({"synth": generated(runs)} if needs_synth else {})},
+            **({"seeds": cfg.seeds} if cfg.seeds else {}), **({"synth": generated(runs)} if needs_synth else {})},
             f"{stage}.{model}.{train_set}"), ("generate",) if needs_synth else ("prepare",))
 
     trainings = [training(stage, cfg_cls, model, train_set)

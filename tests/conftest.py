@@ -44,7 +44,7 @@ SMALL = {
     "mask_warmup_steps": 4,         # finetune: the warm-up's code runs, briefly
     "per_class": 1, "num_inference_steps": 3,      # generate, tune (per_class)
     "lpips_pairs": 10, "lpips_size": 64, "msssim_size": 176,   # evaluate; msssim_size must stay > 160
-    "image_size": 32, "epochs": 1, "folds": 2,     # classify, segment
+    "image_size": 32, "epochs": 1, "folds": 2, "seeds": 1,     # classify, segment
     "batch_size": 8,                # classify, segment, evaluate; generate's and tune's default
 }
 

@@ -72,7 +72,7 @@ def rescore(csv_path: Path) -> pd.DataFrame:
     """Per fold, sklearn's macro metrics from the saved per-image predictions."""
     df = pd.read_csv(csv_path)
     out = []
-    for _fold, part in df.groupby("fold"):
+    for _model, part in df.groupby(["seed", "fold"]):
         t, p = part["true_label"], part["predicted_label"]
         out.append({"accuracy": 100 * skm.accuracy_score(t, p),
                     "sensitivity": 100 * skm.recall_score(t, p, average="macro", zero_division=0),
@@ -297,6 +297,40 @@ def test_classify_crash_mid_run_leaves_failed_run(real_dir, experiment, monkeypa
                 and r.info.status == "FINISHED"]
 
 
+def test_classify_seeds_repeat_the_folds_and_every_model_counts(real_dir, experiment, small):
+    """--seeds 2 with 2 folds: 4 fold runs (seeds 42 and 1042, each its own fold split), the point value
+    is the mean of the 4 models (sklearn on the predictions), <metric>_seed_std the spread of the two
+    repeats' means, and the interval resamples all 4 models (independent numpy bootstrap)."""
+    cfg = small(ClassifyConfig, data_dir=str(real_dir), model="squeezenet1_1", seeds=2)
+    rid = classify_mod.classify(cfg, experiment=experiment, progress=False)
+    m = mlflow.get_run(rid).data.metrics
+    folds = [r for r in runs_of(experiment) if r.data.tags.get("mlflow.parentRunId") == rid]
+    assert sorted(r.data.tags[TAG_MLFLOW_RUN_NAME] for r in folds) == [
+        f"squeezenet1_1 real fold {k} seed {s}" for k in (0, 1) for s in (1042, 42)]
+    df = pd.read_csv(artifact(rid, "predictions/test.csv"))
+    assert sorted(set(zip(df["seed"], df["fold"]))) == [(42, 0), (42, 1), (1042, 0), (1042, 1)]
+    scores = rescore(artifact(rid, "predictions/test.csv"))
+    assert m["accuracy"] == pytest.approx(scores["accuracy"].mean(), abs=1e-9)
+    per_seed = [per_seed_mean(df, s) for s in (42, 1042)]
+    assert m["accuracy_seed_std"] == pytest.approx(np.std(per_seed), abs=1e-9)
+    groups = df[(df["seed"] == 42) & (df["fold"] == 0)]["group"].fillna("").tolist()
+    correct = [100.0 * (part["true_label"] == part["predicted_label"]).to_numpy()
+               for _key, part in df.groupby(["seed", "fold"])]
+    lo, hi = numpy_interval(correct, groups)
+    assert abs(m["accuracy_ci_low"] - lo) < 3.0 and abs(m["accuracy_ci_high"] - hi) < 3.0
+    # one seed is the run from before --seeds: no _seed_std, the models of seed 42 alone
+    one = mlflow.get_run(classify_mod.classify(small(ClassifyConfig, data_dir=str(real_dir), model="squeezenet1_1"),
+                                               experiment=experiment, progress=False)).data.metrics
+    assert "accuracy_seed_std" not in one
+    assert one["accuracy"] == pytest.approx(per_seed_mean(df, 42), abs=1e-9)
+
+
+def per_seed_mean(df, seed):
+    part = df[df["seed"] == seed]
+    return part.groupby("fold").apply(lambda p: 100 * (p["true_label"] == p["predicted_label"]).mean(),
+                                      include_groups=False).mean()
+
+
 # ------------------------------------------------------------------------------- segment
 def check_segmentation_artifacts(rid, name, n, masks):
     """`masks`: id -> ground-truth mask file; each saved prediction has its ground truth's size."""
@@ -351,6 +385,24 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     assert hybrid.info.status == "FINISHED"
     assert hybrid.data.metrics["train_set/n_synth"] == 14 and hybrid.data.metrics["train_set/n_real"] == 21
     assert all(k in hybrid.data.metrics for k in ("dice", "iou", "asd", "hd"))
+
+
+def test_segment_seeds_train_several_models_and_every_one_counts(real_dir, experiment, small):
+    cfg = small(SegmentConfig, data_dir=str(real_dir), model="unet", seeds=2)
+    rid = segment_mod.segment(cfg, experiment=experiment, progress=False)
+    m = mlflow.get_run(rid).data.metrics
+    df = pd.read_csv(artifact(rid, "segmentation/test.csv"))
+    assert sorted(set(df["seed"])) == [42, 1042] and len(df) == 2 * 7
+    by_seed = {s: part["dice"].to_numpy() for s, part in df.groupby("seed")}
+    assert m["seed42/dice"] == pytest.approx(by_seed[42].mean()) and m["seed1042/dice"] == pytest.approx(by_seed[1042].mean())
+    assert m["dice"] == pytest.approx(np.mean([v.mean() for v in by_seed.values()]))
+    assert m["dice_seed_std"] == pytest.approx(np.std([v.mean() for v in by_seed.values()]))
+    assert all(p.startswith(f"pred_masks/test/seed{s}/") for s, p in zip(df["seed"], df["pred_mask"]))
+    assert artifact(rid, df["pred_mask"].iloc[-1]).is_file()
+    lo, hi = numpy_interval([by_seed[42], by_seed[1042]], [""] * 7)
+    assert abs(m["dice_ci_low"] - lo) < 3.0 and abs(m["dice_ci_high"] - hi) < 3.0
+    _model, info = segment_mod.load_segmenter(rid)
+    assert info["seed"] == 42
 
 
 class AllBackground(torch.nn.Module):

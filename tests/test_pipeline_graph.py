@@ -57,6 +57,15 @@ def test_step_configs_follow_the_runs_they_need():
     assert real.cfg.synth == "" and real.cfg.train_set == "real" and real.cfg.eval_data == "ham"
     explain = nodes["explain"].make(runs)
     assert explain.cfg.real_run.split(",") == [f"id-classify.{m}.real" for m in PAPER_MODELS[STAGE_CLASSIFY]]
+    # --seeds: every classify and segment step trains that many repeats; 0 keeps the profile's (demo: 1)
+    assert real.cfg.seeds == seg.cfg.seeds == 1 and "seeds" not in real.params
+    nodes = {n.name: n for n in pipeline_nodes(PipelineConfig(seeds=3), eval_data="ham")}
+    for name in ("classify.resnet34.real", "segment.deeplabv3plus.hybrid"):
+        s = nodes[name].make(runs)
+        assert s.cfg.seeds == 3 and s.params["seeds"] == "3"
+    from harness.config import ClassifyConfig, SegmentConfig, with_profile
+    for cls, stage in ((ClassifyConfig, STAGE_CLASSIFY), (SegmentConfig, "segment")):
+        assert with_profile(cls, stage, "paper", {}).seeds == 3 and with_profile(cls, stage, "demo", {}).seeds == 1
 
 
 def test_models_choose_the_trainings_and_explain_follows_the_classifiers():

@@ -21,11 +21,18 @@ It cannot happen once the check "folds <= images of the smallest class" passes, 
 training: StratifiedKFold puts floor or ceil of n_c / folds images of class c in each held-out fold,
 so each training part keeps n_c - ceil(n_c / folds) >= 1 of them.
 
-Logged: params (the config), one nested run per fold named "<model> <train_set> fold <k>" (per-epoch
+`--seeds N` repeats the whole k-fold CV N times (seeds seed, seed + 1000, ...; each repeat its own
+fold split); every fold x seed model counts alike in the reported mean, its std (`accuracy_std`) and
+the 95 % interval (`accuracy_ci_low`/`_ci_high`, harness/intervals.py); `<metric>_seed_std` is the
+spread of the repeats' means. N = 1 is the run from before --seeds.
+
+Logged: params (the config), one nested run per fold named "<model> <train_set> fold <k>" (" seed <s>"
+with several seeds; per-epoch
 `train/loss`, `val/loss`, `val/f1`, the last epoch's `val/<metric>`, the fold's test and `ham_*`
 metrics), on the parent the mean/std metrics (`val/<metric>` for the validation folds), per-class
 sensitivity, composition of the training set, confusion matrices (figure + JSON), per-image
-predictions (`predictions/{val,test,ham}.csv`: fold, id, true_label, predicted_label, prob_<class>)
+predictions (`predictions/{val,test,ham}.csv`: seed, fold, id, group, true_label, predicted_label,
+prob_<class>)
 and the model of the best fold by validation macro F1 (`model/model.pt` + `model/model.json`;
 `load_classifier(run_id)` rebuilds it). `time/step_seconds` is forward + backward + update of one
 batch (data loading excluded); `time/train_seconds` covers all folds with their evaluation.
@@ -37,7 +44,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -59,7 +66,7 @@ from harness.downstream.metrics import (
     confusion_matrix,
     mean_and_std,
 )
-from harness.downstream.sets import DownstreamError, EvalSet, load_inputs, log_inputs
+from harness.downstream.sets import DownstreamError, EvalSet, load_inputs, log_inputs, seed_list
 from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import (CLASSIFY_METRICS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE, TAG_FOLD,
                             TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX)
@@ -229,6 +236,8 @@ def check_config(cfg: ClassifyConfig) -> None:
         raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
     if cfg.folds < 2:
         raise DownstreamError(f"--folds must be >= 2 (stratified k-fold), got {cfg.folds}")
+    if cfg.seeds < 1:
+        raise DownstreamError(f"--seeds must be >= 1 (repeats of the k-fold CV), got {cfg.seeds}")
     for name in ("image_size", "batch_size", "val_every"):
         if getattr(cfg, name) < 1:
             raise DownstreamError(f"--{name.replace('_', '-')} must be >= 1")
@@ -245,15 +254,15 @@ def check_folds(labels: list[str], folds: int) -> None:
             + ", ".join(f"{c!r} has {n}" for c, n in small.items()) + ". Use fewer folds or more data")
 
 
-def _prediction_rows(fold: int, samples: list[Sample], probs: np.ndarray, classes: list[str]) -> list[dict]:
-    return [{"fold": fold, "id": s.id, "group": s.group, "true_label": s.label,
+def _prediction_rows(fold: int, seed: int, samples: list[Sample], probs: np.ndarray, classes: list[str]) -> list[dict]:
+    return [{"seed": seed, "fold": fold, "id": s.id, "group": s.group, "true_label": s.label,
              "predicted_label": classes[int(p.argmax())],
              **{f"prob_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)}}
             for s, p in zip(samples, probs)]
 
 
 def _write_csv(path: Path, rows: list[dict], classes: list[str]) -> None:
-    fields = ["fold", "id", "group", "true_label", "predicted_label"] + [f"prob_{c}" for c in classes]
+    fields = ["seed", "fold", "id", "group", "true_label", "predicted_label"] + [f"prob_{c}" for c in classes]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -338,37 +347,38 @@ class FoldResult:
     state_dict: dict
     step_seconds: float
     predicted: dict[str, np.ndarray]      # per eval set: (N,) predicted class index of each image
+    seed: int                             # the training seed of this repeat (seed_list), its folds share it
 
 
-def score_fold(k: int, out: dict, va: np.ndarray, inputs: Inputs) -> FoldResult:
+def score_fold(k: int, seed: int, out: dict, va: np.ndarray, inputs: Inputs) -> FoldResult:
     """Metrics, confusion matrices and prediction rows of fold k's probabilities (`train_fold`'s output)."""
     classes = inputs.classes
     metrics = {"val": classification_metrics(inputs.y[va], out["val"].argmax(1), classes)}
-    rows = {"val": _prediction_rows(k, [inputs.samples[i] for i in va], out["val"], classes)}
+    rows = {"val": _prediction_rows(k, seed, [inputs.samples[i] for i in va], out["val"], classes)}
     confusion = {}
     for name, e in inputs.evals.items():
         pred = out[name].argmax(1)
         metrics[name] = classification_metrics(inputs.eval_y[name], pred, classes)
         confusion[name] = confusion_matrix(inputs.eval_y[name], pred, len(classes))
-        rows[name] = _prediction_rows(k, e.samples, out[name], classes)
+        rows[name] = _prediction_rows(k, seed, e.samples, out[name], classes)
     predicted = {name: out[name].argmax(1) for name in inputs.evals}
-    return FoldResult(k, metrics, confusion, rows, out["state_dict"], out["step_seconds"], predicted)
+    return FoldResult(k, metrics, confusion, rows, out["state_dict"], out["step_seconds"], predicted, seed)
 
 
 def run_fold(k: int, tr: np.ndarray, va: np.ndarray, inputs: Inputs, cfg: ClassifyConfig, epochs: int, run,
-             tags: dict, digest: str, device, amp_dtype, progress: bool) -> FoldResult:
-    """Fold k in its nested run: train, score, log the fold's metrics."""
+             tags: dict, digest: str, device, amp_dtype, progress: bool, repeats: int = 1) -> FoldResult:
+    """Fold k of the repeat seeded cfg.seed in its nested run: train, score, log the fold's metrics."""
     classes, y = inputs.classes, inputs.y
-    with mlflow.start_run(run_name=f"{cfg.model} {cfg.train_set} fold {k}", nested=True,
-                          experiment_id=run.info.experiment_id,
+    name = f"{cfg.model} {cfg.train_set} fold {k}" + (f" seed {cfg.seed}" if repeats > 1 else "")
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=run.info.experiment_id,
                           tags={**tracking.run_tags(STAGE_CLASSIFY_FOLD, digest), **tags, TAG_FOLD: str(k)}):
-        mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va)})
+        mlflow.log_params({"fold": k, "n_train": len(tr), "n_val": len(va), "fold_seed": cfg.seed})
         missing = sorted(set(classes) - {classes[i] for i in y[tr]})
         if missing:       # cannot happen after check_folds; see the module docstring
             mlflow.MlflowClient().set_tag(run.info.run_id, TAG_FOLD_MISSING_CLASSES.format(k=k), ",".join(missing))
         out = train_fold(k, cfg.model, classes, inputs.images[tr], y[tr], inputs.images[va], y[va],
                          inputs.eval_images, cfg, epochs, device, amp_dtype, progress)
-        result = score_fold(k, out, va, inputs)
+        result = score_fold(k, cfg.seed, out, va, inputs)
         # the validation curve's last point: `val/<metric>` at step = epochs (one name per metric)
         mlflow.log_metrics({VAL_PREFIX + key: result.metrics["val"][key] for key in CLASSIFY_METRICS}, step=epochs)
         fold_metrics = {}
@@ -389,10 +399,27 @@ def best_fold(results: list[FoldResult]) -> FoldResult:
     return best
 
 
+def seed_std(results: list, set_names: list[str], keys=CLASSIFY_METRICS) -> dict[str, float]:
+    """`<metric>_seed_std`: the population std over repeats of each repeat's mean over its folds (or its
+    one model), per eval set; {} with one repeat. `results` have .seed and .metrics[set][metric]."""
+    seeds = sorted({r.seed for r in results})
+    if len(seeds) < 2:
+        return {}
+    out = {}
+    for name in set_names:
+        prefix = "" if name == "test" else HAM_PREFIX
+        for key in keys:
+            means = [np.mean([r.metrics[name][key] for r in results if r.seed == s]) for s in seeds]
+            out[prefix + key + "_seed_std"] = float(np.std(means))
+    return out
+
+
 def summarize(results: list[FoldResult], set_names: list[str], train_seconds: float) -> dict[str, float]:
-    """The parent run's metrics: mean/std over folds per set, the best fold, timings."""
+    """The parent run's metrics: mean/std over all fold x seed models per set, the spread over seeds,
+    the best fold, timings."""
     summary = {"best_fold": best_fold(results).k, "time/train_seconds": train_seconds,
-               "time/step_seconds": float(np.mean([r.step_seconds for r in results]))}
+               "time/step_seconds": float(np.mean([r.step_seconds for r in results])),
+               **seed_std(results, set_names)}
     for name in ["val", *set_names]:
         prefix = {"test": "", "val": VAL_PREFIX, "ham": HAM_PREFIX}[name]
         folds = [r.metrics[name] for r in results]
@@ -409,7 +436,7 @@ def summary_intervals(results: list[FoldResult], inputs: Inputs) -> tuple[dict[s
     out, why = {}, {}
     for name, e in inputs.evals.items():
         prefix = "" if name == "test" else HAM_PREFIX
-        predicted = np.stack([r.predicted[name] for r in results])                   # (folds, N)
+        predicted = np.stack([r.predicted[name] for r in results])                   # (folds x seeds, N)
         ivs = classification_intervals(inputs.eval_y[name], predicted, len(inputs.classes),
                                        [s.group for s in e.samples])
         out.update(interval_metrics(prefix, ivs))
@@ -449,11 +476,14 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
         log_inputs(data)
         mlflow.log_metric("epochs", epochs)
         inputs = decode_inputs(data, classes, evals, cfg, progress)
-        splitter = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
         t_start = time.perf_counter()
-        results = [run_fold(k, tr, va, inputs, cfg, epochs, run, tags, data.prepared.digest, device, amp_dtype,
-                            progress)
-                   for k, (tr, va) in enumerate(splitter.split(np.zeros(len(inputs.y)), inputs.y))]
+        results = []
+        for seed in seed_list(cfg):           # each repeat: its own fold split and training seeds
+            repeat_cfg = replace(cfg, seed=seed)
+            splitter = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=seed)
+            results += [run_fold(k, tr, va, inputs, repeat_cfg, epochs, run, tags, data.prepared.digest, device,
+                                 amp_dtype, progress, cfg.seeds)
+                        for k, (tr, va) in enumerate(splitter.split(np.zeros(len(inputs.y)), inputs.y))]
         mlflow.log_metrics(summarize(results, list(evals), time.perf_counter() - t_start))
         mlflow.log_params(ci_params())
         ci_metrics, ci_tags = summary_intervals(results, inputs)
@@ -473,7 +503,7 @@ def _log_artifacts(cfg: ClassifyConfig, classes: list[str], set_names: list[str]
             _write_csv(tmp / "predictions" / f"{name}.csv", [row for r in results for row in r.rows[name]], classes)
         (tmp / "model").mkdir()
         torch.save(best.state_dict, tmp / "model" / "model.pt")
-        info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "fold": best.k,
+        info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "fold": best.k, "seed": best.seed,
                 "val_f1": best.metrics["val"][METRIC_F1], "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
                 "resize": "LANCZOS to image_size x image_size"}
         (tmp / "model" / "model.json").write_text(json.dumps(info, indent=1))

@@ -20,9 +20,15 @@ drops an image: both empty -> dice = iou = 100, asd = hd = 0; exactly one empty 
 asd = hd = the image diagonal. Images whose prediction / ground truth is empty are counted in
 `n_empty_pred` / `n_empty_gt` (`ham_n_empty_pred`, ... for HAM).
 
+`--seeds N` trains N models (seeds seed, seed + 1000, ...), each scored on every eval set; the
+reported numbers are their mean, `<metric>_seed_std` their spread and `seed<seed>/<metric>` each
+one's; intervals resample the images and the seed models (harness/intervals.py).
+
 Logged: params (the config), per-epoch `train/loss`, `time/step_seconds`; `dice`, `iou`, `asd`, `hd`,
-`n_empty_pred`, `n_empty_gt` (and `ham_*`); per-image scores `segmentation/{test,ham}.csv`;
-predicted masks `pred_masks/{test,ham}/<id>.png` (0/255); the model `model/model.pt` + `model.json`
+`n_empty_pred`, `n_empty_gt` (and `ham_*`) with `_ci_low`/`_ci_high`; per-image scores
+`segmentation/{test,ham}.csv` (one row per seed and image); predicted masks
+`pred_masks/{test,ham}/<id>.png` (0/255; `.../seed<seed>/` with several seeds); the first seed's model
+`model/model.pt` + `model.json`
 (`load_segmenter(run_id)` rebuilds it); the training-set composition. `train_segmenter` and
 `predict_masks` are the units the run is made of (reference.py reuses them).
 """
@@ -49,7 +55,7 @@ from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_
 from harness.data.records import Sample
 from harness.downstream import decoded, runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
-from harness.downstream.sets import DownstreamError, load_inputs, log_inputs
+from harness.downstream.sets import DownstreamError, load_inputs, log_inputs, seed_list
 from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.schema import HAM_PREFIX, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL, TAG_TRAIN_SET
 
@@ -197,34 +203,35 @@ def predict_masks(model, samples: list[Sample], image_size: int, sizes: list[tup
 
 
 def evaluate(model, samples: list[Sample], name: str, cfg: SegmentConfig, device, amp_dtype, out_dir: Path,
-             progress: bool = True) -> tuple[list[dict], dict[str, float]]:
-    """Predict, score and save the mask of every image of `samples` at its ground truth's resolution.
-    Returns (per-image rows, summary)."""
+             progress: bool = True, seed: int | None = None) -> tuple[list[dict], dict[str, float]]:
+    """Predict, score and save the mask of every image of `samples` at its ground truth's resolution
+    (masks of a run with several seeds under pred_masks/<set>/seed<seed>/). Returns (per-image rows, summary)."""
     gts = [load_mask(s) for s in samples]
     preds = predict_masks(model, samples, cfg.image_size, [g.shape for g in gts], device, amp_dtype,
                           cfg.batch_size, cfg.num_workers, progress, desc=f"evaluate {name}")
-    (out_dir / "pred_masks" / name).mkdir(parents=True, exist_ok=True)
+    folder = Path("pred_masks") / name / (f"seed{seed}" if seed is not None and cfg.seeds > 1 else "")
+    (out_dir / folder).mkdir(parents=True, exist_ok=True)
     rows = []
     for s, pred, gt in zip(samples, preds, gts):
-        path = Path("pred_masks") / name / f"{s.id}.png"
+        path = folder / f"{s.id}.png"
         Image.fromarray(pred.astype(np.uint8) * 255).save(out_dir / path)
-        rows.append({"id": s.id, "label": s.label, "group": s.group, **segmentation_scores(pred, gt),
-                     "pred_mask": path.as_posix()})
+        rows.append({"seed": cfg.seed if seed is None else seed, "id": s.id, "label": s.label, "group": s.group,
+                     **segmentation_scores(pred, gt), "pred_mask": path.as_posix()})
     return rows, summarize_segmentation(rows)
 
 
-def score_intervals(rows: list[dict]) -> dict[str, Interval]:
-    """The 95 % interval of each of SEGMENT_METRICS over the images of one set (one model per run:
-    the images are resampled, a lesion's images together; harness/intervals.py)."""
-    scores = np.array([[[float(r[k]) for k in SEGMENT_METRICS] for r in rows]])        # (1 model, N, 4)
-    return dict(zip(SEGMENT_METRICS, mean_intervals(scores, [r["group"] for r in rows])))
+def score_intervals(rows_by_seed: list[list[dict]]) -> dict[str, Interval]:
+    """The 95 % interval of each of SEGMENT_METRICS over one set: its images (a lesion's together) and
+    the run's seed models resampled (harness/intervals.py); every seed's rows in the same image order."""
+    scores = np.array([[[float(r[k]) for k in SEGMENT_METRICS] for r in rows] for rows in rows_by_seed])  # (M, N, 4)
+    return dict(zip(SEGMENT_METRICS, mean_intervals(scores, [r["group"] for r in rows_by_seed[0]])))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "label", "group", "dice", "iou", "asd", "hd", "empty_pred", "empty_gt",
-                                               "pred_mask"])
+        writer = csv.DictWriter(f, fieldnames=["seed", "id", "label", "group", "dice", "iou", "asd", "hd", "empty_pred",
+                                               "empty_gt", "pred_mask"])
         writer.writeheader()
         writer.writerows(rows)
 
@@ -236,7 +243,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def check_config(cfg: SegmentConfig) -> None:
     if cfg.model not in MODELS:
         raise DownstreamError(f"--model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
-    for name in ("image_size", "batch_size", "epochs"):
+    for name in ("image_size", "batch_size", "epochs", "seeds"):
         if getattr(cfg, name) < 1:
             raise DownstreamError(f"--{name.replace('_', '-')} must be >= 1")
     if cfg.image_size % 32:
@@ -274,34 +281,53 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
         log_inputs(data, eval_by_class=False)
         mlflow.log_params(ci_params())
         t_start = time.perf_counter()
-        model, history = train_segmenter(cfg.model, data.train.samples, cfg, device, amp_dtype, progress, cfg.seed,
-                                         on_epoch=lambda e, loss: mlflow.log_metrics({"train/loss": loss}, step=e + 1))
-        summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": history["step_seconds"]}
-        summary.update(_evaluate_and_log(model, evals, cfg, device, amp_dtype, progress))
+        models, step_seconds = {}, []
+        for i, seed in enumerate(seed_list(cfg)):       # the first seed's curve is train/loss, as before --seeds
+            key = "train/loss" if i == 0 else f"seed{seed}/train/loss"
+            models[seed], history = train_segmenter(
+                cfg.model, data.train.samples, cfg, device, amp_dtype, progress, seed,
+                on_epoch=lambda e, loss, key=key: mlflow.log_metrics({key: loss}, step=e + 1))
+            step_seconds.append(history["step_seconds"])
+        summary = {"time/train_seconds": time.perf_counter() - t_start, "time/step_seconds": float(np.mean(step_seconds))}
+        summary.update(_evaluate_and_log(models, evals, cfg, device, amp_dtype, progress))
         mlflow.log_metrics(summary)
         return run.info.run_id
 
 
-def _evaluate_and_log(model, evals: dict[str, list[Sample]], cfg: SegmentConfig, device, amp_dtype,
-                      progress: bool) -> dict[str, float]:
-    """The writer: score every eval set (per-image CSV, predicted masks) and save the model; return the
-    sets' summary metrics (`ham_` prefixed for HAM)."""
+def seed_summary(per_seed: dict[int, dict[str, float]], prefix: str) -> dict[str, float]:
+    """The run's metrics of one set from each seed model's summary: the mean over seeds of SCORE_KEYS,
+    and with several seeds each seed's own (`seed<seed>/<metric>`) and `<metric>_seed_std` (ddof 0)."""
+    out = {prefix + k: float(np.mean([m[k] for m in per_seed.values()])) for k in SCORE_KEYS}
+    if len(per_seed) > 1:
+        out.update({f"seed{seed}/{prefix}{k}": m[k] for seed, m in per_seed.items() for k in SEGMENT_METRICS})
+        out.update({prefix + k + "_seed_std": float(np.std([m[k] for m in per_seed.values()])) for k in SEGMENT_METRICS})
+    return out
+
+
+def _evaluate_and_log(models: dict[int, nn.Module], evals: dict[str, list[Sample]], cfg: SegmentConfig, device,
+                      amp_dtype, progress: bool) -> dict[str, float]:
+    """The writer: score every eval set with every seed's model (per-image CSV, predicted masks) and save
+    the first seed's model; return the sets' summary metrics (`ham_` prefixed for HAM)."""
     scores_by_set = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, samples in evals.items():
-            rows, scores = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress)
-            _write_csv(tmp / "segmentation" / f"{name}.csv", rows)
+            rows, per_seed = {}, {}
+            for seed, model in models.items():
+                rows[seed], per_seed[seed] = evaluate(model, samples, name, cfg, device, amp_dtype, tmp, progress, seed)
+            _write_csv(tmp / "segmentation" / f"{name}.csv", [r for seed_rows in rows.values() for r in seed_rows])
             prefix = "" if name == "test" else HAM_PREFIX
-            scores_by_set.update({prefix + k: scores[k] for k in SCORE_KEYS})
-            ivs = score_intervals(rows)
+            scores_by_set.update(seed_summary(per_seed, prefix))
+            ivs = score_intervals(list(rows.values()))
             scores_by_set.update(interval_metrics(prefix, ivs))
             mlflow.set_tags(interval_tags(prefix, ivs))
+        first_seed, model = next(iter(models.items()))
         (tmp / "model").mkdir()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
         spec = SEGMENTERS[cfg.model]
         (tmp / "model" / "model.json").write_text(json.dumps(
-            {"model": cfg.model, "architecture": spec.arch, "encoder": spec.encoder, "image_size": cfg.image_size,
+            {"model": cfg.model, "seed": first_seed, "architecture": spec.arch, "encoder": spec.encoder,
+             "image_size": cfg.image_size,
              "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
              "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
             indent=1))

@@ -242,6 +242,12 @@ class DownstreamData:
     tags: dict[str, str]
 
 
+def seed_list(cfg) -> list[int]:
+    """The training seeds of `--seeds N` repeats: seed, seed + 1000, ... (N = 1: the seed itself, so a
+    one-seed run is the run from before --seeds)."""
+    return [cfg.seed + 1000 * s for s in range(cfg.seeds)]
+
+
 def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_fraction: float, seed: int,
                 allow_repeats: bool = False, progress: bool = True) -> DownstreamData:
     """Read the real data (split as `prepare` splits it), the synthetic set and `--eval-data`, and build

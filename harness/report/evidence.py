@@ -43,25 +43,36 @@ def _read_rows(run_id: str, artifact: str) -> tuple[list[str], list[dict]]:
             return list(reader.fieldnames or []), list(reader)
 
 
+def _model_key(row: dict) -> tuple[int, int]:
+    """A classify model is one (seed, fold); files from before --seeds have no seed column."""
+    return int(row.get("seed") or 0), int(row["fold"])
+
+
 def _classify_per_image(fields: list[str], rows: list[dict]) -> PerImage:
     classes = [f[len("prob_"):] for f in fields if f.startswith("prob_")]
-    folds = sorted({r["fold"] for r in rows}, key=int)
-    ids = [r["id"] for r in rows if r["fold"] == folds[0]]
-    first = {r["id"]: r for r in rows if r["fold"] == folds[0]}
-    pred = np.empty((len(folds), len(ids)), dtype=np.int64)
-    for m, fold in enumerate(folds):
-        by_id = {r["id"]: r["predicted_label"] for r in rows if r["fold"] == fold}
+    models = sorted({_model_key(r) for r in rows})
+    first = {r["id"]: r for r in rows if _model_key(r) == models[0]}
+    ids = list(first)
+    pred = np.empty((len(models), len(ids)), dtype=np.int64)
+    for m, key in enumerate(models):
+        by_id = {r["id"]: r["predicted_label"] for r in rows if _model_key(r) == key}
         if set(by_id) != set(ids):
-            raise ValueError(f"fold {fold} scored other images than fold {folds[0]}")
+            raise ValueError(f"model (seed, fold) {key} scored other images than {models[0]}")
         pred[m] = [classes.index(by_id[i]) for i in ids]
     y_true = np.array([classes.index(first[i]["true_label"]) for i in ids])
     return PerImage(ids, [first[i].get("group", "") for i in ids], classes, y_true, pred)
 
 
 def _segment_per_image(rows: list[dict]) -> PerImage:
-    ids = [r["id"] for r in rows]
-    scores = np.array([[[float(r[k]) for k in SEGMENT_METRICS] for r in rows]])          # (1, N, 4)
-    return PerImage(ids, [r.get("group", "") for r in rows], [], np.zeros(len(ids), np.int64), scores)
+    """(seed models, N, 4) scores; files from before --seeds have no seed column (one model)."""
+    seeds = sorted({int(r.get("seed") or 0) for r in rows})
+    by_seed = {s: {r["id"]: r for r in rows if int(r.get("seed") or 0) == s} for s in seeds}
+    first = by_seed[seeds[0]]
+    ids = list(first)
+    if any(set(m) != set(ids) for m in by_seed.values()):
+        raise ValueError("the seeds' models scored different images")
+    scores = np.array([[[float(by_seed[s][i][k]) for k in SEGMENT_METRICS] for i in ids] for s in seeds])  # (M, N, 4)
+    return PerImage(ids, [first[i].get("group", "") for i in ids], [], np.zeros(len(ids), np.int64), scores)
 
 
 class Evidence:

@@ -110,10 +110,16 @@ def _counts(drawn: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def _run(statistic, samples: tuple[np.ndarray, ...], seed: int, resamples: int, level: float):
+def _run(statistic, samples: tuple[np.ndarray, ...], seed: int, resamples: int, level: float, bias: bool = False):
+    """(low, high) per metric; with `bias`, both ends moved by the bootstrap's estimate of the statistic's
+    bias (mean of the resampled values − the value on the data itself)."""
     res = bootstrap(samples, statistic, vectorized=True, paired=False, method="percentile", axis=-1,
                     n_resamples=resamples, batch=BATCH, confidence_level=level, rng=np.random.default_rng(seed))
-    return np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
+    low, high = np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
+    if bias:
+        shift = np.atleast_2d(res.bootstrap_distribution).mean(axis=-1) - np.ravel(statistic(*samples))
+        low, high = low - shift, high - shift
+    return low, high
 
 
 def _why_not(n_units: int, n_models: Sequence[int]) -> str:
@@ -203,6 +209,27 @@ def _intervals(low: np.ndarray, high: np.ndarray) -> list[Interval]:
         ok = np.isfinite(lo) and np.isfinite(hi)
         out.append(Interval(float(lo), float(hi)) if ok else Interval(None, None, "the metric is undefined on resamples"))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Two sets of items resampled independently (evaluate: the real and the generated images)
+# ------------------------------------------------------------------------------------------------
+
+def two_sample_intervals(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], n_a: int, n_b: int,
+                         n_metrics: int, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
+                         seed: int = CI_SEED, bias_corrected: bool = False) -> list[Interval]:
+    """statistic(wa (B, n_a), wb (B, n_b)) -> (K, B), the metrics of B resamples given how often each
+    item of set a and of set b was drawn; one Interval per metric. Both sets are resampled on their own
+    (e.g. FID: the real images and the generated ones). bias_corrected: the percentile interval moved
+    by the bootstrap bias estimate (for a statistic that resampling itself shifts, like FID)."""
+    why = _why_not(min(n_a, n_b), [1])
+    if why:
+        return [Interval(None, None, why)] * n_metrics
+
+    def stat(a, b, axis=-1):
+        return statistic(_counts(a, n_a), _counts(b, n_b))
+
+    return _intervals(*_run(stat, (np.arange(n_a), np.arange(n_b)), seed, resamples, level, bias_corrected))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,4 +327,5 @@ def needed_units(iv: Interval, n_units: int, effect: float) -> int | None:
 
 __all__ = ["CI_LEVEL", "CI_METHOD", "CI_RESAMPLES", "FAILS", "INCONCLUSIVE", "Interval", "PASSES", "ci_params",
            "classification_intervals", "interval_metrics", "interval_tags", "mean_intervals", "needed_units",
-           "paired_classification_intervals", "paired_mean_intervals", "unit_index", "verdict"]
+           "paired_classification_intervals", "paired_mean_intervals", "two_sample_intervals", "unit_index",
+           "verdict"]

@@ -72,8 +72,10 @@ from harness.data.records import DataError
 from harness.data.splits import dataset_digest
 from harness.data.validate import validate
 from harness.errors import ConfigError
+from harness.intervals import Interval, ci_params, interval_metrics, interval_tags, mean_intervals, two_sample_intervals
 from harness.schema import (
-    METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, REAL_VS_REAL, REAL_VS_SYNTH, STAGE_EVALUATE, TAG_CAS_MODEL, TAG_COMPARABLE,
+    METRIC_CAS, METRIC_FID, METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, METRIC_MS_SSIM, REAL_VS_REAL,
+    REAL_VS_SYNTH, STAGE_EVALUATE, TAG_CAS_MODEL, TAG_COMPARABLE,
     TAG_COMPARISON, TAG_CONSISTENCY_MODEL, TAG_DIGEST, TAG_EXTRACTOR, TAG_EXTRACTOR_SHA256, TAG_FAKE_DIGEST,
     TAG_FAKE_SPLIT, TAG_FAKE_STATS_CACHE, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET, TAG_REAL_DIGEST,
     TAG_REAL_SPLIT, TAG_REAL_STATS_CACHE,
@@ -81,7 +83,7 @@ from harness.schema import (
 
 FALLBACK_SEED = 0
 FEATURE_LAYER = "2048"
-CACHE_VERSION = 1
+CACHE_VERSION = 2               # 2: the features themselves are cached too (the FID interval resamples them)
 PIXEL_BUDGET = 1 << 25          # at most ~33 Mpx of source images per Inception batch (memory)
 MSSSIM_WIN = 11
 NOT_COMPARABLE = ("NOT comparable with published FID/LPIPS: standard weights not found, using the "
@@ -270,6 +272,77 @@ def frechet_distance(stats_1: dict, stats_2: dict) -> float:
     return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
 
 
+# ------------------------------------------------------------------------------------------------
+# 95 % intervals (beyond the paper): the real and the compared images resampled, harness/intervals.py
+# ------------------------------------------------------------------------------------------------
+
+FID_RESAMPLES = 1000            # each costs an eigendecomposition of an n_real x n_real matrix
+
+
+class ResampledFid:
+    """FID of resampled sets from the two sets' features, through their Gram matrices: with image
+    weights w (how often a resample drew each image), the weighted sample covariances are
+    S = Aᵀ A, A = diag(√w) (F − μ) / √(Σw − 1), and Tr((S_a S_b)^½) is the sum of the singular values
+    of A_a A_bᵀ (n_a x n_b), so no d x d square root is needed. With w = 1 it is the FID formula itself
+    (tests/test_quality.py checks it against torch-fidelity's)."""
+
+    def __init__(self, fa: np.ndarray, fb: np.ndarray):
+        fa, fb = np.asarray(fa, np.float64), np.asarray(fb, np.float64)
+        self.gaa, self.gbb, self.gab = fa @ fa.T, fb @ fb.T, fa @ fb.T                 # (n_a, n_a) ...
+
+    def one(self, wa: np.ndarray, wb: np.ndarray) -> float:
+        sa, sb = wa.sum(), wb.sum()
+        ga_w, gb_w = self.gaa @ wa / sa, self.gbb @ wb / sb                            # f_i · μ_a, f_j · μ_b
+        mu_aa, mu_bb, mu_ab = wa @ ga_w / sa, wb @ gb_w / sb, wa @ self.gab @ wb / (sa * sb)
+        trace_a = (wa @ np.diag(self.gaa) - sa * mu_aa) / (sa - 1)
+        trace_b = (wb @ np.diag(self.gbb) - sb * mu_bb) / (sb - 1)
+        # (f_i − μ_a) · (f_j − μ_b) for every pair, then the weights
+        centred = self.gab - (self.gab @ wb / sb)[:, None] - (wa @ self.gab / sa)[None, :] + mu_ab
+        m = np.sqrt(wa)[:, None] * centred * np.sqrt(wb)[None, :] / np.sqrt((sa - 1) * (sb - 1))
+        small = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(small), 0, None)).sum()
+        return float(mu_aa + mu_bb - 2 * mu_ab + trace_a + trace_b - 2 * trace_sqrt)
+
+    def __call__(self, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+        """(B, n_a), (B, n_b) draw counts -> (1, B) FID of each resample."""
+        return np.array([[self.one(a, b) for a, b in zip(wa, wb)]])
+
+
+def fid_interval(real_features: np.ndarray, fake_features: np.ndarray) -> Interval:
+    """The FID's 95 % interval: both sets' images resampled (FID_RESAMPLES). A resample repeats images,
+    which FID reads as a less diverse set, so resampled FIDs sit well above the value of the sets
+    themselves (FID's small-sample bias); the percentile interval is therefore moved back by the
+    bootstrap's bias estimate (bias-corrected percentile): its width is the resampling spread."""
+    [iv] = two_sample_intervals(ResampledFid(real_features, fake_features), len(real_features), len(fake_features),
+                                1, resamples=FID_RESAMPLES, bias_corrected=True)
+    return iv
+
+
+def pair_intervals(pairs: PairScores, n_real: int, n_fake: int) -> dict[str, Interval]:
+    """LPIPS and MS-SSIM intervals: the real and the fake images resampled; a pair counts as often as
+    both its images were drawn (a resample drawing none of the pairs keeps the plain mean)."""
+    values = np.stack([pairs.lpips, pairs.ms_ssim])                                   # (2, N pairs)
+
+    def statistic(wa, wb):
+        w = wa[:, pairs.real] * wb[:, pairs.fake]                                      # (B, N pairs)
+        total = w.sum(axis=1)
+        means = (values @ w.T) / np.where(total > 0, total, 1.0)                       # (2, B)
+        return np.where(total > 0, means, values.mean(axis=1, keepdims=True))
+
+    ivs = two_sample_intervals(statistic, n_real, n_fake, 2)
+    return {METRIC_LPIPS: ivs[0], METRIC_MS_SSIM: ivs[1]}
+
+
+def quality_intervals(real_features, fake_features, pairs: PairScores, n_real: int, n_fake: int,
+                      per_image: dict[str, tuple[np.ndarray, list[str]]]) -> dict[str, Interval]:
+    """Every Table 1 metric's interval: FID, LPIPS, MS-SSIM (both sets resampled), and the judges'
+    CAS, mask consistency and mask non-empty (the compared set's images resampled, a lesion's together)."""
+    out = {METRIC_FID: fid_interval(real_features, fake_features), **pair_intervals(pairs, n_real, n_fake)}
+    for key, (values, groups) in per_image.items():
+        [out[key]] = mean_intervals(np.asarray(values, np.float64)[None, :], groups)
+    return out
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")
 
@@ -286,7 +359,7 @@ def _save_stats(path: Path, stats: dict, meta: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=stats["mu"], sigma=stats["sigma"], meta=json.dumps(meta))
+            np.savez(f, mu=stats["mu"], sigma=stats["sigma"], features=stats["features"], meta=json.dumps(meta))
         os.chmod(tmp, 0o644)                  # mkstemp makes 0600; a cache may be shared
         os.replace(tmp, path)
     except BaseException:
@@ -309,17 +382,18 @@ class ImageSet:
 
 def set_statistics(images: ImageSet, extractor: FidExtractor, cache_dir: str | os.PathLike | None,
                    batch_size: int = 32, progress: bool = True) -> tuple[dict, bool]:
-    """(mu, sigma) of a set and whether they came from the cache (only cacheable sets are cached)."""
+    """{"mu", "sigma", "features" (N, d)} of a set and whether they came from the cache (only cacheable
+    sets are cached)."""
     path = stats_cache_path(cache_dir, images.digest, images.split, extractor) \
         if images.cacheable and cache_dir else None
     if path is not None and path.is_file():
         try:
             with np.load(path) as z:
-                return {"mu": z["mu"], "sigma": z["sigma"]}, True
+                return {"mu": z["mu"], "sigma": z["sigma"], "features": z["features"]}, True
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:   # e.g. a half-copied cache
             print(f"warning: {path}: unreadable cached statistics ({e}); recomputing", file=sys.stderr)
-    stats = feature_statistics(extract_features(extractor, images.paths, batch_size, progress,
-                                                desc=f"FID features ({images.split})"))
+    features = extract_features(extractor, images.paths, batch_size, progress, desc=f"FID features ({images.split})")
+    stats = {**feature_statistics(features), "features": np.asarray(features, np.float32)}
     if path is not None:
         _save_stats(path, stats, {"digest": images.digest, "split": images.split, "extractor": extractor.id,
                                   "weights_sha256": extractor.weights_sha256, "n_images": len(images),
@@ -372,10 +446,31 @@ def sample_pairs(n_real: int, n_fake: int, n_pairs: int, seed: int) -> tuple[np.
     return flat // n_fake, flat % n_fake
 
 
+@dataclass
+class PairScores:
+    real: np.ndarray          # (N,) index of each pair's real image
+    fake: np.ndarray          # (N,) index of its fake image
+    lpips: np.ndarray         # (N,) per-pair LPIPS
+    ms_ssim: np.ndarray       # (N,) per-pair MS-SSIM
+
+    def summary(self) -> dict[str, float]:
+        return {METRIC_LPIPS: float(self.lpips.mean()), "lpips_std": float(self.lpips.std()),
+                METRIC_MS_SSIM: float(self.ms_ssim.mean()), "ms_ssim_std": float(self.ms_ssim.std()),
+                "n_pairs": len(self.real)}
+
+
 def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int, seed: int,
                    lpips_net: LpipsNet, lpips_size: int = 256, msssim_size: int = 256,
                    batch_size: int = 32, progress: bool = True) -> dict[str, float]:
     """LPIPS and MS-SSIM means (and standard deviations) over the seeded random pairs."""
+    return pair_scores(real_paths, fake_paths, n_pairs, seed, lpips_net, lpips_size, msssim_size, batch_size,
+                       progress).summary()
+
+
+def pair_scores(real_paths: list[Path], fake_paths: list[Path], n_pairs: int, seed: int,
+                lpips_net: LpipsNet, lpips_size: int = 256, msssim_size: int = 256,
+                batch_size: int = 32, progress: bool = True) -> PairScores:
+    """LPIPS and MS-SSIM of every seeded random pair (real image i, fake image j)."""
     i, j = sample_pairs(len(real_paths), len(fake_paths), n_pairs, seed)
     ui, uj = np.unique(i), np.unique(j)
     out: dict[str, list] = {METRIC_LPIPS: [], METRIC_MS_SSIM: []}
@@ -386,9 +481,7 @@ def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int,
             a = np.stack([real[k] for k in i[start:start + batch_size]])
             b = np.stack([fake[k] for k in j[start:start + batch_size]])
             out[name].append(lpips_distance(lpips_net, a, b) if name == METRIC_LPIPS else ms_ssim_score(a, b))
-    lp, ms = np.concatenate(out[METRIC_LPIPS]), np.concatenate(out[METRIC_MS_SSIM])
-    return {METRIC_LPIPS: float(lp.mean()), "lpips_std": float(lp.std()), METRIC_MS_SSIM: float(ms.mean()),
-            "ms_ssim_std": float(ms.std()), "n_pairs": len(i)}
+    return PairScores(i, j, np.concatenate(out[METRIC_LPIPS]), np.concatenate(out[METRIC_MS_SSIM]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,11 +493,13 @@ def paired_metrics(real_paths: list[Path], fake_paths: list[Path], n_pairs: int,
 NO_JUDGE = ("", "none")
 
 
-def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: bool = True) -> dict[str, float]:
+def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig,
+          progress: bool = True) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, list[str]]]]:
     """`cas`, `cas/<class>` (the reference classifier's accuracy on the set's labels) and
     `mask_consistency`, `mask_consistency/<class>`, `mask_nonempty` of the compared set (a generated set
     or the real test split), judged by models trained on the real train split (trained once per digest).
-    Classes the real data lacks are an error; samples without a mask are left out of consistency."""
+    Classes the real data lacks are an error; samples without a mask are left out of consistency.
+    Also returns, per metric, (the per-image values it is the mean of, their images' groups)."""
     from harness.downstream.reference import cas, mask_consistency, reference_classifier, reference_segmenter
     classes = prepared.dataset.split("train").classes
     unknown = sorted({s.label for s in fake.samples} - set(classes))
@@ -412,19 +507,24 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig, progress: boo
         raise DataError(f"{fake.source}: class(es) {unknown} are not classes of the real train split {classes}; "
                         "CAS needs the generated set's classes to be the real ones")
     out: dict[str, float] = {}
+    per_image: dict[str, tuple[np.ndarray, list[str]]] = {}
     if cfg.cas_model not in NO_JUDGE:
         clf = reference_classifier(prepared, cfg.cas_model, cfg.reference_profile, cfg.reference_cache_dir,
                                    cfg.seed, progress)
-        out.update(cas(clf, fake.samples))
+        scores, correct = cas(clf, fake.samples, per_image=True)
+        out.update(scores)
+        per_image[METRIC_CAS] = (correct, [s.group for s in fake.samples])
         tracking.tag_reference(TAG_CAS_MODEL, clf)
     with_mask = [s for s in fake.samples if s.mask is not None]
     if cfg.consistency_model not in NO_JUDGE and with_mask:
         seg = reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
                                   cfg.seed, progress)
-        scores, _ = mask_consistency(seg, with_mask)
+        scores, dice, nonempty = mask_consistency(seg, with_mask)
         out.update(scores)
+        groups = [s.group for s in with_mask]
+        per_image.update({METRIC_MASK_CONSISTENCY: (dice, groups), METRIC_MASK_NONEMPTY: (nonempty, groups)})
         tracking.tag_reference(TAG_CONSISTENCY_MODEL, seg)
-    return out
+    return out, per_image
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,10 +610,16 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
         real_stats, real_hit = set_statistics(real, extractor, cfg.cache_dir, cfg.batch_size, progress)
         fake_stats, fake_hit = set_statistics(fake, extractor, cfg.cache_dir, cfg.batch_size, progress)
         metrics = {METRIC_FID: frechet_distance(real_stats, fake_stats)}
-        metrics.update(paired_metrics(real.paths, fake.paths, cfg.lpips_pairs, cfg.seed, lpips_net,
-                                      cfg.lpips_size, cfg.msssim_size, cfg.batch_size, progress))
+        pairs = pair_scores(real.paths, fake.paths, cfg.lpips_pairs, cfg.seed, lpips_net, cfg.lpips_size,
+                            cfg.msssim_size, cfg.batch_size, progress)
+        metrics.update(pairs.summary())
         metrics.update({"n_real": len(real), "n_fake": len(fake)})
-        metrics.update(judge(prepared, fake, cfg, progress))
+        judged, per_image = judge(prepared, fake, cfg, progress)
+        metrics.update(judged)
+        ivs = quality_intervals(real_stats["features"], fake_stats["features"], pairs, len(real), len(fake), per_image)
+        metrics.update(interval_metrics("", ivs))
+        mlflow.set_tags(interval_tags("", ivs))
+        mlflow.log_params({**ci_params(), "fid_ci_resamples": FID_RESAMPLES})
         fake_cache = "hit" if fake_hit else ("miss" if fake.cacheable else "off")
         mlflow.set_tags({TAG_REAL_STATS_CACHE: "hit" if real_hit else "miss", TAG_FAKE_STATS_CACHE: fake_cache})
         mlflow.log_metrics(metrics)
@@ -537,6 +643,10 @@ __all__ = [
     "lpips_distance",
     "ms_ssim_score",
     "paired_metrics",
+    "pair_scores",
+    "quality_intervals",
+    "ResampledFid",
+    "fid_interval",
     "resolve_fake",
     "sample_pairs",
     "set_statistics",

@@ -252,10 +252,10 @@ def test_report_has_no_missing_cell_and_a_claims_section(pipeline_runs):
     from harness.report.claims import NOT_MEASURED, VERDICTS
     assert len(claims) >= 6 and {c["verdict"] for c in claims} <= set(VERDICTS)
     assert all(c["verdict"] != NOT_MEASURED for c in claims), claims   # the demo measures every claim
-    # every filled cell of Tables 2 and 3 shows the interval its run logged; every claim check comparing
-    # two classify or segment runs has a paired interval (a percentile interval need not hold the point)
+    # every filled cell of Tables 1-3 shows the interval its run logged; every claim check comparing two
+    # classify or segment runs has a paired interval (a percentile interval need not hold the point)
     cells = json.load(open(path))["tables"]
-    for key in ("table2", "table3"):
+    for key in ("table1", "table2", "table3"):
         for c in cells[key]:
             if c["status"] == "ok":
                 assert c["ci_low"] and c["ci_high"] and float(c["ci_low"]) <= float(c["ci_high"]), c

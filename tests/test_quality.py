@@ -117,6 +117,18 @@ def test_fid_matches_independent_frechet_distance_and_noise_orderings(sets, extr
     assert low["n_pairs"] == high["n_pairs"] == 30
     assert low["lpips"] < high["lpips"] and low["ms_ssim"] > high["ms_ssim"]
 
+    # the FID of a resample, from Gram matrices: with every weight 1 it is torch-fidelity's FID, and with
+    # the weights of a draw it is the FID of the set with those images repeated
+    fid = quality.ResampledFid(feats["clean"], feats["low"])
+    n_a, n_b = len(feats["clean"]), len(feats["low"])
+    assert fid.one(np.ones(n_a), np.ones(n_b)) == pytest.approx(fid_low, rel=1e-4, abs=1e-5 * scale)
+    draw_a, draw_b = np.random.default_rng(1).integers(0, n_a, n_a), np.random.default_rng(2).integers(0, n_b, n_b)
+    repeated = independent_fid(feats["clean"][draw_a], feats["low"][draw_b])
+    got = fid.one(np.bincount(draw_a, minlength=n_a).astype(float), np.bincount(draw_b, minlength=n_b).astype(float))
+    assert got == pytest.approx(repeated, rel=1e-4, abs=1e-5 * scale)
+    iv = quality.fid_interval(feats["clean"], feats["low"])
+    assert iv.low < fid_low < iv.high                     # bias-corrected: the resampling shift moved back
+
 
 def test_standard_weights_are_found_in_torch_hub_cache_or_by_path(sets, extractor, tmp_path, monkeypatch):
     """The standard path, offline: a state dict saved where torch-fidelity's download would land (here
@@ -187,6 +199,11 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
     assert ("NOT comparable with published FID/LPIPS" in capsys.readouterr().err) == fallback
     assert len(list(cache.glob("*.npz"))) == 2 and len(calls) == 2
     real_train = set(calls[0])
+    # every Table 1 number carries its 95 % interval (the judges are off here: no cas interval either)
+    for key in ("fid", "lpips", "ms_ssim"):
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+    assert "cas_ci_low" not in m and run1.data.params["fid_ci_resamples"] == str(quality.FID_RESAMPLES)
+    assert run1.data.params["ci_resamples"] == "2000"
     assert m["n_real"] == len(real_train) and m["n_fake"] == len(calls[1])
 
     # Row 2, by the CLI: real train vs a generated set given as runs:/<generate run>; the real train
@@ -219,6 +236,7 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
     assert t2[TAG_EXTRACTOR] == t[TAG_EXTRACTOR]
     assert len(list(cache.glob("*.npz"))) == 2                          # generated sets are not cached
     assert m2["fid"] > 0 and m2["fid"] != m["fid"]
+    assert m2["fid_ci_low"] < m2["fid"] < m2["fid_ci_high"]        # the cached features serve the interval
 
 
 def test_bad_inputs_name_the_path_and_start_no_run(demo_small, experiment, tmp_path):

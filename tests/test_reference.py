@@ -237,7 +237,7 @@ def test_mask_consistency_is_the_dice_against_the_judges_own_mask(prepared, seg,
     assert any(m.any() for m in own) and all(0 < m.mean() < 1 for m in own if m.any())
 
     # the judge's own masks: Dice 1 each
-    scores, dice = mask_consistency(seg, with_masks(test, own, tmp_path / "own"))
+    scores, dice, _ = mask_consistency(seg, with_masks(test, own, tmp_path / "own"))
     assert dice.tolist() == [1.0] * len(test) and scores[METRIC_MASK_CONSISTENCY] == 1.0
     assert scores[METRIC_MASK_NONEMPTY] == pytest.approx(np.mean([m.any() for m in own]))
     assert {k for k in scores if k.startswith(METRIC_MASK_CONSISTENCY + "/")} == \
@@ -246,16 +246,18 @@ def test_mask_consistency_is_the_dice_against_the_judges_own_mask(prepared, seg,
     # ... also when the generated mask has another resolution than its image (judged at the mask's)
     big = [(2 * m.shape[0] + 3, 2 * m.shape[1]) for m in own]
     own_big = independent_masks(cache, seg.info["key"], test, big)
-    _, dice = mask_consistency(seg, with_masks(test, own_big, tmp_path / "big"))
+    _, dice, _ = mask_consistency(seg, with_masks(test, own_big, tmp_path / "big"))
     assert dice.tolist() == [1.0] * len(test)
 
     # empty masks: 0 where the judge sees a lesion, 1 where it sees none; none counts as non-empty
-    scores, dice = mask_consistency(seg, with_masks(test, [np.zeros_like(m) for m in own], tmp_path / "empty"))
+    scores, dice, nonempty = mask_consistency(seg, with_masks(test, [np.zeros_like(m) for m in own],
+                                                               tmp_path / "empty"))
+    assert not nonempty.any()
     assert dice.tolist() == [0.0 if m.any() else 1.0 for m in own] and scores[METRIC_MASK_NONEMPTY] == 0.0
 
     # the real masks: the Dice of each against the judge's, by hand
     truth = [gt_mask(s) for s in test]
-    scores, dice = mask_consistency(seg, test)
+    scores, dice, _ = mask_consistency(seg, test)
     expected = [hand_dice(p, t) for p, t in zip(own, truth)]
     assert dice == pytest.approx(expected, abs=1e-12) and len(set(np.round(expected, 6))) > 1
     assert scores[METRIC_MASK_CONSISTENCY] == pytest.approx(np.mean(expected), abs=1e-12)
@@ -264,7 +266,7 @@ def test_mask_consistency_is_the_dice_against_the_judges_own_mask(prepared, seg,
 
     # a mix: mask_nonempty counts the masks with a lesion pixel
     mixed = [t if i % 2 else np.zeros_like(t) for i, t in enumerate(truth)]
-    scores, dice = mask_consistency(seg, with_masks(test, mixed, tmp_path / "mixed"))
+    scores, dice, _ = mask_consistency(seg, with_masks(test, mixed, tmp_path / "mixed"))
     assert scores[METRIC_MASK_NONEMPTY] == pytest.approx(len(test) // 2 / len(test))
     assert dice == pytest.approx([hand_dice(p, m) for p, m in zip(own, mixed)], abs=1e-12)
     with pytest.raises(ValueError, match="at least one image"):
@@ -310,6 +312,14 @@ def test_evaluate_logs_cas_and_consistency_of_a_set_with_the_judges_tags(demo_sm
         m[METRIC_MASK_NONEMPTY] == pytest.approx((len(test) + 1) // 2 / len(test))
     assert t[TAG_CAS_MODEL] == clf.info["key"] and t[TAG_CAS_MODEL + CACHED_SUFFIX] == "true"
     assert t[TAG_CONSISTENCY_MODEL] == seg.info["key"] and t[TAG_CONSISTENCY_MODEL + CACHED_SUFFIX] == "true"
+    # their 95 % intervals: the set's images resampled, recomputed here by plain numpy from the values
+    # by hand (a few images: percentiles of a coarse distribution, so one image's step of tolerance)
+    correct = [float(by_hand[s.id][0] == s.label) for s in fake]
+    for key, values in ((METRIC_CAS, correct), (METRIC_MASK_CONSISTENCY, dice)):
+        v = np.asarray(values, float)
+        resampled = v[np.random.default_rng(5).integers(0, len(v), (4000, len(v)))].mean(axis=1)
+        lo, hi = np.percentile(resampled, [2.5, 97.5])
+        assert abs(m[key + "_ci_low"] - lo) <= 1 / len(v) + 1e-9 and abs(m[key + "_ci_high"] - hi) <= 1 / len(v) + 1e-9
 
 
 # ------------------------------------------------------------------------------------------------

@@ -722,10 +722,18 @@ def test_claims_verdicts_on_the_runs(claims_report):
     # 6. FID is one number per evaluate run: no interval, so +15.5 decides nothing
     c = claims["fid_synth_above_real"]
     assert c["verdict"] == "inconclusive" and c["checks"][0]["ours"] == 55.5 - 40.0
-    assert c["checks"][0]["ci_reason"] == "one number per run (no per-image values to resample)"
+    why = "no interval for one of the two values: the run logged none"
+    assert c["checks"][0]["ci_reason"] == why
     assert c["checks"][0]["results"][0]["paper"] == "passes"           # the paper's point comparison
     assert ("| Table 1 | FID: real train vs synth train − real train vs real test | 55.500 − 40.000 = +15.500 "
-            "(no interval: one number per run (no per-image values to resample)) | — | — |") in md
+            f"(no interval: {why}) | — | — |") in md
+
+
+def test_unpaired_difference_of_two_intervals():
+    from harness.intervals import Interval
+    from harness.report.evidence import unpaired_difference
+    assert unpaired_difference(Interval(50.0, 61.0), Interval(36.0, 44.0)) == Interval(6.0, 25.0)
+    assert not unpaired_difference(Interval(50.0, 61.0), Interval(None, None, "x")).ok
 
 
 def test_claims_counts_precision_and_forest_on_the_report_run(claims_report):

@@ -4,7 +4,8 @@ on the real train split only, by this harness's own `classify` / `segment` code 
     clf = reference_classifier(prepared, "resnet34", "demo", cache_dir)     # trained once per dataset digest
     seg = reference_segmenter(prepared, "unet", "demo", cache_dir)
     cas(clf, samples)               -> {"cas": 0.91, "cas/melanoma": 1.0, ...}
-    mask_consistency(seg, samples)  -> {"mask_consistency": 0.87, "mask_nonempty": 1.0, ...}, per-sample Dice
+    mask_consistency(seg, samples)  -> {"mask_consistency": 0.87, "mask_nonempty": 1.0, ...}, per-sample Dice,
+                                       per-sample non-empty
 
 CAS, the Classification Accuracy Score (Ravuri & Vinyals 2019), here in its "judge" form: the share of
 generated images that a classifier trained on real data assigns to the class their prompt named.
@@ -184,13 +185,16 @@ def predict_classes(ref: Reference, samples: list[Sample]) -> list[str]:
     return [ref.info["classes"][i] for i in probs.argmax(1)]
 
 
-def cas(ref: Reference, samples: list[Sample]) -> dict[str, float]:
-    """CAS overall and per class: the share of samples whose image is classified as its label."""
+def cas(ref: Reference, samples: list[Sample], per_image: bool = False):
+    """CAS overall and per class: the share of samples whose image is classified as its label; with
+    per_image, also (N,) 1.0 / 0.0 per sample (what CAS is the mean of)."""
     if not samples:
         raise ValueError("CAS needs at least one image")
     predicted = predict_classes(ref, samples)
     labels = [s.label for s in samples]
-    return _per_class(np.array([p == t for p, t in zip(predicted, labels)], np.float64), labels, METRIC_CAS)
+    correct = np.array([p == t for p, t in zip(predicted, labels)], np.float64)
+    scores = _per_class(correct, labels, METRIC_CAS)
+    return (scores, correct) if per_image else scores
 
 
 def consistency_scores(ref: Reference, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -205,10 +209,12 @@ def consistency_scores(ref: Reference, samples: list[Sample]) -> tuple[np.ndarra
     return dice, np.array([m.any() for m in masks], np.float64)
 
 
-def mask_consistency(ref: Reference, samples: list[Sample]) -> tuple[dict[str, float], np.ndarray]:
-    """({"mask_consistency", "mask_consistency/<class>", "mask_nonempty"}, the per-sample Dice)."""
+def mask_consistency(ref: Reference, samples: list[Sample]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """({"mask_consistency", "mask_consistency/<class>", "mask_nonempty"}, the per-sample Dice, and
+    per sample 1.0 / 0.0 whether its mask has a lesion pixel)."""
     if not samples:
         raise ValueError("mask consistency needs at least one image")
     dice, nonempty = consistency_scores(ref, samples)
     labels = [s.label for s in samples]
-    return {**_per_class(dice, labels, METRIC_MASK_CONSISTENCY), METRIC_MASK_NONEMPTY: float(nonempty.mean())}, dice
+    scores = {**_per_class(dice, labels, METRIC_MASK_CONSISTENCY), METRIC_MASK_NONEMPTY: float(nonempty.mean())}
+    return scores, dice, nonempty

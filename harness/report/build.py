@@ -80,9 +80,11 @@ INTERVALS_TEXT = (
     "each filled cell shows the 95 % interval its run logged (`<metric>_ci_low`/`_ci_high`): a percentile "
     f"bootstrap ({CI_RESAMPLES} seeded resamples, scipy.stats.bootstrap) that draws the test images (a lesion's "
     "images together) and the run's models (folds x seeds) with replacement and recomputes the metric as the "
-    "point value is (per model, then averaged). A cell without one says why (e.g. a run made before "
-    "intervals, one test image). The claims' differences get paired intervals, from the two runs' per-image "
-    "artifacts. The paper reports no intervals.")
+    "point value is (per model, then averaged); Table 1's FID, LPIPS and MS-SSIM resample the real and the "
+    "compared images (FID bias-corrected), its judges' columns the compared images. A cell without one says "
+    "why (e.g. a run made before intervals, one test image). The claims' differences get paired intervals "
+    "from the two runs' per-image artifacts (Table 1's FID: the wider unpaired one from the two runs' own). "
+    "The paper reports no intervals.")
 
 
 class ReportError(HarnessError, ValueError):

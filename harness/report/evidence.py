@@ -5,7 +5,8 @@ A check a − b compares two runs scored on the same test images. Its interval i
 the two runs' per-image artifacts (classify: `predictions/<set>.csv`, one row per fold model and
 image; segment: `segmentation/<set>.csv`, one row per image), paired: one resample of the test
 images serves both runs, each run's models are resampled on their own (`paired_*_intervals`). Its
-point value is the difference of the two logged metrics, as before.
+point value is the difference of the two logged metrics, as before. Table 1's numbers (FID, ...) have
+no per-image values: their difference gets the wider unpaired interval from the two runs' own.
 """
 from __future__ import annotations
 
@@ -75,6 +76,15 @@ def _segment_per_image(rows: list[dict]) -> PerImage:
     return PerImage(ids, [first[i].get("group", "") for i in ids], [], np.zeros(len(ids), np.int64), scores)
 
 
+def unpaired_difference(a: Interval, b: Interval) -> Interval:
+    """The interval of a − b from the two values' own intervals, [a.low − b.high, a.high − b.low], for
+    numbers with no per-image values to pair (Table 1's FID: one number per evaluate run). Wider than a
+    paired interval, so it decides less, never more."""
+    if not (a.ok and b.ok):
+        return Interval(None, None, "no interval for one of the two values: " + (a.reason or b.reason))
+    return Interval(a.low - b.high, a.high - b.low)
+
+
 class Evidence:
     """Per-image artifacts of the report's runs, downloaded once each, and the checks' paired intervals."""
 
@@ -105,6 +115,8 @@ class Evidence:
 
     def paired(self, a: Cell, b: Cell) -> Interval:
         """The 95 % interval of a − b (same metric, same eval set), paired over the shared test images."""
+        if a.section == b.section == "quality":
+            return unpaired_difference(a.ci, b.ci)
         if a.section not in ("classification", "segmentation") or a.section != b.section:
             return Interval(None, None, "one number per run (no per-image values to resample)")
         pa, pb = self.per_image(a), self.per_image(b)
@@ -129,4 +141,4 @@ class Evidence:
         return None if isinstance(p, str) else len({g or f"\0{i}" for i, g in enumerate(p.groups)})
 
 
-__all__ = ["Evidence", "PerImage"]
+__all__ = ["Evidence", "PerImage", "unpaired_difference"]

@@ -45,6 +45,7 @@ CI_METHOD = "bootstrap-percentile: test units (lesion groups) x models, two-way"
 CI_LEVEL = 0.95
 CI_RESAMPLES = 2000
 CI_SEED = 0
+PERCENT = (0.0, 100.0)        # the range of accuracy, sensitivity, precision, F1, Dice, IoU (in %)
 BATCH = 250                  # resamples per vectorised call (memory: BATCH x images x models floats)
 
 PASSES, FAILS, INCONCLUSIVE = "passes", "fails", "inconclusive"
@@ -165,9 +166,9 @@ def _as_3d(scores) -> np.ndarray:
 
 
 def mean_intervals(scores, groups: Sequence[str], level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
-                   seed: int = CI_SEED) -> list[Interval]:
+                   seed: int = CI_SEED, bounds: Bounds | Sequence[Bounds] | None = None) -> list[Interval]:
     """scores (models, images, metrics) or (models, images): one Interval per metric of the mean over
-    models of each model's mean score over the images."""
+    models of each model's mean score over the images, clipped to `bounds` (the metrics' ranges)."""
     scores = _as_3d(scores)
     unit_of = unit_index(groups)
     n_units = int(unit_of.max()) + 1 if len(unit_of) else 0
@@ -180,7 +181,7 @@ def mean_intervals(scores, groups: Sequence[str], level: float = CI_LEVEL, resam
         return _run_scores(scores, w, models[0] if models else None).T             # (K, B)
 
     samples = (np.arange(n_units), *_model_draws(scores.shape[0]))
-    return _intervals(*_run(statistic, samples, seed, resamples, level))
+    return _intervals(*_run(statistic, samples, seed, resamples, level), bounds)
 
 
 def paired_mean_intervals(scores_a, scores_b, groups: Sequence[str], level: float = CI_LEVEL,
@@ -203,11 +204,21 @@ def paired_mean_intervals(scores_a, scores_b, groups: Sequence[str], level: floa
     return _intervals(*_run(statistic, (np.arange(n_units), *draws_a, *draws_b), seed, resamples, level))
 
 
-def _intervals(low: np.ndarray, high: np.ndarray) -> list[Interval]:
+Bounds = tuple[float, float]
+
+
+def _intervals(low: np.ndarray, high: np.ndarray, bounds: Bounds | Sequence[Bounds] | None = None) -> list[Interval]:
+    """Intervals from their ends, clipped to the metric's range (`bounds`: one (min, max) for all, or one
+    per metric): the small-M model weights extrapolate, so a resample of two 99 % models can exceed 100."""
+    per_metric = [bounds] * len(low) if bounds is None or np.ndim(bounds) == 1 else list(bounds)
     out = []
-    for lo, hi in zip(low, high):
-        ok = np.isfinite(lo) and np.isfinite(hi)
-        out.append(Interval(float(lo), float(hi)) if ok else Interval(None, None, "the metric is undefined on resamples"))
+    for lo, hi, b in zip(low, high, per_metric):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            out.append(Interval(None, None, "the metric is undefined on resamples"))
+            continue
+        if b is not None:
+            lo, hi = np.clip(lo, *b), np.clip(hi, *b)
+        out.append(Interval(float(lo), float(hi)))
     return out
 
 
@@ -217,7 +228,8 @@ def _intervals(low: np.ndarray, high: np.ndarray) -> list[Interval]:
 
 def two_sample_intervals(statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], n_a: int, n_b: int,
                          n_metrics: int, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
-                         seed: int = CI_SEED, bias_corrected: bool = False) -> list[Interval]:
+                         seed: int = CI_SEED, bias_corrected: bool = False,
+                         bounds: Bounds | Sequence[Bounds] | None = None) -> list[Interval]:
     """statistic(wa (B, n_a), wb (B, n_b)) -> (K, B), the metrics of B resamples given how often each
     item of set a and of set b was drawn; one Interval per metric. Both sets are resampled on their own
     (e.g. FID: the real images and the generated ones). bias_corrected: the percentile interval moved
@@ -229,7 +241,7 @@ def two_sample_intervals(statistic: Callable[[np.ndarray, np.ndarray], np.ndarra
     def stat(a, b, axis=-1):
         return statistic(_counts(a, n_a), _counts(b, n_b))
 
-    return _intervals(*_run(stat, (np.arange(n_a), np.arange(n_b)), seed, resamples, level, bias_corrected))
+    return _intervals(*_run(stat, (np.arange(n_a), np.arange(n_b)), seed, resamples, level, bias_corrected), bounds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +278,7 @@ def classification_intervals(y_true, y_pred, n_classes: int, groups: Sequence[st
         return _model_mean(_confusion_stat(onehot, w, n_classes), counts).T
 
     samples = (np.arange(n_units), *_model_draws(y_pred.shape[0]))
-    return dict(zip(CLASSIFY_METRICS, _intervals(*_run(statistic, samples, seed, resamples, level))))
+    return dict(zip(CLASSIFY_METRICS, _intervals(*_run(statistic, samples, seed, resamples, level), PERCENT)))
 
 
 def paired_classification_intervals(y_true, pred_a, pred_b, n_classes: int, groups: Sequence[str],

@@ -314,7 +314,7 @@ def fid_interval(real_features: np.ndarray, fake_features: np.ndarray) -> Interv
     themselves (FID's small-sample bias); the percentile interval is therefore moved back by the
     bootstrap's bias estimate (bias-corrected percentile): its width is the resampling spread."""
     [iv] = two_sample_intervals(ResampledFid(real_features, fake_features), len(real_features), len(fake_features),
-                                1, resamples=FID_RESAMPLES, bias_corrected=True)
+                                1, resamples=FID_RESAMPLES, bias_corrected=True, bounds=(0.0, np.inf))
     return iv
 
 
@@ -329,7 +329,7 @@ def pair_intervals(pairs: PairScores, n_real: int, n_fake: int) -> dict[str, Int
         means = (values @ w.T) / np.where(total > 0, total, 1.0)                       # (2, B)
         return np.where(total > 0, means, values.mean(axis=1, keepdims=True))
 
-    ivs = two_sample_intervals(statistic, n_real, n_fake, 2)
+    ivs = two_sample_intervals(statistic, n_real, n_fake, 2, bounds=[(0.0, np.inf), (-1.0, 1.0)])
     return {METRIC_LPIPS: ivs[0], METRIC_MS_SSIM: ivs[1]}
 
 
@@ -339,7 +339,7 @@ def quality_intervals(real_features, fake_features, pairs: PairScores, n_real: i
     CAS, mask consistency and mask non-empty (the compared set's images resampled, a lesion's together)."""
     out = {METRIC_FID: fid_interval(real_features, fake_features), **pair_intervals(pairs, n_real, n_fake)}
     for key, (values, groups) in per_image.items():
-        [out[key]] = mean_intervals(np.asarray(values, np.float64)[None, :], groups)
+        [out[key]] = mean_intervals(np.asarray(values, np.float64)[None, :], groups, bounds=(0.0, 1.0))
     return out
 
 

@@ -39,6 +39,7 @@ TAG_CODE = "skindualgen.code_version"
 TAG_LIB_PREFIX = "skindualgen.lib."        # + library name: its version
 TAG_HOST = "skindualgen.host"              # where the stage's process ran and its pid: `main` marks the runs
 TAG_PID = "skindualgen.pid"                # of a process that is gone KILLED (pipeline.reap_killed_runs)
+TAG_THREADS = "skindualgen.torch_threads"  # torch's intra-op threads: results depend on it as well as on the seed
 
 # MLflow's own tags
 TAG_MLFLOW_NOTE = "mlflow.note.content"    # the run's (or experiment's) description in the UI

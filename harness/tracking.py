@@ -29,7 +29,7 @@ from mlflow.entities import RunStatus
 from harness.schema import (
     CACHED_SUFFIX, STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
-    STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID,
+    STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID, TAG_THREADS,
     TAG_STAGE,
 )
 
@@ -146,7 +146,9 @@ def config_params(config: Any) -> dict[str, str]:
 
 
 def run_tags(stage: str, dataset_digest: str | None = None) -> dict[str, str]:
-    tags = {TAG_STAGE: stage, TAG_CODE: code_version(), TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+    import torch                        # every stage has it imported by now; the thread count changes the numbers
+    tags = {TAG_STAGE: stage, TAG_CODE: code_version(), TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+            TAG_THREADS: str(torch.get_num_threads())}
     if dataset_digest:
         tags[TAG_DIGEST] = dataset_digest
     tags.update({TAG_LIB_PREFIX + k: v for k, v in library_versions().items()})

@@ -151,3 +151,17 @@ def test_no_interval_from_one_test_image_or_no_model():
 def test_needed_units_scale_with_the_square_of_the_half_width():
     assert iv.needed_units(iv.Interval(-4.0, 8.0), 100, 3.0) == 400      # half-width 6 -> 3: 4x the units
     assert iv.needed_units(iv.Interval(None, None, "x"), 100, 3.0) is None
+
+
+def test_intervals_stay_inside_the_metric_range():
+    """Two fold models at 100 % and 96 %: the small-M weights extrapolate past 100 on some resamples; the
+    interval is clipped to the metric's range, not reported as 102 %."""
+    y = np.zeros(50, int)
+    pred = np.zeros((2, 50), int)
+    pred[1, :2] = 1
+    acc = iv.classification_intervals(y, pred, 2, [""] * 50)[METRIC_ACCURACY]
+    assert acc.high == 100.0 and 80.0 < acc.low < 98.0
+    [dice] = iv.mean_intervals(np.array([[100.0] * 20, [90.0] * 20]), [""] * 20, bounds=(0.0, 100.0))
+    assert dice.high == 100.0
+    [unclipped] = iv.mean_intervals(np.array([[100.0] * 20, [90.0] * 20]), [""] * 20)
+    assert unclipped.high > 100.0                     # what the clip prevents

@@ -23,9 +23,9 @@ from harness.schema import (
 pytestmark = pytest.mark.slow
 
 
-# The demo main from nothing took 619 s alone on 2 cores (bench --main, 2026-12-07) and longer inside the
-# suite, whose other worker shares the cores: 1800 s is 2.9x the first, and 2x of a main 1.5x slower than
-# that inside the suite. The second main reuses every step (seconds).
+# The demo main from nothing took 510 s alone on 2 cores (a fresh worktree and store, 2026-12-07: 153 test
+# images and the intervals included) and longer inside the suite, whose other worker shares the cores:
+# 1800 s is 3.5x the first, and 2.4x of a main 1.5x slower than that. The second main reuses every step.
 MAIN_TIMEOUT = 1800
 
 
@@ -224,20 +224,22 @@ def accuracy_interval(predictions_csv) -> tuple[float, float, float, float]:
 
 
 def test_every_model_learns(pipeline_runs):
-    """Real-only models learn, on the demo test split. Classifiers: the 85 % accuracy floor is checked on
-    the 95 % interval of the 26 test images, not on the point estimate: one image moves it 3.8 points,
-    and on this machine ResNet34 real-only gave 94.2 / 82.7 / 78.8 % at seeds 42 / 43 / 44 (README,
-    "Demo budget"). So: the interval reaches 85 % (the data do not show the model under the floor), and
-    its low end is above the majority-class rate (the model learned more than the commonest class).
-    Segmenters: >= 80 % Dice (measured 86.7-91.0)."""
+    """Real-only models learn, on the demo test split (153 images). Classifiers: the 85 % accuracy floor
+    is checked on the run's own 95 % interval (test images and fold models resampled), not on the point
+    estimate, which the seed and the CPU's numerics move by several points (README, "Demo budget"). So:
+    the interval reaches 85 % (the data do not show the model under the floor), and its low end is above
+    the majority-class rate (the model learned more than the commonest class); and a Clopper-Pearson
+    interval of the pooled test predictions, computed here, overlaps it. Segmenters: >= 80 % Dice."""
     _, runs, _, _ = pipeline_runs
     for model in ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"):
         [run] = [r for r in by_stage(runs, STAGE_CLASSIFY) if r.data.params.get("model") == model
                  and r.data.params.get("train_set") == "real"]
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions/test.csv")
         point, low, high, majority = accuracy_interval(path)
-        assert point == pytest.approx(run.data.metrics["accuracy"], abs=0.01), model
-        assert high >= 85.0 and low > majority, (model, point, low, high, majority)
+        m = run.data.metrics
+        assert point == pytest.approx(m["accuracy"], abs=0.01), model
+        assert m["accuracy_ci_high"] >= 85.0 and m["accuracy_ci_low"] > majority, (model, m["accuracy"], majority)
+        assert low <= m["accuracy_ci_high"] and m["accuracy_ci_low"] <= high, (model, low, high)
     for model in ("unet", "deeplabv3plus"):
         assert metrics_of(runs, STAGE_SEGMENT, model=model, train_set="real")["dice"] >= 80.0, model
 

@@ -6,19 +6,27 @@ import pytest
 
 from harness import tracking
 from harness.config import PrepareConfig
-from harness.schema import METRIC_PEAK_RSS_GIB, STAGE_FINETUNE, STAGE_PREPARE, TAG_CODE, TAG_DIGEST, TAG_LIB_PREFIX, TAG_STAGE
+from harness.schema import (METRIC_PEAK_RSS_GIB, STAGE_FINETUNE, STAGE_PREPARE, TAG_CODE, TAG_DIGEST, TAG_LIB_PREFIX,
+                            TAG_STAGE, TAG_THREADS)
 
 
 def test_stage_run_tags_and_params(experiment):
+    import torch
     cfg = PrepareConfig(data_dir="/data/x", test_fraction=0.25)
-    with tracking.stage_run(STAGE_PREPARE, cfg, dataset_digest="abc123", experiment=experiment) as run:
-        pass
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)              # the thread count changes results: each run records its own
+        with tracking.stage_run(STAGE_PREPARE, cfg, dataset_digest="abc123", experiment=experiment) as run:
+            pass
+    finally:
+        torch.set_num_threads(threads)
     r = mlflow.get_run(run.info.run_id)
     assert r.info.status == "FINISHED"
     assert r.data.tags[TAG_STAGE] == STAGE_PREPARE
     assert r.data.tags[TAG_DIGEST] == "abc123"
     assert r.data.tags[TAG_CODE] == tracking.code_version()
     assert r.data.tags[TAG_LIB_PREFIX + "torch"].startswith("2.14")
+    assert r.data.tags[TAG_THREADS] == "1"
     assert r.data.params == {f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     assert mlflow.get_experiment(r.info.experiment_id).name == experiment
 

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
-from harness.intervals import Interval, ci_params, interval_metrics, interval_tags, mean_intervals
+from harness.intervals import PERCENT, Interval, ci_params, interval_metrics, interval_tags, mean_intervals
 from harness.config import SegmentConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_pair, paired_augmentation
 from harness.data.records import Sample
@@ -57,7 +57,8 @@ from harness.downstream import decoded, runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
 from harness.downstream.sets import DownstreamError, load_inputs, log_inputs, seed_list
 from harness.hub import hf_cache_place, hf_hub_cache, offline
-from harness.schema import HAM_PREFIX, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL, TAG_TRAIN_SET
+from harness.schema import (HAM_PREFIX, METRIC_DICE, METRIC_IOU, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL,
+                            TAG_TRAIN_SET)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ def score_intervals(rows_by_seed: list[list[dict]]) -> dict[str, Interval]:
     """The 95 % interval of each of SEGMENT_METRICS over one set: its images (a lesion's together) and
     the run's seed models resampled (harness/intervals.py); every seed's rows in the same image order."""
     scores = np.array([[[float(r[k]) for k in SEGMENT_METRICS] for r in rows] for rows in rows_by_seed])  # (M, N, 4)
-    return dict(zip(SEGMENT_METRICS, mean_intervals(scores, [r["group"] for r in rows_by_seed[0]])))
+    ranges = [PERCENT if k in (METRIC_DICE, METRIC_IOU) else (0.0, np.inf) for k in SEGMENT_METRICS]
+    return dict(zip(SEGMENT_METRICS, mean_intervals(scores, [r["group"] for r in rows_by_seed[0]], bounds=ranges)))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -12,7 +12,7 @@ from entrypoints.finetune import finetune
 from entrypoints.generate import generate
 from entrypoints.main import main
 from entrypoints.prepare import prepare
-from entrypoints.register import register
+from entrypoints.register import register, registry_history
 from entrypoints.report import report
 from entrypoints.segment import segment
 from entrypoints.tune import tune
@@ -24,7 +24,7 @@ def cli():
 
 
 COMMANDS = (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune,
-            classify, segment, explain, report)
+            classify, segment, explain, report, registry_history)
 for command in COMMANDS:
     cli.add_command(accept_underscores(command))
 

@@ -180,6 +180,11 @@ class RegisterConfig:
     name: str = "skindualgen"
     alias: str = "champion"
     comparison: str = REAL_VS_SYNTH
+    rule: str = "interval"          # interval: the candidate's FID interval lies wholly below the holder's;
+                                    # improvement: its FID is lower by more than min_fid_improvement
+    min_fid_improvement: float = 0.0   # the improvement rule's margin; with rule interval, used when a
+                                       # version has no FID interval (0 = not given: the holder stays)
+    candidate_alias: str = "candidate"   # what a version that did not take `alias` is called
 
 
 # Paper Sec. 3.4: the prompt GPT-4o-mini got for every image (with the image itself).

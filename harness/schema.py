@@ -105,6 +105,10 @@ TAG_COMPARABLE = "skindualgen.metrics_comparable"      # "false" when a fallback
 TAG_REGISTERED = "skindualgen.registered"
 TAG_ALIAS = "skindualgen.alias"
 TAG_REUSED_VERSION = "skindualgen.reused_version"
+TAG_ALIAS_DECISION = "skindualgen.alias_decision"     # register run: moved | kept, and why (TAG_ALIAS_REASON)
+TAG_ALIAS_REASON = "skindualgen.alias_reason"
+# registered-model tags, one per register decision: ALIAS_HISTORY_PREFIX + 4-digit number -> JSON
+ALIAS_HISTORY_PREFIX = "alias_history/"
 
 # tune
 TAG_OPTUNA_STUDY = "skindualgen.optuna_study"

@@ -14,15 +14,17 @@ from harness.dualgen.generate import generate
 from harness.dualgen.train import finetune
 from harness.registry import RegistryError, register_best
 from harness.schema import (
-    REAL_VS_SYNTH, STAGE_EVALUATE, STAGE_GENERATE, TAG_COMPARISON, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_STAGE,
+    REAL_VS_SYNTH, STAGE_EVALUATE, STAGE_FINETUNE, STAGE_GENERATE, TAG_ALIAS, TAG_ALIAS_DECISION, TAG_COMPARISON,
+    TAG_EXTRACTOR, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_REGISTERED, TAG_STAGE,
 )
 
 
-def fake_evaluation(experiment, finetune_run, fid):
+def fake_evaluation(experiment, finetune_run, fid, half=5.0):
+    """An evaluate run as the stage logs it, with FID `fid` and (half > 0) its interval fid ± half."""
     with tracking.stage_run(STAGE_EVALUATE, {"fake": f"runs:/{finetune_run}"}, experiment=experiment,
-                            extra_tags={TAG_COMPARISON: REAL_VS_SYNTH,
+                            extra_tags={TAG_COMPARISON: REAL_VS_SYNTH, TAG_EXTRACTOR: "standard:inception-v3-compat",
                                         TAG_FINETUNE_RUN: finetune_run}):
-        mlflow.log_metric("fid", fid)
+        mlflow.log_metrics({"fid": fid, **({"fid_ci_low": fid - half, "fid_ci_high": fid + half} if half else {})})
 
 
 def pixels(folder):
@@ -86,3 +88,58 @@ def test_registered_model_that_is_not_dualgen_is_a_clear_error(experiment, tmp_p
         generate(small(GenerateConfig, model_uri=f"models:/{name}/1", output_dir=str(tmp_path / "g")),
                  experiment=experiment, progress=False)
     assert not (tmp_path / "g").exists()
+
+
+def fake_finetune(experiment):
+    """A finetune-stage run with a (trivial) logged model: the registry mechanics need no training."""
+    with tracking.stage_run(STAGE_FINETUNE, {"seed": 42}, "d" * 16, experiment) as run:
+        mlflow.pyfunc.log_model(name="model", python_model=NotDualGen())
+    return run.info.run_id
+
+
+def test_the_alias_moves_only_on_evidence_and_every_decision_is_recorded(experiment):
+    """One registered model, candidates from separate experiments (each the best of its own): the first
+    takes `champion`; a worse one and an equal one (intervals overlapping) do not; a clearly better one
+    (interval wholly below) does; one without an interval does not, unless a minimum improvement is
+    given. Every decision is in the history, and the CLI prints it."""
+    from click.testing import CliRunner
+
+    from entrypoints.register import registry_history
+    from harness.registry import history
+    name, client = f"gate-{experiment}", mlflow.tracking.MlflowClient()
+    steps = [("first", 60.0, 5.0, {}, True), ("worse", 66.0, 5.0, {}, False), ("equal", 58.0, 5.0, {}, False),
+             ("better", 40.0, 4.0, {}, True), ("no interval", 30.0, 0.0, {}, False),
+             ("no interval, margin 5", 30.0, 0.0, {"min_fid_improvement": 5.0}, True)]
+    versions = {}
+    for label, fid, half, options, moves in steps:
+        exp = f"{experiment}-{label.replace(' ', '-').replace(',', '')}"
+        ft = fake_finetune(exp)
+        fake_evaluation(exp, ft, fid, half)
+        before = str(client.get_model_version_by_alias(name, "champion").version) if versions else None
+        version, chosen = register_best(RegisterConfig(name=name, **options), exp)
+        versions[label] = version
+        assert chosen == ft
+        holder = str(client.get_model_version_by_alias(name, "champion").version)
+        assert holder == (version if moves else before), label
+        run = mlflow.search_runs(experiment_names=[exp], output_format="list",
+                                 filter_string="tags.`skindualgen.stage` = 'register'")[0]
+        assert run.data.tags[TAG_ALIAS_DECISION] == ("moved" if moves else "kept"), label
+        assert run.data.tags[TAG_REGISTERED] == f"{name}/{version}"
+        assert run.data.tags[TAG_ALIAS] == ("champion" if moves else "candidate")
+        if not moves:
+            assert str(client.get_model_version_by_alias(name, "candidate").version) == version
+    entries = history(name)
+    assert [e["moved"] for e in entries] == [moves for *_, moves in steps]
+    assert [e["candidate"]["version"] for e in entries] == list(versions.values())
+    assert entries[0]["previous"] is None and entries[1]["previous"]["version"] == versions["first"]
+    assert entries[3]["previous"]["version"] == versions["first"] and entries[4]["previous"]["version"] == versions["better"]
+    assert entries[1]["candidate"]["low"] == 61.0 and entries[1]["previous"]["high"] == 65.0
+    assert "does not lie below" in entries[2]["reason"] and "lies below" in entries[3]["reason"]
+    assert "no FID interval" in entries[4]["reason"] and "minimum improvement 5" in entries[5]["reason"]
+    assert all(e["rule"] == "interval" and e["register_run_id"] for e in entries)
+    out = CliRunner().invoke(registry_history, ["--name", name])
+    assert out.exit_code == 0, out.output
+    rows = [line for line in out.output.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(steps) and "| kept |" in rows[1] and "| moved |" in rows[3]
+    bad = CliRunner().invoke(registry_history, ["--name", f"none-{experiment}"])
+    assert bad.exit_code == 2 and "no registered model" in bad.output

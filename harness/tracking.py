@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.entities import RunStatus
 
+from harness.errors import ConfigError
 from harness.schema import (
     CACHED_SUFFIX, STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
@@ -139,10 +140,26 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# What an option left empty means, shown in its param instead of a blank (the UI would show nothing);
+# any other empty option shows NOT_GIVEN. effective_params reads them back as "".
+NOT_GIVEN = "(none)"
+EMPTY_MEANS = {"data_dir": "(embedded demo)", "real": "(embedded demo)", "fake": "(the real test split)",
+               "base_model": "(the profile's)", "revision": "(main)", "output_dir": "(default)",
+               "comparison": "(implied by fake)", "models": "(all six)",
+               "fid_weights": "(none: torch hub cache, else the offline fallback)"}
+_EMPTY_WORDS = {NOT_GIVEN, *EMPTY_MEANS.values()}
+
+
+def shown(key: str, value: Any) -> str:
+    """A param's value as logged: an empty one as the word for what it means."""
+    text = str(value)
+    return EMPTY_MEANS.get(key, NOT_GIVEN) if text == "" else text
+
+
 def config_params(config: Any) -> dict[str, str]:
-    """A config dataclass (or dict) as MLflow params: flat, every value a string."""
+    """A config dataclass (or dict) as MLflow params: flat, every value a string, no blank (`shown`)."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return {k: str(v) for k, v in items.items()}
+    return {k: shown(k, v) for k, v in items.items()}
 
 
 def run_tags(stage: str, dataset_digest: str | None = None) -> dict[str, str]:
@@ -165,12 +182,34 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
     re-raises, so a crash never leaves a FINISHED run behind.
     """
     setup(experiment)
-    with mlflow.start_run(run_name=run_name or stage, nested=nested) as run:
+    interval = system_metrics_interval()
+    if interval > 0:
+        mlflow.set_system_metrics_sampling_interval(interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    with mlflow.start_run(run_name=run_name or stage, nested=nested, log_system_metrics=interval > 0) as run:
         description = {TAG_MLFLOW_NOTE: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
         mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
         log_config(run.info.run_id, config_params(config))
         yield run
         mlflow.log_metrics(peak_memory())
+
+
+SYSTEM_METRICS_ENV = "SKINDUALGEN_SYSTEM_METRICS_SECONDS"
+SYSTEM_METRICS_SECONDS = 10.0          # the default sampling interval; `main --profile demo` sets 2 s
+
+
+def system_metrics_interval() -> float:
+    """Seconds between samples of MLflow's system metrics (CPU, memory, disk, network; GPU utilisation
+    and memory through nvidia-ml-py when a GPU is present) on every stage run: $SKINDUALGEN_SYSTEM_METRICS_SECONDS,
+    else 10; 0 turns them off."""
+    raw = os.environ.get(SYSTEM_METRICS_ENV, "")
+    try:
+        value = float(raw) if raw else SYSTEM_METRICS_SECONDS
+    except ValueError:
+        raise ConfigError(f"${SYSTEM_METRICS_ENV} must be a number of seconds (0 = off), got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"${SYSTEM_METRICS_ENV} must be >= 0 (0 = off), got {raw!r}")
+    return value
 
 
 def peak_memory() -> dict[str, float]:
@@ -208,11 +247,12 @@ def log_config(run_id: str, params: dict[str, str]) -> None:
 
 
 def effective_params(run: mlflow.entities.Run) -> dict[str, str]:
-    """A run's config as the stage resolved it (`resolved.<key>` wins over the raw key)."""
+    """A run's config as the stage resolved it (`resolved.<key>` wins over the raw key), an option left
+    empty as "" again (its param shows a word, `shown`)."""
     params = dict(run.data.params)
     for key in [k for k in params if k.startswith(RESOLVED_PREFIX)]:
         params[key[len(RESOLVED_PREFIX):]] = params.pop(key)
-    return params
+    return {k: "" if v in _EMPTY_WORDS else v for k, v in params.items()}
 
 
 def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None = None,

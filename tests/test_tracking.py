@@ -1,5 +1,6 @@
 """Tags, params and run reuse against a real sqlite MLflow store."""
 import dataclasses
+import os
 
 import mlflow
 import pytest
@@ -27,7 +28,20 @@ def test_stage_run_tags_and_params(experiment):
     assert r.data.tags[TAG_CODE] == tracking.code_version()
     assert r.data.tags[TAG_LIB_PREFIX + "torch"].startswith("2.14")
     assert r.data.tags[TAG_THREADS] == "1"
-    assert r.data.params == {f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    assert r.data.params == {f.name: tracking.shown(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    assert "" not in r.data.params.values()                    # no blank: an empty option shows what it means
+
+
+def test_empty_options_show_a_word_and_read_back_as_empty(experiment):
+    cfg = PrepareConfig(data_dir="", output_dir="")
+    with tracking.stage_run(STAGE_PREPARE, cfg, experiment=experiment) as run:
+        pass
+    r = mlflow.get_run(run.info.run_id)
+    assert r.data.params["data_dir"] == "(embedded demo)" and r.data.params["output_dir"] == "(default)"
+    assert tracking.effective_params(r)["data_dir"] == "" and tracking.effective_params(r)["seed"] == "42"
+    assert tracking.find_reusable_run(STAGE_PREPARE, {"data_dir": "", "seed": "42"}, experiment).info.run_id == \
+        run.info.run_id
+    assert tracking.shown("synth", "") == "(none)" and tracking.shown("synth", "x") == "x"
     assert mlflow.get_experiment(r.info.experiment_id).name == experiment
 
 
@@ -102,3 +116,25 @@ def test_default_store_is_sqlite_in_cwd(monkeypatch, tmp_path):
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
     assert tracking.tracking_uri() == "http://server:5000"
+
+
+def test_every_stage_run_samples_system_metrics(experiment, monkeypatch):
+    """MLflow's system metrics (CPU, memory; GPU when present) on every stage run, at the interval of
+    $SKINDUALGEN_SYSTEM_METRICS_SECONDS (main's demo: 2 s; default 10 s); 0 turns them off."""
+    import time
+
+    from harness.errors import ConfigError
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, "0.5")
+    with tracking.stage_run(STAGE_PREPARE, {"k": "v"}, experiment=experiment) as run:
+        time.sleep(2.0)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2 and all(0 <= m.value <= 100 * os.cpu_count() for m in history)
+    assert "system/system_memory_usage_megabytes" in mlflow.get_run(run.info.run_id).data.metrics
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, "0")
+    with tracking.stage_run(STAGE_PREPARE, {"k": "v"}, experiment=experiment) as off:
+        time.sleep(0.2)
+    assert not [k for k in mlflow.get_run(off.info.run_id).data.metrics if k.startswith("system/")]
+    for bad in ("fast", "-1"):
+        monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, bad)
+        with pytest.raises(ConfigError, match="SKINDUALGEN_SYSTEM_METRICS_SECONDS"):
+            tracking.system_metrics_interval()

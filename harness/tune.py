@@ -27,7 +27,7 @@ from pathlib import Path
 import mlflow
 import optuna
 
-from harness import tracking
+from harness import checks, tracking
 from harness.config import TuneConfig
 from harness.data.prepare import load_prepared
 from harness.dualgen.generate import resolve_model_uri
@@ -51,7 +51,17 @@ def study_name(cfg: TuneConfig, digest: str) -> str:
     return f"skindualgen-tune-{hashlib.sha256(json.dumps([space, digest]).encode()).hexdigest()[:12]}"
 
 
+def check_config(cfg: TuneConfig) -> None:
+    """Every option's range, before the model loads (one line naming the option)."""
+    checks.at_least(cfg, 1, "trials", "steps_min", "per_class", "batch_size")
+    checks.at_least(cfg, 0, "guidance_min")
+    checks.ordered(cfg, "steps_min", "steps_max")
+    checks.ordered(cfg, "guidance_min", "guidance_max")
+    checks.multiple_of(cfg, 8, "resolution")
+
+
 def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) -> str:
+    check_config(cfg)
     tracking.setup(experiment)
     fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
     folder = model_folder(fixed_uri)

@@ -24,7 +24,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import checks, tracking
 from harness.config import GenerateConfig
 from harness.data.records import DataError
 from harness.dualgen.mlflow_model import ModelURIError, model_folder
@@ -214,12 +214,22 @@ def write_generated_set(out: Path, run_id: str, jobs, seeds, pairs, template: st
     return rows
 
 
-def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool = True) -> tuple[str, Path]:
-    """Generate, write the dataset atomically, log the run. Returns (run id, output folder)."""
-    tracking.setup(experiment)
-    cfg = load_settings_from_run(cfg)
+def check_config(cfg: GenerateConfig) -> None:
+    """Every option's range, before the model loads (one line naming the option)."""
+    checks.at_least(cfg, 0, "per_class", "guidance_scale")
+    checks.at_least(cfg, 1, "num_inference_steps", "batch_size", "max_rounds")
+    checks.multiple_of(cfg, 8, "resolution")
+    checks.within(cfg, 0, 1, "mask_threshold")
     if not 0.0 <= cfg.min_consistency <= 1.0:
         raise ConfigError(f"--min-consistency is a Dice in [0, 1], got {cfg.min_consistency}")
+
+
+def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool = True) -> tuple[str, Path]:
+    """Generate, write the dataset atomically, log the run. Returns (run id, output folder)."""
+    check_config(cfg)
+    tracking.setup(experiment)
+    cfg = load_settings_from_run(cfg)
+    check_config(cfg)                      # again: a tune run's settings
     fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())

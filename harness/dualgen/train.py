@@ -43,12 +43,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast, gather_object
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from harness import tracking
+from harness import checks, tracking
 from harness.config import FinetuneConfig
 from harness.data.augment import PairDataset, paired_augmentation
 from harness.data.prepare import load_prepared, log_dataset_input
@@ -57,6 +57,7 @@ from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict,
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
+from harness.errors import ConfigError
 from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_NUM_PROCESSES,
                             TAG_OUTPUT_DIR, TAG_PREDICTION_TYPE, TAG_RESUMED_FROM, TRAINING_JSON)
 
@@ -321,10 +322,31 @@ def validation_grid(pipe: DualGenPipeline, classes: list[str], cfg: FinetuneConf
 
 
 # ------------------------------------------------------------------ the stage
+def check_config(cfg: FinetuneConfig) -> None:
+    """Every option's range, before any model or data loads (one line naming the option)."""
+    checks.multiple_of(cfg, 8, "resolution")
+    checks.at_least(cfg, 1, "train_batch_size", "epochs", "lora_rank", "gradient_accumulation_steps",
+                    "validation_steps", "checkpoints_total_limit")
+    checks.at_least(cfg, 0, "max_train_steps", "lr_warmup_steps", "mask_warmup_steps", "mask_loss_samples",
+                    "num_workers", "validation_epochs", "checkpointing_steps",      # 0 = only at the end / none
+                    "lambda_diffusion", "lambda_bce", "lambda_dice", "adam_weight_decay")
+    for name in ("learning_rate", "lora_alpha", "mask_warmup_lr", "dice_smooth"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{checks.option(name)} must be > 0, got {getattr(cfg, name)}")
+    checks.within(cfg, 0, 1, "prompt_dropout")
+    checks.one_of(cfg, "mixed_precision", ("no", "fp16", "bf16"))
+    checks.one_of(cfg, "lr_scheduler", [s.value for s in SchedulerType])
+    checks.one_of(cfg, "mask_loss_weighting", ("none", "alpha_bar"))
+    checks.one_of(cfg, "caption_source", ("template", "description"))
+    if not [t for t in cfg.lora_targets.split(",") if t.strip()]:
+        raise ConfigError("--lora-targets must name at least one module (e.g. to_q,to_k,to_v,to_out.0)")
+
+
 def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool = True,
              stop_after_step: int | None = None) -> str:
     """Run the fine-tune as one MLflow run; return its run id. `stop_after_step` simulates a kill
     (KeyboardInterrupt after that step's checkpointing) for the resume test."""
+    check_config(cfg)
     torch.manual_seed(cfg.seed)
     # accelerate keeps one mixed-precision state per process and refuses a second Accelerator with
     # another setting (a bf16 finetune after an fp32 one in the same process: tests, the bench, a

@@ -1,0 +1,41 @@
+"""Bad option values through the real CLI (in process): each is refused before any model or data
+loads, with exit status 2 and one line naming the option, the value and what is allowed, and no
+MLflow run is left behind (issue "Faults": one kind of error)."""
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from entrypoints.cli import cli
+
+CASES = [
+    # command, options, a phrase of the message
+    ("finetune", ["--lora-rank", "0"], "--lora-rank must be >= 1, got 0"),
+    ("finetune", ["--lora-rank", "-2"], "--lora-rank must be >= 1"),
+    ("finetune", ["--resolution", "65"], "--resolution must be a positive multiple of 8"),
+    ("finetune", ["--train-batch-size", "0"], "--train-batch-size must be >= 1"),
+    ("finetune", ["--mixed-precision", "fp7"], "--mixed-precision must be one of no, fp16, bf16, got 'fp7'"),
+    ("finetune", ["--lr-scheduler", "bogus"], "--lr-scheduler must be one of linear, cosine"),
+    ("finetune", ["--learning-rate", "0"], "--learning-rate must be > 0"),
+    ("finetune", ["--prompt-dropout", "1.5"], "--prompt-dropout must be in [0, 1]"),
+    ("finetune", ["--lora-targets", ","], "--lora-targets must name at least one module"),
+    ("generate", ["--per-class", "-5"], "--per-class must be >= 0, got -5"),
+    ("generate", ["--batch-size", "0"], "--batch-size must be >= 1"),
+    ("generate", ["--num-inference-steps", "0"], "--num-inference-steps must be >= 1"),
+    ("generate", ["--resolution", "65"], "--resolution must be a positive multiple of 8"),
+    ("generate", ["--mask-threshold", "2"], "--mask-threshold must be in [0, 1]"),
+    ("tune", ["--steps-min", "50", "--steps-max", "10"], "--steps-min (50) must be <= --steps-max (10)"),
+    ("tune", ["--guidance-min", "8", "--guidance-max", "2"], "--guidance-min (8.0) must be <= --guidance-max (2.0)"),
+    ("tune", ["--trials", "0"], "--trials must be >= 1"),
+    ("tune", ["--resolution", "100"], "--resolution must be a positive multiple of 8"),
+]
+
+
+@pytest.mark.parametrize("command, options, phrase", CASES, ids=[f"{c} {' '.join(o)}" for c, o, _ in CASES])
+def test_a_bad_option_is_one_line_exit_2_and_no_run(command, options, phrase, experiment):
+    result = CliRunner().invoke(cli, [command, *options, "--experiment", experiment])
+    assert result.exit_code == 2, result.output
+    assert phrase in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and "Traceback" not in result.output
+    exp = mlflow.get_experiment_by_name(experiment)
+    assert exp is None or not mlflow.search_runs([exp.experiment_id], output_format="list")

@@ -43,7 +43,7 @@ def candidates(experiment: str | None, comparison: str = REAL_VS_SYNTH) -> list[
     """The newest evaluate run per finetune run, lowest FID first. FIDs from different feature
     extractors (standard Inception weights vs the offline fallback) are on different scales and are
     never ranked together: standard ones win if any exist, else those of the newest run's extractor."""
-    name = tracking.setup(experiment)
+    name = tracking.setup(experiment, create=False)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         raise RegistryError(f"experiment {name!r} does not exist")

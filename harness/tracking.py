@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Iterator
 
 import mlflow
@@ -68,8 +69,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def setup(experiment: str | None = None) -> str:
-    """Point MLflow at the store and experiment; return the experiment name.
+def _without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) \
+        if parts.password else uri
+
+
+def setup(experiment: str | None = None, create: bool = True) -> str:
+    """Point MLflow at the store and experiment; return the experiment name. With create=False (stages
+    that only read an experiment: report, register) a name that does not exist is an error, not a new
+    empty experiment.
 
     Order: the argument, $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID (what
     `mlflow run` sets for its child process), "skindualgen"."""
@@ -79,6 +88,10 @@ def setup(experiment: str | None = None) -> str:
         exp = mlflow.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
         name = exp.name if exp is not None else None
     name = name or DEFAULT_EXPERIMENT
+    if not create and mlflow.get_experiment_by_name(name) is None:
+        names = sorted(e.name for e in mlflow.search_experiments())[:10]
+        raise ConfigError(f"experiment {name!r} does not exist in {_without_password(tracking_uri())} (experiments there: "
+                          f"{', '.join(names) or 'none'}); nothing to read")
     if not os.environ.get("MLFLOW_RUN_ID"):
         exp = mlflow.set_experiment(name)
         describe_experiment(exp)

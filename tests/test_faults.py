@@ -39,3 +39,13 @@ def test_a_bad_option_is_one_line_exit_2_and_no_run(command, options, phrase, ex
     assert len(error_lines) == 1 and "Traceback" not in result.output
     exp = mlflow.get_experiment_by_name(experiment)
     assert exp is None or not mlflow.search_runs([exp.experiment_id], output_format="list")
+
+
+@pytest.mark.parametrize("command", ["report", "register"])
+def test_report_and_register_refuse_an_experiment_that_does_not_exist(command, experiment, tmp_path):
+    """A typo in --experiment is an error naming it, not a new empty experiment with an empty report."""
+    result = CliRunner().invoke(cli, [command, "--experiment", experiment + "-typo"]
+                                + (["--output-dir", str(tmp_path)] if command == "report" else []))
+    assert result.exit_code == 2, result.output
+    assert f"experiment '{experiment}-typo' does not exist" in result.output
+    assert mlflow.get_experiment_by_name(experiment + "-typo") is None and not any(tmp_path.iterdir())

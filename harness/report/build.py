@@ -410,7 +410,7 @@ def report(cfg: ReportConfig, experiment: str | None = None) -> str:
     """Build the report of one experiment, write it and log it as a `report` run; return the run id."""
     if cfg.figure_cell < 16:
         raise ReportError(f"figure_cell must be >= 16 px, got {cfg.figure_cell}")
-    name = tracking.setup(experiment)
+    name = tracking.setup(experiment, create=False)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         raise ReportError(f"experiment {name!r} does not exist in {strip_credentials(tracking.tracking_uri())}")

@@ -63,6 +63,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from harness.files import user_file_mode
 from harness import tracking
 from harness.config import EvaluateConfig
 from harness.data.generated import generated_set
@@ -360,7 +361,7 @@ def _save_stats(path: Path, stats: dict, meta: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, mu=stats["mu"], sigma=stats["sigma"], features=stats["features"], meta=json.dumps(meta))
-        os.chmod(tmp, 0o644)                  # mkstemp makes 0600; a cache may be shared
+        os.chmod(tmp, user_file_mode())       # mkstemp makes 0600; a cache may be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

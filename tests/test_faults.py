@@ -49,3 +49,21 @@ def test_report_and_register_refuse_an_experiment_that_does_not_exist(command, e
     assert result.exit_code == 2, result.output
     assert f"experiment '{experiment}-typo' does not exist" in result.output
     assert mlflow.get_experiment_by_name(experiment + "-typo") is None and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_manifest_gets_the_users_umask_not_mkstemps_0600(umask, mode, demo_small, tmp_path):
+    import os
+
+    from harness import files
+    from harness.data.prepare import load_prepared, write_manifest
+    prepared = load_prepared(str(demo_small), progress=False)
+    old = os.umask(umask)
+    files._umask.cache_clear()
+    try:
+        path = write_manifest(prepared, tmp_path / "m" / "manifest.csv")
+    finally:
+        os.umask(old)
+        files._umask.cache_clear()
+    assert path.stat().st_mode & 0o777 == mode
+    assert [p.name for p in path.parent.iterdir()] == ["manifest.csv"]         # no temp file left

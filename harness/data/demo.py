@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from harness.files import user_dir_mode
 from harness.config import PROMPT_TEMPLATE
 from harness.data.layouts import HAM_DX, HAM_METADATA
 from harness.errors import HarnessError
@@ -587,7 +588,7 @@ def make_demo_dataset(output_dir, seed: int = 0, per_class: int = 0, min_size: i
         info = {"generator": "harness.data.demo", "layout": layout, "params": params, "counts": counts,
                 **extra, "digest": _digest(tmp)}
         (tmp / "demo.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)                       # mkdtemp makes it 0700
+        os.chmod(tmp, user_dir_mode())             # mkdtemp makes it 0700
         try:
             if root.is_dir():
                 root.rmdir()                       # empty (checked above); fails if filled since

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 
+from harness.files import user_file_mode
 from harness import tracking
 from harness.config import DemoDataConfig, PrepareConfig
 from harness.data.layouts import load_dataset
@@ -83,6 +84,7 @@ def write_manifest(prepared: Prepared, path: Path) -> Path:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             writer.writerows(prepared.rows(relative_to=path.parent))
+        os.chmod(tmp, user_file_mode())          # mkstemp makes 0600: the team shares the manifest
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from harness.files import user_file_mode
 from harness.data.records import Sample
 from harness.describe.errors import DescribeError
 
@@ -27,7 +28,7 @@ SOURCE_DATASET = "dataset"           # an entry written by someone else (no "sou
 
 def write_json_atomic(path: Path, obj) -> None:
     """obj as JSON in a temp file beside path, then os.replace'd over path (path's mode kept)."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    mode = path.stat().st_mode & 0o777 if path.exists() else user_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

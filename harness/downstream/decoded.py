@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.files import user_file_mode
 from harness.data.augment import load_pair
 from harness.data.records import Sample
 
@@ -69,6 +70,7 @@ def pairs(samples: list[Sample], size: int, cache_dir: str | os.PathLike = "", t
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, rgb=rgb, mask=mask)
+        os.chmod(tmp, user_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

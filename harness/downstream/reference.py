@@ -37,6 +37,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from harness.files import user_file_mode
 from harness.config import ClassifyConfig, SegmentConfig, with_profile
 from harness.data.prepare import Prepared
 from harness.data.records import Sample
@@ -82,7 +83,7 @@ def _save(weights: Path, meta: Path, model: nn.Module, info: dict) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, user_file_mode())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

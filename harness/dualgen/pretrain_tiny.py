@@ -41,6 +41,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from PIL import Image
 
+from harness.files import user_dir_mode
 from harness.config import PROMPT_TEMPLATE
 from harness.dualgen.tiny import RESOLUTION, build_tiny_components, count_params, save_components
 
@@ -266,7 +267,7 @@ def build_tiny_base(output_dir, images_dir=None, seed: int = 0, resolution: int 
         "openmp_wait": {key: os.environ.get(key, "") for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
     }
     (staging / "build.json").write_text(json.dumps(report, indent=1) + "\n")
-    os.chmod(staging, 0o755)                          # mkdtemp makes it 0700
+    os.chmod(staging, user_dir_mode())                # mkdtemp makes it 0700
     if output_dir.exists():
         old = output_dir.with_name(staging.name + "-old")
         output_dir.rename(old)

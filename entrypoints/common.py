@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
 import click
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Stopped
 
 
 class UserError(click.ClickException):
@@ -23,6 +24,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except (HarnessError, FileNotFoundError) as e:
             raise UserError(str(e)) from e
+        except Stopped as e:          # SIGTERM / SIGHUP: the run is KILLED; exit as the signal says
+            click.echo(f"{fn.__name__}: {e}; the run is marked KILLED", err=True)
+            sys.exit(128 + e.signum)
     return wrapper
 
 

@@ -10,3 +10,14 @@ class HarnessError(Exception):
 
 class ConfigError(HarnessError, ValueError):
     """An option value, or a combination of options, that cannot work; the message names the option."""
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived (`timeout`, docker, a scheduler, a closed terminal) while a stage ran:
+    its run ends KILLED with what it logged, and the CLI exits with 128 + the signal's number
+    (tracking.stop_signals_raise). A BaseException, like KeyboardInterrupt: no `except Exception` eats it."""
+
+    def __init__(self, signum: int):
+        import signal
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum

@@ -17,9 +17,11 @@ import functools
 import importlib.metadata
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Iterator
@@ -27,7 +29,7 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.entities import RunStatus
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, Stopped
 from harness.schema import (
     CACHED_SUFFIX, STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
@@ -199,12 +201,37 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
     if interval > 0:
         mlflow.set_system_metrics_sampling_interval(interval)
         mlflow.set_system_metrics_samples_before_logging(1)
-    with mlflow.start_run(run_name=run_name or stage, nested=nested, log_system_metrics=interval > 0) as run:
-        description = {TAG_MLFLOW_NOTE: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
-        mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
-        log_config(run.info.run_id, config_params(config))
-        yield run
-        mlflow.log_metrics(peak_memory())
+    with stop_signals_raise(), \
+            mlflow.start_run(run_name=run_name or stage, nested=nested, log_system_metrics=interval > 0) as run:
+        try:
+            description = {TAG_MLFLOW_NOTE: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
+            mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
+            log_config(run.info.run_id, config_params(config))
+            yield run
+            mlflow.log_metrics(peak_memory())
+        except (KeyboardInterrupt, Stopped):
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))     # not FAILED: it was stopped
+            raise
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While a stage runs, SIGTERM and SIGHUP raise Stopped (SIGINT already raises KeyboardInterrupt), so
+    its run ends KILLED instead of staying RUNNING; the handlers before are put back after. Only the
+    main thread can set handlers: elsewhere (a stage run in a worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 SYSTEM_METRICS_ENV = "SKINDUALGEN_SYSTEM_METRICS_SECONDS"

@@ -67,3 +67,30 @@ def test_a_manifest_gets_the_users_umask_not_mkstemps_0600(umask, mode, demo_sma
         files._umask.cache_clear()
     assert path.stat().st_mode & 0o777 == mode
     assert [p.name for p in path.parent.iterdir()] == ["manifest.csv"]         # no temp file left
+
+
+def test_sigterm_of_a_finetune_ends_its_run_killed_and_the_cli_exits_143(demo_small, experiment, tmp_path):
+    """The real CLI in a subprocess, stopped by SIGTERM while it trains: exit 128 + 15, one line, run KILLED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "finetune", "--profile", "demo",
+                             "--data-dir", str(demo_small), "--max-train-steps", "100000", "--resolution", "32",
+                             "--output-dir", str(tmp_path / "ft"), "--experiment", experiment],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120                            # imports and the tiny base: ~15 s here
+    while time.time() < deadline:
+        exp = mlflow.get_experiment_by_name(experiment)
+        runs = mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+        if runs and mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "train/loss"):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert "stopped by signal SIGTERM; the run is marked KILLED" in err and "Traceback" not in err
+    [run] = mlflow.search_runs([mlflow.get_experiment_by_name(experiment).experiment_id], output_format="list")
+    assert run.info.status == "KILLED"

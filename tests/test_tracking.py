@@ -138,3 +138,24 @@ def test_every_stage_run_samples_system_metrics(experiment, monkeypatch):
         monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, bad)
         with pytest.raises(ConfigError, match="SKINDUALGEN_SYSTEM_METRICS_SECONDS"):
             tracking.system_metrics_interval()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "ctrl-c"])
+def test_a_stopped_stage_run_ends_killed_with_what_it_logged(how, experiment):
+    """SIGTERM / SIGHUP (what timeout, docker and schedulers send) and Ctrl-C end the run KILLED, not
+    RUNNING for ever nor FAILED; the handlers from before are put back."""
+    import signal
+    import time
+
+    from harness.errors import Stopped
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else Stopped):
+        with tracking.stage_run(STAGE_PREPARE, {"k": "v"}, experiment=experiment) as run:
+            mlflow.log_metric("progress", 7)
+            if how == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), getattr(signal, how))
+            time.sleep(10)                                   # the signal arrives first
+    r = mlflow.get_run(run.info.run_id)
+    assert r.info.status == "KILLED" and r.data.metrics["progress"] == 7
+    assert signal.getsignal(signal.SIGTERM) is before and mlflow.active_run() is None

@@ -17,7 +17,8 @@ from harness.dualgen.generate import generate, plan, resolve_model_uri
 from harness.dualgen.mlflow_model import ModelURIError
 from harness.dualgen.train import NonFiniteLossError, finetune
 from harness.schema import (
-    STAGE_FINETUNE, STAGE_GENERATE, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_PREDICTION_TYPE, TAG_STAGE,
+    STAGE_FINETUNE, STAGE_GENERATE, TAG_FINETUNE_RUN, TAG_MODEL_VERSION, TAG_PREDICTION_TYPE, TAG_RESUMED_FROM,
+    TAG_STAGE,
 )
 
 
@@ -69,8 +70,17 @@ def test_resume_gives_the_same_weights(cfg_for, experiment, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         finetune(part, experiment=experiment, progress=False, stop_after_step=5)   # "killed" after step 5
     assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "model").exists()
-    resumed = cfg_for(tmp_path / "b", max_train_steps=8, checkpointing_steps=3, resume_from_checkpoint="latest")
-    finetune(resumed, experiment=experiment, progress=False)
+    # the same command again, no --resume-from-checkpoint: it continues its folder's latest checkpoint
+    # (never step 0 over them, which would let the checkpoint limit delete them)
+    again = finetune(part, experiment=experiment, progress=False)
+    run = mlflow.get_run(again)
+    assert run.data.tags[TAG_RESUMED_FROM].endswith("checkpoint-3") and run.data.metrics["resumed_from_step"] == 3
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and (tmp_path / "b" / "checkpoint-6").is_dir()
+    # a checkpoint of other settings is refused with a clear message, not trained over
+    from harness.errors import ConfigError
+    with pytest.raises(ConfigError, match="cannot resume, the run differs from the checkpoint in lora_rank"):
+        finetune(cfg_for(tmp_path / "b", max_train_steps=8, checkpointing_steps=3, lora_rank=8),
+                 experiment=experiment, progress=False)
     for name in ("lora/pytorch_lora_weights.safetensors", "mask_channels.safetensors"):
         a, b = load_file(tmp_path / "a" / "model" / name), load_file(tmp_path / "b" / "model" / name)
         assert a.keys() == b.keys() and len(a) > 0
@@ -81,7 +91,7 @@ def test_resume_gives_the_same_weights(cfg_for, experiment, tmp_path):
     last = load_file(tmp_path / "a" / "model" / "mask_channels.safetensors")
     assert any(not torch.equal(first[k], last[k]) for k in first)
     statuses = sorted(r.info.status for r in mlflow.search_runs(experiment_names=[experiment], output_format="list"))
-    assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]          # the interrupted one: KILLED, not FAILED
 
 
 def test_resume_refuses_a_different_config(cfg_for, experiment, tmp_path):

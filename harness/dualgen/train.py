@@ -298,9 +298,10 @@ def load_checkpoint(path: Path, unet, vae, optimizer, lr_sched, cfg: FinetuneCon
     differ = [k for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER and old.get(k) != v]
     if differ or state["dataset_digest"] != digest:
         what = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in differ) or "the dataset digest"
-        raise ValueError(f"{path}: cannot resume, the run differs from the checkpoint in {what}")
+        raise ConfigError(f"{path}: cannot resume, the run differs from the checkpoint in {what}; give another "
+                          "--output-dir (or remove that folder's checkpoints) to start afresh")
     if state.get("num_processes", 1) != num_processes:     # the batches of step s depend on it
-        raise ValueError(f"{path}: cannot resume, it was written by a run of {state.get('num_processes', 1)} "
+        raise ConfigError(f"{path}: cannot resume, it was written by a run of {state.get('num_processes', 1)} "
                          f"data-parallel process(es) and this run has {num_processes} (train_batch_size is per "
                          "process, so the batches would differ); launch it with the same --num_processes")
     set_lora_state_dict(unet, load_file(path / "lora.safetensors"))
@@ -404,8 +405,11 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
 
     step, start_epoch, skip_batches = 0, 0, 0
     warmup_losses = []
-    if cfg.resume_from_checkpoint:
-        ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)
+    # the same command again in the same folder continues its checkpoints (it never starts at step 0
+    # over them: the checkpoint limit would then delete them); a checkpoint of other settings is refused
+    resume = cfg.resume_from_checkpoint or ("latest" if checkpoints(out) else "")
+    if resume:
+        ckpt = find_checkpoint(out, resume)
         state = load_checkpoint(ckpt, accelerator.unwrap_model(unet), vae, optimizer,
                                 lr_sched, cfg, prepared.digest, num_processes=world)
         step, start_epoch, skip_batches = state["global_step"], state["epoch"], state["batch_in_epoch"]
@@ -422,8 +426,10 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
             mlflow.set_tag(TAG_OUTPUT_DIR, str(out.resolve()))
             mlflow.set_tags({TAG_BASE_MODEL: base.info["model_id"], TAG_BASE_REVISION: base.info["revision"],
                              TAG_PREDICTION_TYPE: base.info["prediction_type"], TAG_NUM_PROCESSES: str(world)})
-            if cfg.resume_from_checkpoint:
+            if resume:
                 mlflow.set_tag(TAG_RESUMED_FROM, str(ckpt))
+                mlflow.log_metric("resumed_from_step", step)
+                print(f"finetune: resuming from {ckpt} (step {step} of {max_steps})", flush=True)
             log_dataset_input(prepared, context="training")
             if warmup_losses:
                 mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=[

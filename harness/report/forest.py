@@ -64,7 +64,7 @@ def forest_figure(results: list[ClaimResult]):
         ax.set_title(f"{r.claim.title} — {r.verdict_text()}", fontsize=7, loc="left")
     fig.suptitle("Claims: difference a − b with its paired 95 % interval (●), the paper's (×); shaded: the "
                  "first reading's test passes", fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (sum(heights) + 0.4)))      # room for the title above the panels
     return fig
 
 

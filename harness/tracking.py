@@ -308,7 +308,7 @@ def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None
         filter_string=(f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{TAG_CODE}` = '{code}' "
                        f"and attributes.status = '{RunStatus.to_string(RunStatus.FINISHED)}'"),
         order_by=["attributes.start_time DESC"], output_format="list")
-    wanted = {k: str(v) for k, v in params.items()}
+    wanted = {k: "" if str(v) in _EMPTY_WORDS else str(v) for k, v in params.items()}   # as effective_params reads
     for run in runs:
         params = effective_params(run)
         if all(params.get(k) == v for k, v in wanted.items()):

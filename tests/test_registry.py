@@ -93,7 +93,8 @@ def test_registered_model_that_is_not_dualgen_is_a_clear_error(experiment, tmp_p
 def fake_finetune(experiment):
     """A finetune-stage run with a (trivial) logged model: the registry mechanics need no training."""
     with tracking.stage_run(STAGE_FINETUNE, {"seed": 42}, "d" * 16, experiment) as run:
-        mlflow.pyfunc.log_model(name="model", python_model=NotDualGen())
+        # requirements given: inferring them (importing and scanning the model's code) costs ~10 s a model
+        mlflow.pyfunc.log_model(name="model", python_model=NotDualGen(), pip_requirements=["mlflow"])
     return run.info.run_id
 
 

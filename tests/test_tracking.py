@@ -42,6 +42,9 @@ def test_empty_options_show_a_word_and_read_back_as_empty(experiment):
     assert tracking.find_reusable_run(STAGE_PREPARE, {"data_dir": "", "seed": "42"}, experiment).info.run_id == \
         run.info.run_id
     assert tracking.shown("synth", "") == "(none)" and tracking.shown("synth", "x") == "x"
+    # as main looks for a step's run: by the step's whole config as logged (the words included)
+    assert tracking.find_reusable_run(STAGE_PREPARE, tracking.config_params(cfg), experiment).info.run_id == \
+        run.info.run_id
     assert mlflow.get_experiment(r.info.experiment_id).name == experiment
 
 

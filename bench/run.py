@@ -485,10 +485,9 @@ def bench_evaluate_cache():
         fakes = [make_demo_dataset(f"{tmp}/fake{i}", seed=i + 1, per_class=4) for i in range(2)]
         times = []
         for fake in fakes:
-            # judges off: this row is the feature-statistics cache (CAS/consistency judges would train
-            # reference models at the paper's settings on the first evaluation)
+            # judges off: this row is the feature-statistics cache
             cfg = EvaluateConfig(real=str(real), fake=str(fake), lpips_pairs=100, cache_dir=f"{tmp}/cache",
-                                 cas_model="none", consistency_model="none")
+                                 judges="none")
             t0 = time.perf_counter()
             evaluate(cfg, experiment="bench", progress=False)
             times.append(time.perf_counter() - t0)

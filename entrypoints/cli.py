@@ -10,6 +10,7 @@ from entrypoints.evaluate import evaluate
 from entrypoints.explain import explain
 from entrypoints.finetune import finetune
 from entrypoints.generate import generate
+from entrypoints.judges import judges
 from entrypoints.main import main
 from entrypoints.prepare import prepare
 from entrypoints.register import register, registry_history
@@ -23,7 +24,7 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-COMMANDS = (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, evaluate, register, tune,
+COMMANDS = (main, prepare, describe, demo_data, build_tiny_base, finetune, generate, judges, evaluate, register, tune,
             classify, segment, explain, report, registry_history)
 for command in COMMANDS:
     cli.add_command(accept_underscores(command))

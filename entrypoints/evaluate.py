@@ -4,8 +4,8 @@ import click
 
 from entrypoints.common import config_options, experiment_option, user_errors
 from harness.config import EvaluateConfig, with_profile
-from harness.schema import (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, STAGE_EVALUATE, TAG_COMPARABLE, TAG_COMPARISON,
-                            TAG_EXTRACTOR, TAG_LPIPS_NET)
+from harness.schema import (METRIC_CAS, METRIC_FID, METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MS_SSIM, STAGE_EVALUATE,
+                            TAG_COMPARABLE, TAG_COMPARISON, TAG_EXTRACTOR, TAG_LPIPS_NET)
 
 
 @click.command("evaluate")
@@ -23,8 +23,9 @@ def evaluate(profile, experiment, **given):
     m, tags = run.data.metrics, run.data.tags
     click.echo(f"evaluate run {run_id} ({tags[TAG_COMPARISON]}, {int(m['n_real'])} real vs "
                f"{int(m['n_fake'])} images, {int(m['n_pairs'])} LPIPS/MS-SSIM pairs)")
-    for name in (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM):
-        click.echo(f"{name:8s} {m[name]:.4f}")
+    for name in (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, METRIC_CAS, METRIC_MASK_CONSISTENCY):
+        if name in m:                 # CAS / consistency only with a judges run (else the line above said why)
+            click.echo(f"{name:8s} {m[name]:.4f}")
     status = ("standard" if tags[TAG_COMPARABLE] == "true"
               else "FALLBACK, NOT comparable with published numbers")
     click.echo(f"feature extractors: {tags[TAG_EXTRACTOR]}, {tags[TAG_LPIPS_NET]} ({status})")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from harness.errors import ConfigError
 from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
-                            STAGE_SEGMENT, STAGE_TUNE)
+                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE)
 
 PROMPT_TEMPLATE = "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis"
 SEED = 42
@@ -103,9 +103,9 @@ class GenerateConfig:
     output_dir: str = ""            # "" = outputs/generate/<run id>
     # beyond the paper: keep only pairs whose mask agrees with a real-trained segmenter (0 = keep all)
     min_consistency: float = 0.0    # Dice in [0, 1] of the pair's mask vs the segmenter's mask for its image
-    consistency_model: str = "unet"
-    reference_profile: str = "paper"   # the segment settings the judging segmenter is trained with
-    reference_cache_dir: str = ".cache/skindualgen/reference"
+    judges: str = ""                # its judges run (runs:/<id> or id); "" = the newest FINISHED one for the
+                                    # model's training data (dataset digest) and judges_profile
+    judges_profile: str = "paper"   # the profile of the judges run looked for
     max_rounds: int = 10            # generation rounds (new seeds each) to replace dropped pairs
     seed: int = SEED
 
@@ -121,13 +121,23 @@ class EvaluateConfig:
     lpips_size: int = 256
     batch_size: int = 32
     cache_dir: str = ".cache/skindualgen/features"   # real-set feature statistics (mu, sigma)
-    # beyond the paper: CAS and mask consistency, judged by models trained on the real train split
-    cas_model: str = "resnet34"     # the classify model that judges CAS ("" or "none" = no CAS)
-    consistency_model: str = "unet"   # the segment model that judges mask consistency ("" or "none" = none)
-    reference_profile: str = "paper"   # the classify/segment settings they are trained with
-    reference_cache_dir: str = ".cache/skindualgen/reference"   # trained once per dataset digest
+    # beyond the paper: CAS and mask consistency, by the models of a `judges` run (evaluate trains nothing)
+    judges: str = ""                # runs:/<judges run id> (or the id); "" = the newest FINISHED judges run for
+                                    # the real set's dataset digest and judges_profile; "none" = no CAS/consistency
+    judges_profile: str = "paper"   # the profile of the judges run looked for
     test_fraction: float = 0.176    # the real set's train/test split, as in finetune (same seed)
-    seed: int = SEED                # split seed, the seed of the LPIPS/MS-SSIM pairs and of the judges
+    seed: int = SEED                # split seed and the seed of the LPIPS/MS-SSIM pairs
+
+
+@dataclass
+class JudgesConfig:
+    """Beyond the paper: the two models that judge a set, trained on the real train split (harness/judges.py)."""
+    data_dir: str = ""              # the real data ("" = the embedded demo dataset)
+    cas_model: str = "resnet34"     # the classify model that judges CAS ("none" = no CAS judge)
+    consistency_model: str = "unet"   # the segment model that judges mask consistency ("none" = none)
+    judges_profile: str = "paper"   # the classify / segment profile they train with (demo: demo)
+    test_fraction: float = 0.176    # the real set's train/test split, as in finetune (same seed)
+    seed: int = SEED                # split seed and the judges' training seed
 
 
 @dataclass
@@ -254,8 +264,8 @@ class ExplainConfig:
 
 __all__ = [
     "PROMPT_TEMPLATE", "SEED", "PrepareConfig", "DemoDataConfig", "FinetuneConfig", "GenerateConfig",
-    "EvaluateConfig", "ClassifyConfig", "SegmentConfig",
-    "PROFILES", "with_profile",
+    "EvaluateConfig", "JudgesConfig", "ClassifyConfig", "SegmentConfig", "RegisterConfig", "DescribeConfig",
+    "TuneConfig", "ReportConfig", "ExplainConfig", "DESCRIBE_PROMPT", "PROFILES", "PROFILE_YIELDS", "with_profile",
 ]
 
 
@@ -272,9 +282,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         # guidance 5.0, not the paper's 1.22 (tuned by Optuna for SD2): on the recipe-2 tiny base the classes
         # were recognised (CAS, 12 images per class) 0.71-0.75 of the time at 3.0 and 0.80-0.82 at 5.0;
         # with recipe 4 the demo main scores 0.96 at 5.0 (README, "CAS and image-mask consistency")
-        "demo": {"resolution": 64, "per_class": 4, "guidance_scale": 5.0, "reference_profile": "demo"},
+        "demo": {"resolution": 64, "per_class": 4, "guidance_scale": 5.0, "judges_profile": "demo"},
     },
-    STAGE_EVALUATE: {"paper": {}, "demo": {"lpips_pairs": 100, "reference_profile": "demo"}},
+    STAGE_EVALUATE: {"paper": {}, "demo": {"lpips_pairs": 100, "judges_profile": "demo"}},
+    STAGE_JUDGES: {"paper": {}, "demo": {"judges_profile": "demo"}},
     STAGE_TUNE: {"paper": {}, "demo": {"trials": 4, "per_class": 2, "resolution": 64, "steps_min": 10,
                                       "steps_max": 45}},
     # downstream models train from scratch on the demo's 114 images (no pretrained weights offline): the

@@ -10,7 +10,7 @@ interrupted pipeline continues where it stopped. Outputs pass forward as run ids
 Steps, as a graph (`pipeline_nodes`): a step starts once the steps it needs have finished, up to
 `max_parallel` children at a time:
     prepare -> finetune -> generate -> evaluate real/synth ----> register
-            -> evaluate real/real (beside the fine-tune) --/
+            -> judges (beside the fine-tune) -> evaluate real/real --/   (both evaluates use the judges)
             -> classify, segment x models x real (beside the fine-tune) --\
                           generate -> classify x models x {synth, hybrid} -> explain -> report
                                    -> segment x models x {synth, hybrid} -------------/
@@ -37,11 +37,12 @@ import psutil
 
 from harness import launcher, tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
-                            GenerateConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, with_profile)
+                            GenerateConfig, JudgesConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig,
+                            with_profile)
 from harness.errors import ConfigError, HarnessError
 from harness.schema import (
-    METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_MAIN,
-    STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_HOST, TAG_MLFLOW_PARENT_RUN, TAG_PID,
+    METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
+    STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_HOST, TAG_MLFLOW_PARENT_RUN, TAG_PID,
     TAG_STEP_PREFIX, TRAIN_SETS,
 )
 
@@ -114,7 +115,8 @@ def step(stage: str, cfg_cls, profile: str, given: dict, label: str = "",
     return Step(stage, cfg, {"profile": profile, **{k: str(v) for k, v in given.items()}}, label)
 
 
-STEP_CONFIGS = {STAGE_FINETUNE: FinetuneConfig, STAGE_GENERATE: GenerateConfig, STAGE_EVALUATE: EvaluateConfig,
+STEP_CONFIGS = {STAGE_FINETUNE: FinetuneConfig, STAGE_GENERATE: GenerateConfig, STAGE_JUDGES: JudgesConfig,
+                STAGE_EVALUATE: EvaluateConfig,
                 STAGE_CLASSIFY: ClassifyConfig, STAGE_SEGMENT: SegmentConfig, STAGE_EXPLAIN: ExplainConfig}
 
 
@@ -347,6 +349,9 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
     def generated(runs) -> str:
         return f"runs:/{runs['generate'].info.run_id}"
 
+    def judges(runs) -> str:
+        return f"runs:/{runs['judges'].info.run_id}"
+
     def generate(runs) -> Step:
         # the synthetic set has N_c images of class c, as many as the real training split: what
         # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
@@ -381,13 +386,14 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
                                           {k: str(v) for k, v in common.items() if v != ""})),
         Node("finetune", lambda runs: make_step(STAGE_FINETUNE, FinetuneConfig,
                                                 {**common, "base_model": cfg.base_model}), ("prepare",)),
-        # needs no generated set: it runs (and trains the CAS / consistency judges) beside the fine-tune
+        # the CAS / consistency judges need only the real train split: they train beside the fine-tune
+        Node("judges", lambda runs: make_step(STAGE_JUDGES, JudgesConfig, common), ("prepare",)),
         Node("evaluate.real_test", lambda runs: make_step(STAGE_EVALUATE, EvaluateConfig, {
-            "real": cfg.data_dir, "seed": cfg.seed}, "evaluate.real_test"),
-             ("prepare",)),
+            "real": cfg.data_dir, "judges": judges(runs), "seed": cfg.seed}, "evaluate.real_test"), ("judges",)),
         Node("generate", generate, ("finetune",)),
         Node("evaluate.synth", lambda runs: make_step(STAGE_EVALUATE, EvaluateConfig, {
-            "real": cfg.data_dir, "fake": generated(runs), "seed": cfg.seed}, "evaluate.synth"), ("generate",)),
+            "real": cfg.data_dir, "fake": generated(runs), "judges": judges(runs), "seed": cfg.seed},
+            "evaluate.synth"), ("generate", "judges")),
         # looks at the evaluations of now: never reused
         Node("register", lambda runs: Step(STAGE_REGISTER, RegisterConfig(), {}, reuse=False),
              ("evaluate.real_test", "evaluate.synth")),

@@ -73,13 +73,14 @@ from harness.data.records import DataError
 from harness.data.splits import dataset_digest
 from harness.data.validate import validate
 from harness.errors import ConfigError
+from harness.judges import OLD_CACHE, choose_judges, how_to_add, load_judge
 from harness.intervals import Interval, ci_params, interval_metrics, interval_tags, mean_intervals, two_sample_intervals
 from harness.schema import (
     METRIC_CAS, METRIC_FID, METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, METRIC_MS_SSIM, REAL_VS_REAL,
-    REAL_VS_SYNTH, STAGE_EVALUATE, TAG_CAS_MODEL, TAG_COMPARABLE,
+    JUDGE_CLASSIFIER, JUDGE_SEGMENTER, JUDGES_NONE, REAL_VS_SYNTH, STAGE_EVALUATE, TAG_CAS_MODEL, TAG_COMPARABLE,
     TAG_COMPARISON, TAG_CONSISTENCY_MODEL, TAG_DIGEST, TAG_EXTRACTOR, TAG_EXTRACTOR_SHA256, TAG_FAKE_DIGEST,
-    TAG_FAKE_SPLIT, TAG_FAKE_STATS_CACHE, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_LPIPS_NET, TAG_REAL_DIGEST,
-    TAG_REAL_SPLIT, TAG_REAL_STATS_CACHE,
+    TAG_FAKE_SPLIT, TAG_FAKE_STATS_CACHE, TAG_FINETUNE_RUN, TAG_GENERATE_RUN, TAG_JUDGES_FROM, TAG_JUDGES_RUN,
+    TAG_LPIPS_NET, TAG_MISSING_PREFIX, TAG_REAL_DIGEST, TAG_REAL_SPLIT, TAG_REAL_STATS_CACHE,
 )
 
 FALLBACK_SEED = 0
@@ -489,19 +490,14 @@ def pair_scores(real_paths: list[Path], fake_paths: list[Path], n_pairs: int, se
 # Beyond the paper: CAS and mask consistency (harness.downstream.reference)
 # ------------------------------------------------------------------------------------------------
 
-# cas_model / consistency_model values that turn a judge off; "none" because the command line and
-# MLproject read "" as "not given" (= the default judge)
-NO_JUDGE = ("", "none")
-
-
-def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig,
+def judge(judges_run, prepared: Prepared, fake: ImageSet,
           progress: bool = True) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, list[str]]]]:
-    """`cas`, `cas/<class>` (the reference classifier's accuracy on the set's labels) and
+    """`cas`, `cas/<class>` (the judging classifier's accuracy on the set's labels) and
     `mask_consistency`, `mask_consistency/<class>`, `mask_nonempty` of the compared set (a generated set
-    or the real test split), judged by models trained on the real train split (trained once per digest).
-    Classes the real data lacks are an error; samples without a mask are left out of consistency.
+    or the real test split), by the models of `judges_run` (harness/judges.py; trained on the real train
+    split). Classes the real data lacks are an error; samples without a mask are left out of consistency.
     Also returns, per metric, (the per-image values it is the mean of, their images' groups)."""
-    from harness.downstream.reference import cas, mask_consistency, reference_classifier, reference_segmenter
+    from harness.downstream.reference import cas, mask_consistency
     classes = prepared.dataset.split("train").classes
     unknown = sorted({s.label for s in fake.samples} - set(classes))
     if unknown:
@@ -509,23 +505,46 @@ def judge(prepared: Prepared, fake: ImageSet, cfg: EvaluateConfig,
                         "CAS needs the generated set's classes to be the real ones")
     out: dict[str, float] = {}
     per_image: dict[str, tuple[np.ndarray, list[str]]] = {}
-    if cfg.cas_model not in NO_JUDGE:
-        clf = reference_classifier(prepared, cfg.cas_model, cfg.reference_profile, cfg.reference_cache_dir,
-                                   cfg.seed, progress)
+    clf = load_judge(judges_run, JUDGE_CLASSIFIER)
+    if clf is not None:
         scores, correct = cas(clf, fake.samples, per_image=True)
         out.update(scores)
         per_image[METRIC_CAS] = (correct, [s.group for s in fake.samples])
-        tracking.tag_reference(TAG_CAS_MODEL, clf)
+        mlflow.set_tag(TAG_CAS_MODEL, clf.info["model"])
     with_mask = [s for s in fake.samples if s.mask is not None]
-    if cfg.consistency_model not in NO_JUDGE and with_mask:
-        seg = reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
-                                  cfg.seed, progress)
+    seg = load_judge(judges_run, JUDGE_SEGMENTER)
+    if seg is not None and with_mask:
         scores, dice, nonempty = mask_consistency(seg, with_mask)
         out.update(scores)
         groups = [s.group for s in with_mask]
         per_image.update({METRIC_MASK_CONSISTENCY: (dice, groups), METRIC_MASK_NONEMPTY: (nonempty, groups)})
-        tracking.tag_reference(TAG_CONSISTENCY_MODEL, seg)
+        mlflow.set_tag(TAG_CONSISTENCY_MODEL, seg.info["model"])
+    run_id = judges_run.info.run_id
+    why = {METRIC_CAS: f"judges run {run_id} has no CAS classifier" if clf is None else "",
+           METRIC_MASK_CONSISTENCY: (f"judges run {run_id} has no consistency segmenter" if seg is None
+                                     else "" if with_mask else f"{fake.source}: no image of the set has a mask")}
+    why[METRIC_MASK_NONEMPTY] = why[METRIC_MASK_CONSISTENCY]
+    mlflow.set_tags({TAG_MISSING_PREFIX + m: reason for m, reason in why.items() if reason})
     return out, per_image
+
+
+JUDGED_METRICS = (METRIC_CAS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY)
+
+
+def pick_judges(cfg: EvaluateConfig, digest: str, experiment: str | None):
+    """The judges run for this evaluate (given, found or none) and, without one, the line saying why
+    (with the command that would add CAS and mask consistency)."""
+    run, how = choose_judges(cfg.judges, digest, cfg.judges_profile, experiment)
+    if run is not None:
+        return run, how, ""
+    if how == JUDGES_NONE and cfg.judges.strip().lower() == "none":
+        return None, how, "not asked for (--judges none)"
+    why = (f"no FINISHED judges run for dataset digest {digest} and judges profile {cfg.judges_profile}; "
+           f"add CAS and mask consistency with `{how_to_add(cfg.judges_profile, cfg.real, experiment)}`, "
+           "then evaluate again")
+    if Path(OLD_CACHE).is_dir() and any(Path(OLD_CACHE).glob("*.pt")):
+        why += f" (the judges cached in {OLD_CACHE} by an older version are no longer read)"
+    return None, how, why
 
 
 # ------------------------------------------------------------------------------------------------
@@ -599,12 +618,18 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
         if len(s) < 2:
             raise DataError(f"{what}: {len(s)} image(s); FID needs at least 2 per set")
 
+    judges_run, judges_from, no_judges = pick_judges(cfg, prepared.digest, experiment)
+    if no_judges:
+        print(f"evaluate: no CAS / mask consistency: {no_judges}", file=sys.stderr)
+    elif progress:
+        print(f"evaluate: CAS and mask consistency by the judges of run {judges_run.info.run_id} ({judges_from})")
     extractor = build_fid_extractor(cfg.fid_weights)
     lpips_net = build_lpips()
     warn_if_fallback(extractor, lpips_net)
     tags = {TAG_COMPARISON: comparison, TAG_REAL_DIGEST: real.digest, TAG_FAKE_DIGEST: fake.digest,
             TAG_REAL_SPLIT: real.split, TAG_FAKE_SPLIT: fake.split, **extractor_tags(extractor, lpips_net),
-            **lineage}
+            TAG_JUDGES_FROM: judges_from, **lineage,
+            **({TAG_JUDGES_RUN: judges_run.info.run_id} if judges_run is not None else {})}
     with tracking.stage_run(STAGE_EVALUATE, cfg, prepared.digest, experiment,
                             run_name=f"evaluate-{comparison}", extra_tags=tags) as run:
         log_dataset_input(prepared, context="evaluate")
@@ -615,8 +640,10 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
                             cfg.msssim_size, cfg.batch_size, progress)
         metrics.update(pairs.summary())
         metrics.update({"n_real": len(real), "n_fake": len(fake)})
-        judged, per_image = judge(prepared, fake, cfg, progress)
+        judged, per_image = judge(judges_run, prepared, fake, progress) if judges_run is not None else ({}, {})
         metrics.update(judged)
+        if judges_run is None:
+            mlflow.set_tags({TAG_MISSING_PREFIX + m: no_judges for m in JUDGED_METRICS})
         ivs = quality_intervals(real_stats["features"], fake_stats["features"], pairs, len(real), len(fake), per_image)
         metrics.update(interval_metrics("", ivs))
         mlflow.set_tags(interval_tags("", ivs))

@@ -19,6 +19,7 @@ STAGE_DESCRIBE = "describe"
 STAGE_FINETUNE = "finetune"
 STAGE_GENERATE = "generate"
 STAGE_EVALUATE = "evaluate"
+STAGE_JUDGES = "judges"                    # the CAS classifier and consistency segmenter evaluate / generate use
 STAGE_REGISTER = "register"
 STAGE_TUNE = "tune"
 STAGE_TUNE_TRIAL = "tune-trial"            # a nested run of `tune`, one per Optuna trial
@@ -59,11 +60,20 @@ TAG_SYNTH_DIR = "skindualgen.synth_dir"                # classify / segment: the
 TAG_MODEL_URI = "skindualgen.model_uri"                # generate / tune: --model-uri as given
 TAG_MODEL_VERSION = "skindualgen.model_version"        # ... and the registry version it resolved to
 TAG_STEP_PREFIX = "skindualgen.step."                  # main: + step name -> the step's run id
-# the cache keys of the reference models that judged a run (evaluate; generate --min-consistency), and
-# whether they came from the cache (the tag + CACHED_SUFFIX)
+# the judges of a run (evaluate; generate --min-consistency): their judges run, how it was chosen
+# (JUDGES_GIVEN / JUDGES_FOUND / JUDGES_NONE), and the model of each judge
+TAG_JUDGES_RUN = "skindualgen.judges_run_id"
+TAG_JUDGES_FROM = "skindualgen.judges_from"
+JUDGES_GIVEN, JUDGES_FOUND, JUDGES_NONE = "given", "found", "none"
 TAG_CAS_MODEL = "skindualgen.cas_model"
 TAG_CONSISTENCY_MODEL = "skindualgen.consistency_model"
-CACHED_SUFFIX = "_cached"
+TAG_JUDGES_PROFILE = "skindualgen.judges_profile"      # judges: the classify / segment profile they trained with
+# a judges run's MLflow models (mlflow.pytorch), each with `<name>.json` beside it (classes, config, digest)
+JUDGE_CLASSIFIER = "cas_classifier"
+JUDGE_SEGMENTER = "consistency_segmenter"
+# + a metric name: why a run did not log that metric (e.g. evaluate without judges: no `cas`); the report
+# shows the cell as missing with this reason
+TAG_MISSING_PREFIX = "skindualgen.missing/"
 
 # ------------------------------------------------------------------------------------------------
 # Tags of one stage

@@ -31,7 +31,7 @@ from mlflow.entities import RunStatus
 
 from harness.errors import ConfigError, Stopped
 from harness.schema import (
-    CACHED_SUFFIX, STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
+    STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
     STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID, TAG_THREADS,
     TAG_STAGE,
@@ -58,6 +58,7 @@ STAGE_DESCRIPTIONS = {
     STAGE_FINETUNE: "LoRA fine-tune of the 4-channel (image + mask) SD2 model: diffusion MSE + mask BCE + Dice.",
     STAGE_GENERATE: "Synthetic image-mask pairs from one prompt per class; manifest with seeds.",
     STAGE_EVALUATE: "Table 1: FID, LPIPS, MS-SSIM of the real train split vs a second set (+ CAS, mask consistency).",
+    STAGE_JUDGES: "The CAS classifier and mask-consistency segmenter, trained on the real train split (MLflow models).",
     STAGE_REGISTER: "The lowest-FID fine-tuned model registered as a version with lineage; alias points at it.",
     STAGE_TUNE: "Optuna search of the generation settings (steps, guidance) by FID; one nested run per trial.",
     STAGE_CLASSIFY: "Table 2/3: one classifier on one training set (real / synth / hybrid), k-fold CV, macro metrics.",
@@ -264,11 +265,6 @@ def peak_memory() -> dict[str, float]:
 
 
 RESOLVED_PREFIX = "resolved."
-
-
-def tag_reference(tag: str, reference) -> None:
-    """Tag the active run with a reference judge's cache key and whether it came from the cache."""
-    mlflow.set_tags({tag: reference.info["key"], tag + CACHED_SUFFIX: str(reference.cached).lower()})
 
 
 def log_config(run_id: str, params: dict[str, str]) -> None:

@@ -49,8 +49,8 @@ def test_mlproject_option_lists_name_every_config_field():
 
     from harness import config
     stages = {"finetune": config.FinetuneConfig, "generate": config.GenerateConfig, "evaluate": config.EvaluateConfig,
-              "tune": config.TuneConfig, "classify": config.ClassifyConfig, "segment": config.SegmentConfig,
-              "explain": config.ExplainConfig}
+              "judges": config.JudgesConfig, "tune": config.TuneConfig, "classify": config.ClassifyConfig,
+              "segment": config.SegmentConfig, "explain": config.ExplainConfig}
     text = (ROOT / "MLproject").read_text()
     declared = {name: set(ep.get("parameters", {})) for name, ep in yaml.safe_load(text)["entry_points"].items()}
     blocks = re.findall(r"# Options \(-P name=value\): (.*?)\n  ([a-z_]+):\n", text, flags=re.S)

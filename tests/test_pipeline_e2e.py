@@ -16,8 +16,8 @@ from harness import tracking
 from harness.data import load_dataset
 from harness.data.prepare import load_prepared
 from harness.schema import (
-    STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_MAIN, STAGE_PREPARE,
-    STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_BASE_MODEL, TAG_MLFLOW_PARENT_RUN, TAG_OUTPUT_DIR,
+    STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES, STAGE_MAIN, STAGE_PREPARE,
+    STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_BASE_MODEL, TAG_JUDGES_RUN, TAG_MLFLOW_PARENT_RUN, TAG_OUTPUT_DIR,
     TAG_REGISTERED, TAG_STAGE, TAG_STEP_PREFIX,
 )
 
@@ -86,8 +86,8 @@ def test_children_finished_under_parents_and_second_run_reuses(pipeline_runs):
     work, runs, times, second_out = pipeline_runs
     parents = by_stage(runs, STAGE_MAIN)
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
-    expected = {STAGE_PREPARE: 1, STAGE_FINETUNE: 1, STAGE_GENERATE: 1, STAGE_EVALUATE: 2, STAGE_CLASSIFY: 12, STAGE_SEGMENT: 6,
-                STAGE_EXPLAIN: 1}
+    expected = {STAGE_PREPARE: 1, STAGE_FINETUNE: 1, STAGE_GENERATE: 1, STAGE_JUDGES: 1, STAGE_EVALUATE: 2,
+                STAGE_CLASSIFY: 12, STAGE_SEGMENT: 6, STAGE_EXPLAIN: 1}
     for stage, n in expected.items():
         children = by_stage(runs, stage)             # the second pipeline made no new run of these
         assert len(children) == n, stage
@@ -186,6 +186,8 @@ def test_generated_classes_are_recognised(pipeline_runs):
     image-mask consistency")."""
     _, runs, _, _ = pipeline_runs
     [synth] = [r for r in by_stage(runs, STAGE_EVALUATE) if tracking.effective_params(r).get("fake")]   # "" shows a word
+    [judges] = by_stage(runs, STAGE_JUDGES)                # both evaluates used main's judges node
+    assert {r.data.tags[TAG_JUDGES_RUN] for r in by_stage(runs, STAGE_EVALUATE)} == {judges.info.run_id}
     m = synth.data.metrics
     per_class = {k: v for k, v in m.items() if k.startswith("cas/")}
     assert len(per_class) == 7

@@ -29,8 +29,9 @@ def test_every_dependency_is_a_node_and_the_graph_has_no_cycle():
 
 def test_real_evaluation_runs_beside_the_finetune_and_register_waits_for_both_evaluations():
     g = graph()
-    assert ancestors(g, "evaluate.real_test") == {"prepare"}
-    assert {"finetune", "generate"} <= ancestors(g, "evaluate.synth")
+    assert g["judges"] == {"prepare"}                      # the judges train beside the fine-tune
+    assert ancestors(g, "evaluate.real_test") == {"prepare", "judges"}
+    assert {"finetune", "generate", "judges"} <= ancestors(g, "evaluate.synth")
     assert {"evaluate.real_test", "evaluate.synth"} <= g["register"]
 
 
@@ -82,7 +83,7 @@ def test_set_overrides_every_step_of_its_stage_typed_as_the_config():
     class Run:
         def __init__(self, run_id):
             self.info = type("Info", (), {"run_id": run_id})()
-    cfg = PipelineConfig(overrides=("classify.epochs=3", "classify.pretrained=false", "evaluate.cas_model=none",
+    cfg = PipelineConfig(overrides=("classify.epochs=3", "classify.pretrained=false", "judges.cas_model=none",
                                     "classify.learning-rate=1e-3"))
     nodes = {n.name: n for n in pipeline_nodes(cfg, eval_data="ham")}
     runs = {name: Run(f"id-{name}") for name in nodes}
@@ -90,8 +91,9 @@ def test_set_overrides_every_step_of_its_stage_typed_as_the_config():
         s = nodes[name].make(runs)
         assert (s.cfg.epochs, s.cfg.pretrained, s.cfg.learning_rate) == (3, False, 1e-3)
         assert s.params["epochs"] == "3" and s.params["pretrained"] == "False"
-    assert nodes["evaluate.synth"].make(runs).cfg.cas_model == "none"
-    assert nodes["evaluate.real_test"].make(runs).cfg.cas_model == "none"
+    assert nodes["judges"].make(runs).cfg.cas_model == "none"
+    for name in ("evaluate.synth", "evaluate.real_test"):        # both judged by the judges node's run
+        assert nodes[name].make(runs).cfg.judges == "runs:/id-judges" and "judges" in nodes[name].after
     assert nodes["segment.unet.real"].make(runs).cfg.epochs == 6          # the profile's: not classify's
 
 

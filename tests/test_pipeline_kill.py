@@ -69,14 +69,14 @@ def test_reap_marks_killed_the_runs_of_gone_processes_and_their_children(experim
 # ------------------------------------------------------------------------------------------------
 
 # The smallest `main` that has every kind of step: one classifier (so explain runs), no segmenter, a
-# 2-step fine-tune, 2-step sampling, no CAS / consistency judges. Classify trains long enough (2 folds
+# 2-step fine-tune, 2-step sampling, a judges run with no judge in it. Classify trains long enough (2 folds
 # x 30 epochs of 1 step) for the kill to land inside a fold.
 SMALL_MAIN = ["--models", "squeezenet1_1", "--max-parallel", "2",
               "--set", "finetune.max_train_steps=2", "--set", "finetune.mask_warmup_steps=2",
               "--set", "finetune.validation_epochs=0", "--set", "finetune.checkpointing_steps=0",
               "--set", "generate.num_inference_steps=2",
-              "--set", "evaluate.lpips_pairs=4", "--set", "evaluate.cas_model=none",
-              "--set", "evaluate.consistency_model=none",
+              "--set", "evaluate.lpips_pairs=4", "--set", "judges.cas_model=none",
+              "--set", "judges.consistency_model=none",
               "--set", "classify.image_size=32", "--set", "classify.epochs=30", "--set", "classify.val_every=10",
               "--set", "explain.n_images=1"]
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")

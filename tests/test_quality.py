@@ -183,7 +183,7 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
 
     # Row 1: real train vs real test; both splits' statistics computed and cached.
     cfg = small(EvaluateConfig, real=str(demo_small), cache_dir=str(cache), lpips_pairs=20,
-                cas_model="", consistency_model="")               # no reference judges (trained models)
+                judges="none")                              # no CAS / consistency judges
     run1 = mlflow.get_run(quality.evaluate(cfg, experiment=experiment, progress=False))
     assert run1.info.status == "FINISHED"
     m, t = run1.data.metrics, run1.data.tags

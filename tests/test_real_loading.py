@@ -232,7 +232,7 @@ def test_v_prediction_base_pinned_by_revision_finetunes_generates_and_evaluates(
     assert len(list((out / "images").rglob("*.png"))) == 2
 
     ev_id = quality.evaluate(small(EvaluateConfig, real=str(demo_tiny), fake=f"runs:/{gen_id}", test_fraction=0.25,
-                                   cache_dir=str(tmp_path / "stats"), lpips_pairs=4, cas_model="", consistency_model=""),
+                                   cache_dir=str(tmp_path / "stats"), lpips_pairs=4, judges="none"),
                              experiment=experiment, progress=False)
     ev = mlflow.get_run(ev_id)
     assert ev.info.status == "FINISHED" and ev.data.tags[TAG_STAGE] == STAGE_EVALUATE

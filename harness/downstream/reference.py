@@ -1,8 +1,9 @@
-"""Reference models that judge a generated set (beyond the paper): a classifier and a segmenter trained
-on the real train split only, by this harness's own `classify` / `segment` code and settings.
+"""The two judges of a generated set (beyond the paper): a classifier and a segmenter trained on the real
+train split only, by this harness's own `classify` / `segment` code and settings. The `judges` stage
+(harness/judges.py) trains them once per dataset as an MLflow run; evaluate and generate load them from it.
 
-    clf = reference_classifier(prepared, "resnet34", "demo", cache_dir)     # trained once per dataset digest
-    seg = reference_segmenter(prepared, "unet", "demo", cache_dir)
+    clf = train_classifier(prepared, "resnet34", "demo")      # Reference: the model + what it learned from
+    seg = train_segmenter(prepared, "unet", "demo")
     cas(clf, samples)               -> {"cas": 0.91, "cas/melanoma": 1.0, ...}
     mask_consistency(seg, samples)  -> {"mask_consistency": 0.87, "mask_nonempty": 1.0, ...}, per-sample Dice,
                                        per-sample non-empty
@@ -16,28 +17,17 @@ mask lies on the lesion the image shows. Both are fractions in [0, 1]; per class
 `mask_consistency/<class>`, and `mask_nonempty` is the share of generated masks with a lesion pixel.
 
 Training: the whole real train split (no folds), the classify / segment profile `profile`, seed
-`seed`; CPU results are the same for the same inputs. Cache: `<cache_dir>/<digest>-<stage>-<model>-<key>.pt`
-(+ `.json`), key = sha256 of (dataset digest, the stage's config, REFERENCE_VERSION): another dataset,
-split, setting or version is a miss. Files are written atomically (temp file + rename), and a lock
-file beside them makes a second process (the pipeline's two evaluates run in parallel) wait for the
-first one's model instead of training its own.
+`seed`; CPU results are the same for the same inputs.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from torch import nn
 
-from harness.files import user_file_mode
 from harness.config import ClassifyConfig, SegmentConfig, with_profile
 from harness.data.prepare import Prepared
 from harness.data.records import Sample
@@ -47,123 +37,55 @@ from harness.downstream import segment as segment_mod
 from harness.downstream.metrics import dice_iou
 from harness.schema import METRIC_CAS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, STAGE_CLASSIFY, STAGE_SEGMENT
 
-REFERENCE_VERSION = 2          # bump when the judges train differently (2: small last batch dropped)
-
 
 @dataclass
 class Reference:
     model: nn.Module                 # eval mode, on `device`
-    info: dict                       # stage, model, classes, config, digest, key, n_train
-    cached: bool                     # loaded from the cache (True) or trained now (False)
+    info: dict                       # stage, model, classes (classifier), epochs, profile, config, digest, n_train
     device: torch.device
+    run_id: str = ""                 # the judges run it was logged to / loaded from ("" = not logged yet)
 
     @property
     def config(self) -> dict:
         return self.info["config"]
 
 
-def _config(stage: str, model: str, profile: str, seed: int):
+def judge_config(stage: str, model: str, profile: str, seed: int):
+    """The classify / segment config a judge trains with: the stage's `profile`, the whole real train split."""
     cls = ClassifyConfig if stage == STAGE_CLASSIFY else SegmentConfig
     return with_profile(cls, stage, profile, {"model": model, "seed": seed, "train_set": "real"})
 
 
-def cache_paths(cache_dir, digest: str, stage: str, cfg) -> tuple[Path, Path]:
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data_dir", "num_workers")}
-    key = hashlib.sha256(json.dumps({"digest": digest, "stage": stage, "config": fields,
-                                     "version": REFERENCE_VERSION}, sort_keys=True).encode()).hexdigest()[:16]
-    stem = Path(cache_dir) / f"{digest}-{stage}-{cfg.model}-{key}"
-    return stem.with_suffix(".pt"), stem.with_suffix(".json")
-
-
-def _save(weights: Path, meta: Path, model: nn.Module, info: dict) -> None:
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    for path, write in ((weights, lambda f: torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)),
-                        (meta, lambda f: f.write(json.dumps(info, indent=1).encode()))):
-        fd, tmp = tempfile.mkstemp(prefix=".ref-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.chmod(tmp, user_file_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _lock(weights: Path) -> FileLock:
-    """Held while one process loads or trains the model cached at `weights` (others wait, then load)."""
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(weights) + ".lock")
-
-
-def _load(weights: Path, meta: Path, build) -> tuple[nn.Module, dict] | None:
-    if not (weights.is_file() and meta.is_file()):
-        return None
-    try:
-        info = json.loads(meta.read_text())
-        model = build(info)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (OSError, ValueError, RuntimeError, KeyError) as e:     # a half-copied or stale cache entry
-        print(f"warning: {weights}: unreadable cached reference model ({e}); retraining")
-        return None
-    return model, info
-
-
-def reference_classifier(prepared: Prepared, model: str = "resnet34", profile: str = "paper",
-                         cache_dir=".cache/skindualgen/reference", seed: int = 42,
-                         progress: bool = True) -> Reference:
+def train_classifier(prepared: Prepared, model: str = "resnet34", profile: str = "paper", seed: int = 42,
+                     progress: bool = True) -> Reference:
     """The classifier `model` trained on prepared's train split with the classify settings of `profile`."""
-    cfg = _config(STAGE_CLASSIFY, model, profile, seed)
+    cfg = judge_config(STAGE_CLASSIFY, model, profile, seed)
     device = runtime.pick_device()
-    weights, meta = cache_paths(cache_dir, prepared.digest, STAGE_CLASSIFY, cfg)
-    with _lock(weights):
-        found = _load(weights, meta, lambda info: classify_mod.build_model(info["model"], len(info["classes"]),
-                                                                           info["config"]["image_size"]))
-        if found is not None:
-            net, info = found
-            return Reference(net.to(device).eval(), info, True, device)
-        return _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progress)
-
-
-def _train_classifier(prepared, cfg, profile, weights, meta, device, seed, progress) -> Reference:
     train = prepared.dataset.split("train")
     classes = train.classes
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
-    images = classify_mod.decode_images(train.samples, cfg.image_size, progress, "decode reference")
+    images = classify_mod.decode_images(train.samples, cfg.image_size, progress, "decode judge")
     y = np.array([classes.index(s.label) for s in train.samples])
     epochs = cfg.epochs or classify_mod.CLASSIFIERS[cfg.model].paper_epochs
     net, _ = classify_mod.train_classifier(cfg.model, classes, images, y, cfg, epochs, device, amp, progress, seed,
-                                           desc=f"reference {cfg.model}")
+                                           desc=f"judge {cfg.model}")
     info = {"stage": STAGE_CLASSIFY, "model": cfg.model, "classes": classes, "epochs": epochs, "profile": profile,
-            "config": dataclasses.asdict(cfg), "digest": prepared.digest, "key": weights.stem,
-            "n_train": len(train)}
-    _save(weights, meta, net, info)
-    return Reference(net.eval(), info, False, device)
+            "config": dataclasses.asdict(cfg), "digest": prepared.digest, "n_train": len(train)}
+    return Reference(net.eval(), info, device)
 
 
-def reference_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper",
-                        cache_dir=".cache/skindualgen/reference", seed: int = 42, progress: bool = True) -> Reference:
+def train_segmenter(prepared: Prepared, model: str = "unet", profile: str = "paper", seed: int = 42,
+                    progress: bool = True) -> Reference:
     """The segmenter `model` trained on prepared's train split with the segment settings of `profile`."""
-    cfg = _config(STAGE_SEGMENT, model, profile, seed)
+    cfg = judge_config(STAGE_SEGMENT, model, profile, seed)
     device = runtime.pick_device()
-    weights, meta = cache_paths(cache_dir, prepared.digest, STAGE_SEGMENT, cfg)
-    with _lock(weights):
-        found = _load(weights, meta, lambda info: segment_mod.build_model(info["model"]))
-        if found is not None:
-            net, info = found
-            return Reference(net.to(device).eval(), info, True, device)
-        return _train_segmenter(prepared, cfg, profile, weights, meta, device, seed, progress)
-
-
-def _train_segmenter(prepared, cfg, profile, weights, meta, device, seed, progress) -> Reference:
     train = prepared.dataset.split("train")
     segment_mod.check_masks({"real train": train.samples})
     amp = runtime.autocast_dtype(cfg.mixed_precision, device)
     net, _ = segment_mod.train_segmenter(cfg.model, train.samples, cfg, device, amp, progress, seed)
-    info = {"stage": STAGE_SEGMENT, "model": cfg.model, "profile": profile, "config": dataclasses.asdict(cfg),
-            "digest": prepared.digest, "key": weights.stem, "n_train": len(train)}
-    _save(weights, meta, net, info)
-    return Reference(net.eval(), info, False, device)
+    info = {"stage": STAGE_SEGMENT, "model": cfg.model, "epochs": cfg.epochs, "profile": profile,
+            "config": dataclasses.asdict(cfg), "digest": prepared.digest, "n_train": len(train)}
+    return Reference(net.eval(), info, device)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,12 +26,12 @@ from mlflow.tracking import MlflowClient
 
 from harness import checks, tracking
 from harness.config import GenerateConfig
-from harness.data.records import DataError
 from harness.dualgen.mlflow_model import ModelURIError, model_folder
 from harness.errors import ConfigError
 from harness.dualgen.pipeline import DualGenPipeline, pair_grid
-from harness.schema import (PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL, TAG_FINETUNE_RUN,
-                            TAG_MODEL_URI, TAG_MODEL_VERSION, TAG_OUTPUT_DIR, TRAINING_JSON)
+from harness.schema import (JUDGE_SEGMENTER, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL,
+                            TAG_FINETUNE_RUN, TAG_JUDGES_FROM, TAG_JUDGES_RUN, TAG_MODEL_URI, TAG_MODEL_VERSION,
+                            TAG_OUTPUT_DIR, TRAINING_JSON)
 
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -117,20 +117,25 @@ def generate_pairs(pipe: DualGenPipeline, template: str, jobs: list[tuple[str, i
                 mask_threshold=cfg.mask_threshold, progress=progress)
 
 
-def consistency_judge(training: dict, cfg: GenerateConfig, progress: bool = True):
-    """The real-trained segmenter that scores pairs for --min-consistency (reference.py), trained on the
-    real train split of the data the model was fine-tuned on (its dataset digest is checked)."""
-    from harness.data.prepare import load_prepared
-    from harness.downstream.reference import reference_segmenter
-    ft = training.get("config", {})
-    prepared = load_prepared(ft.get("data_dir", ""), "auto", ft.get("test_fraction", 0.176), ft.get("seed", 42),
-                             progress=progress)
-    if prepared.digest != training["dataset_digest"]:
-        raise DataError(f"--min-consistency: the model's training data {ft.get('data_dir') or '(demo)'} now has "
-                         f"dataset digest {prepared.digest}, not {training['dataset_digest']} as when it was "
-                         "fine-tuned; the judging segmenter must learn from the same real data")
-    return reference_segmenter(prepared, cfg.consistency_model, cfg.reference_profile, cfg.reference_cache_dir,
-                               cfg.seed, progress)
+def consistency_judge(training: dict, cfg: GenerateConfig, experiment: str | None = None):
+    """The real-trained segmenter that scores pairs for --min-consistency: the judges run given
+    (cfg.judges) or the newest one for the data the model was fine-tuned on (its dataset digest) and
+    cfg.judges_profile (harness/judges.py). None exists: a ConfigError naming the command that makes one."""
+    from harness.judges import JUDGES_NONE, choose_judges, how_to_add, load_judge
+    digest = training["dataset_digest"]
+    if cfg.judges.strip().lower() == "none":
+        raise ConfigError("--min-consistency needs a judging segmenter: --judges none leaves it none")
+    run, how = choose_judges(cfg.judges, digest, cfg.judges_profile, experiment)
+    data_dir = training.get("config", {}).get("data_dir", "")
+    if how == JUDGES_NONE:
+        raise ConfigError(f"--min-consistency: no FINISHED judges run for the model's training data (dataset digest "
+                          f"{digest}) and judges profile {cfg.judges_profile}; make one with "
+                          f"`{how_to_add(cfg.judges_profile, data_dir, experiment)}` or give --judges runs:/<id>")
+    judge = load_judge(run, JUDGE_SEGMENTER)
+    if judge is None:
+        raise ConfigError(f"--min-consistency: judges run {run.info.run_id} has no consistency segmenter "
+                          "(trained with --consistency-model none)")
+    return judge, how
 
 
 def pair_consistency(judge, labels: list[str], pairs: list) -> list[float]:
@@ -234,7 +239,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())
     todo = plan(training, cfg)
-    judge = consistency_judge(training, cfg, progress) if cfg.min_consistency > 0 else None
+    judge, judges_from = consistency_judge(training, cfg, experiment) if cfg.min_consistency > 0 else (None, "")
     with tracking.stage_run(STAGE_GENERATE, cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
         pipe = DualGenPipeline.from_folder(folder, fuse=True, compile_unet=cfg.compile_unet)
         if cfg.compile_unet and progress:
@@ -249,7 +254,8 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
                         "consistency_all_mean": float(np.mean(stats["scores"])),
                         "consistency_kept_mean": float(np.mean(stats["kept_scores"])) if rows else 0.0}
             metrics |= {f"n_dropped/{c}": n for c, n in stats["dropped"].items()}
-            tracking.tag_reference(TAG_CONSISTENCY_MODEL, judge)
+            mlflow.set_tags({TAG_CONSISTENCY_MODEL: judge.info["model"], TAG_JUDGES_RUN: judge.run_id,
+                             TAG_JUDGES_FROM: judges_from})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out / "manifest.csv"))
         if pairs:

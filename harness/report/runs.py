@@ -21,7 +21,8 @@ from mlflow.entities import Run
 
 from harness import tracking
 from harness.intervals import Interval
-from harness.schema import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, TAG_DIGEST, TAG_NO_INTERVAL_PREFIX, TAG_PREFIX, TAG_STAGE
+from harness.schema import (CI_HIGH_SUFFIX, CI_LOW_SUFFIX, TAG_DIGEST, TAG_MISSING_PREFIX, TAG_NO_INTERVAL_PREFIX, TAG_PREFIX,
+                            TAG_STAGE)
 
 FINISHED = "FINISHED"
 
@@ -104,7 +105,8 @@ def metric_value(run: Run, key: str) -> tuple[float | None, str]:
     """(value, "") or (None, why it is missing)."""
     value = run.data.metrics.get(key)
     if value is None:
-        return None, f"metric `{key}` absent in run {run.info.run_id}"
+        why = run.data.tags.get(TAG_MISSING_PREFIX + key)        # the run said why it logged none
+        return None, (f"run {run.info.run_id}: {why}" if why else f"metric `{key}` absent in run {run.info.run_id}")
     if not math.isfinite(value):
         return None, f"metric `{key}` is {value} in run {run.info.run_id}"
     return float(value), ""

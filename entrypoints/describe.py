@@ -2,8 +2,9 @@
 
 Every option takes a value ("" = the default), so MLproject can pass each parameter as it is:
 `--overwrite true`. The API key is read from the environment variable named by --api-key-env only.
-Exit status: 0 when every image has a description afterwards, 1 when some could not be described
-(they are listed in the run's describe_failures.json; a re-run asks only for those), 2 on bad input.
+Exit status: 0 when every image asked for got its description, 1 when some could not be described
+(they are listed in the run's describe_failures.json; with --overwrite they keep their old text; a
+re-run asks only for those), 2 on bad input.
 """
 import click
 
@@ -30,6 +31,10 @@ def describe(experiment, **given):
     if m.get("missing", 0):
         click.echo(f"{int(m['missing'])} image(s) still have no description (see describe_failures.json "
                    "in the run); run again to retry them", err=True)
+        raise SystemExit(1)
+    if m.get("failures", 0):          # --overwrite: they keep their old description, but were not rewritten
+        click.echo(f"{int(m['failures'])} image(s) could not be described anew and keep their old description "
+                   "(see describe_failures.json in the run); run again to retry them", err=True)
         raise SystemExit(1)
 
 

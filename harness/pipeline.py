@@ -19,13 +19,13 @@ Steps, as a graph (`pipeline_nodes`): a step starts once the steps it needs have
 Parallel children each get a share of the machine: with GPUs, CUDA_VISIBLE_DEVICES round-robin over
 them; on CPU, OMP_NUM_THREADS = cores // max_parallel. A failed child fails `main` with its name,
 after the children already running have finished (their runs stay reusable). A run left RUNNING by a
-`main` that was killed (its process is gone) is marked KILLED when `main` starts again.
+`main` that was killed (its process is gone) is marked KILLED when `main` (or any stage) starts again
+in the experiment (tracking.reap_killed_runs).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,6 @@ from types import SimpleNamespace
 from typing import Callable
 
 import mlflow
-import psutil
 
 from harness import launcher, tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
@@ -42,7 +41,7 @@ from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, Expl
 from harness.errors import ConfigError, HarnessError
 from harness.schema import (
     METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
-    STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_HOST, TAG_MLFLOW_PARENT_RUN, TAG_PID,
+    STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_MLFLOW_PARENT_RUN,
     TAG_STEP_PREFIX, TRAIN_SETS,
 )
 
@@ -286,46 +285,6 @@ def run_graph(pipe: Pipeline, nodes: list[Node]) -> dict[str, mlflow.entities.Ru
 
 
 # ------------------------------------------------------------------------------------------------
-# Runs of a killed `main`
-# ------------------------------------------------------------------------------------------------
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host. A zombie counts as gone: a killed stage whose parent
-    died too is reparented to PID 1, and where PID 1 does not reap (some containers) it stays a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:          # another user's process: it exists
-        return True
-
-
-def reap_killed_runs(experiment: str, log=print) -> list[str]:
-    """Mark KILLED every RUNNING run of the experiment whose process (tags skindualgen.host/pid, set by
-    every stage) is gone from this host, and every RUNNING child of such a run. Returns their ids."""
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    running = mlflow.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                 output_format="list")
-    host = socket.gethostname()
-
-    def dead(run) -> bool:
-        tags = run.data.tags
-        pid = tags.get(TAG_PID, "")
-        return tags.get(TAG_HOST) == host and pid.isdigit() and not _alive(int(pid))
-
-    gone = {r.info.run_id for r in running if dead(r)}
-    gone |= {r.info.run_id for r in running if r.data.tags.get(TAG_MLFLOW_PARENT_RUN) in gone
-             and not r.data.tags.get(TAG_PID)}
-    client = mlflow.tracking.MlflowClient()
-    for run_id in sorted(gone):
-        client.set_terminated(run_id, "KILLED")
-        log(f"[main] run {run_id} was left RUNNING by a process that is gone: marked KILLED")
-    return sorted(gone)
-
-
-# ------------------------------------------------------------------------------------------------
 # The pipeline
 # ------------------------------------------------------------------------------------------------
 
@@ -355,10 +314,10 @@ def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
     def generate(runs) -> Step:
         # the synthetic set has N_c images of class c, as many as the real training split: what
         # `synth` (N_c) and `hybrid` (N_c // 2) take, so neither repeats an image and none is wasted
+        # (into outputs/generate/<its run id>: a folder of its own, which no other run's set can hold)
         ft_id = runs["finetune"].info.run_id
         return make_step(STAGE_GENERATE, GenerateConfig, {
-            "model_uri": f"runs:/{ft_id}/model", "match_real": True, "seed": cfg.seed,
-            "output_dir": str(Path("outputs") / f"generate-{ft_id[:8]}-match-real")})
+            "model_uri": f"runs:/{ft_id}/model", "match_real": True, "seed": cfg.seed})
 
     def training(stage, cfg_cls, model, train_set):
         # the real set uses no generated image: it needs only the prepared split, so it trains beside the
@@ -421,7 +380,6 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
     if launcher.choose(cfg.launcher, cfg.env_manager) == "fork":
         launcher.start_server()             # its imports overlap with the setup below
     experiment = tracking.setup(experiment)
-    reap_killed_runs(experiment, log)
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     nodes = pipeline_nodes(cfg, eval_data)
     check_nodes(nodes)

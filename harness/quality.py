@@ -66,12 +66,9 @@ from tqdm.auto import tqdm
 from harness.files import user_file_mode
 from harness import tracking
 from harness.config import EvaluateConfig
-from harness.data.generated import generated_set
-from harness.data.layouts import load_dataset
+from harness.data.generated import check_same_set, generated_set, read_set
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError
-from harness.data.splits import dataset_digest
-from harness.data.validate import validate
 from harness.errors import ConfigError
 from harness.judges import OLD_CACHE, choose_judges, how_to_add, load_judge
 from harness.intervals import Interval, ci_params, interval_metrics, interval_tags, mean_intervals, two_sample_intervals
@@ -564,12 +561,8 @@ def resolve_fake(spec: str) -> tuple[Path, dict[str, str], mlflow.entities.Run |
 
 def load_fake_set(path: Path, progress: bool = True) -> ImageSet:
     """Every image of a dataset folder / manifest (a generated set is all split=train), with its digest."""
-    # a generated folder holds both images/ and its manifest.csv: read the manifest (the stage's output)
-    dataset = load_dataset(path, "manifest" if (path / "manifest.csv").is_file() else "auto")
-    shas = dataset.extra.get("file_sha256")
-    if not shas:
-        shas = {k: (v.image_sha256, v.mask_sha256) for k, v in validate(dataset, progress=progress).items()}
-    return ImageSet(paths=[s.image for s in dataset.samples], digest=dataset_digest(dataset, shas),
+    dataset, digest = read_set(path, progress)
+    return ImageSet(paths=[s.image for s in dataset.samples], digest=digest,
                     split="all", cacheable=False, source=str(path), samples=list(dataset.samples))
 
 
@@ -607,6 +600,8 @@ def evaluate(cfg: EvaluateConfig, experiment: str | None = None, progress: bool 
     if cfg.fake:
         fake_path, lineage, gen_run = resolve_fake(cfg.fake)
         fake = load_fake_set(fake_path, progress)
+        if gen_run is not None:
+            check_same_set(gen_run, fake_path, fake.digest)
         trained_on = gen_run.data.tags.get(TAG_DIGEST) if gen_run else None
         if trained_on and trained_on != prepared.digest:
             print(f"warning: the generated set's model was trained on dataset digest {trained_on}, but the "

@@ -38,8 +38,8 @@ TAG_STAGE = "skindualgen.stage"
 TAG_DIGEST = "skindualgen.dataset_digest"
 TAG_CODE = "skindualgen.code_version"
 TAG_LIB_PREFIX = "skindualgen.lib."        # + library name: its version
-TAG_HOST = "skindualgen.host"              # where the stage's process ran and its pid: `main` marks the runs
-TAG_PID = "skindualgen.pid"                # of a process that is gone KILLED (pipeline.reap_killed_runs)
+TAG_HOST = "skindualgen.host"              # where the stage's process ran and its pid: a stage starting marks runs
+TAG_PID = "skindualgen.pid"                # of a process that is gone KILLED (tracking.reap_killed_runs, at every stage start)
 TAG_THREADS = "skindualgen.torch_threads"  # torch's intra-op threads: results depend on it as well as on the seed
 
 # MLflow's own tags
@@ -53,6 +53,7 @@ TAG_MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag: whic
 # ------------------------------------------------------------------------------------------------
 
 TAG_OUTPUT_DIR = "skindualgen.output_dir"              # finetune: its folder; generate: the generated set
+TAG_SET_DIGEST = "skindualgen.set_digest"              # generate: the dataset digest of the set it wrote
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"       # generate / evaluate / register: the model's run
 TAG_GENERATE_RUN = "skindualgen.generate_run_id"       # evaluate: the generate run of the compared set
 TAG_SYNTH_RUN = "skindualgen.synth_run_id"             # classify / segment: the generate run of --synth

@@ -27,13 +27,16 @@ from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Iterator
 
 import mlflow
+import psutil
 from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
 
 from harness.errors import ConfigError, Stopped
 from harness.schema import (
     STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
-    STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE, TAG_PID, TAG_THREADS,
+    STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE,
+    TAG_MLFLOW_PARENT_RUN, TAG_PID, TAG_THREADS,
     TAG_STAGE,
 )
 
@@ -188,6 +191,52 @@ def run_tags(stage: str, dataset_digest: str | None = None) -> dict[str, str]:
     return tags
 
 
+# ------------------------------------------------------------------------------------------------
+# Runs of a killed stage
+# ------------------------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host. A zombie counts as gone: a killed stage whose parent
+    died too is reparented to PID 1, and where PID 1 does not reap (some containers) it stays a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:          # another user's process: it exists
+        return True
+
+
+def reap_killed_runs(experiment: str, log=None) -> list[str]:
+    """Mark KILLED every RUNNING run of the experiment whose process (tags skindualgen.host/pid, set by
+    every stage) is gone from this host, and every RUNNING child of such a run. Returns their ids.
+    Every stage does this as it starts (stage_run), so a run whose process died without a word (kill -9,
+    power loss) does not stay RUNNING for ever; a live process's run, or another host's, is never touched."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    running = mlflow.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 output_format="list")
+    host = socket.gethostname()
+
+    def dead(run) -> bool:
+        tags = run.data.tags
+        pid = tags.get(TAG_PID, "")
+        return tags.get(TAG_HOST) == host and pid.isdigit() and not _alive(int(pid))
+
+    gone = {r.info.run_id for r in running if dead(r)}
+    gone |= {r.info.run_id for r in running if r.data.tags.get(TAG_MLFLOW_PARENT_RUN) in gone
+             and not r.data.tags.get(TAG_PID)}
+    client = MlflowClient()
+    for run_id in sorted(gone):
+        client.set_terminated(run_id, "KILLED")
+        (log or _stderr)(f"run {run_id} was left RUNNING by a process that is gone: marked KILLED")
+    return sorted(gone)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experiment: str | None = None,
               run_name: str | None = None, nested: bool = False,
@@ -197,7 +246,9 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
     An exception inside the block ends the run FAILED (mlflow's context manager does this) and
     re-raises, so a crash never leaves a FINISHED run behind.
     """
-    setup(experiment)
+    name = setup(experiment)
+    if not nested:
+        reap_killed_runs(name)
     interval = system_metrics_interval()
     if interval > 0:
         mlflow.set_system_metrics_sampling_interval(interval)

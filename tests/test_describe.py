@@ -403,6 +403,22 @@ def test_invalid_answers_are_flagged_not_stored_via_cli(data, llm, key, experime
     assert llm.count("429") == 1 and llm.count("500") == 1
     assert_no_key(key, experiment, tmp_path, mlflow_store, caplog, capfd, extra_text=result.output)
 
+    # every image described, then a rewrite (--overwrite true, a fresh cache) whose melanoma answers are
+    # invalid again: those keep their old description, and the exit status says the rewrite is incomplete
+    llm.always_invalid = set()
+    assert CliRunner().invoke(describe_cmd, args, catch_exceptions=False).exit_code == 0
+    described = read_desc(data)
+    assert set(described) == set(labels)
+    llm.always_invalid = {"melanoma"}
+    rewrite = [*args[:args.index("--overwrite")], "--overwrite", "true",
+               *args[args.index("--overwrite") + 2:args.index("--cache-dir")], "--cache-dir", str(tmp_path / "fresh"),
+               "--experiment", experiment]
+    result = CliRunner().invoke(describe_cmd, rewrite, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert f"{len(melanoma)} image(s) could not be described anew" in result.output
+    after = read_desc(data)
+    assert {sid: after[sid] for sid in melanoma} == {sid: described[sid] for sid in melanoma}   # old ones kept
+
 
 def test_template_fallback_is_deterministic_and_keeps_existing(data, demo_tiny, tmp_path, experiment):
     other = tmp_path / "other"

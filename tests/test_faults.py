@@ -94,3 +94,42 @@ def test_sigterm_of_a_finetune_ends_its_run_killed_and_the_cli_exits_143(demo_sm
     assert "stopped by signal SIGTERM; the run is marked KILLED" in err and "Traceback" not in err
     [run] = mlflow.search_runs([mlflow.get_experiment_by_name(experiment).experiment_id], output_format="list")
     assert run.info.status == "KILLED"
+
+
+def test_kill_9_of_a_finetune_is_reaped_by_the_next_stage_and_the_same_command_resumes(demo_small, experiment,
+                                                                                         tmp_path):
+    """kill -9 leaves no chance to end the run: the next stage started in the experiment marks it KILLED
+    (its recorded pid is gone), and the same finetune command again resumes from the latest checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.schema import TAG_RESUMED_FROM
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    out = tmp_path / "ft"
+    command = [sys.executable, "-m", "entrypoints.cli", "finetune", "--profile", "demo", "--data-dir", str(demo_small),
+               "--max-train-steps", "30", "--checkpointing-steps", "5", "--resolution", "32", "--mask-warmup-steps", "0",
+               "--validation-epochs", "0", "--output-dir", str(out), "--experiment", experiment]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180                          # imports, the tiny base, 5 steps: ~20 s here
+    while time.time() < deadline and not list(out.glob("checkpoint-*")) and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "finetune ended before it could be killed"
+    [killed] = mlflow.search_runs([mlflow.get_experiment_by_name(experiment).experiment_id], output_format="list")
+    assert killed.info.status == "RUNNING"                # nobody could end it
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if not p.name.startswith("."))
+    assert saved and saved[-1] < 30
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"run {killed.info.run_id} was left RUNNING by a process that is gone: marked KILLED" in again.stderr
+    runs = {r.info.run_id: r for r in mlflow.search_runs([mlflow.get_experiment_by_name(experiment).experiment_id],
+                                                         output_format="list")}
+    assert runs.pop(killed.info.run_id).info.status == "KILLED"
+    [resumed] = runs.values()
+    assert resumed.info.status == "FINISHED" and resumed.data.tags[TAG_RESUMED_FROM].endswith(f"checkpoint-{saved[-1]}")
+    assert resumed.data.metrics["resumed_from_step"] == saved[-1]

@@ -477,3 +477,44 @@ def test_generate_min_consistency_replaces_dropped_pairs_or_names_the_short_clas
                  experiment=experiment, progress=False)
     failed = max(runs_of(experiment), key=lambda r: r.info.start_time)
     assert failed.info.status == "FAILED" and not (tmp_path / "g2").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. A generated folder belongs to its run (issue "Faults": nothing lost on folder reuse)
+# ------------------------------------------------------------------------------------------------
+
+def test_generate_never_replaces_a_finished_runs_set_and_evaluate_refuses_a_changed_one(finetuned, gen_cfg, demo_small,
+                                                                                        experiment, tmp_path, small):
+    from mlflow.tracking import MlflowClient
+
+    from harness.data.generated import OWNER_FILE, read_set
+    from harness.schema import TAG_SET_DIGEST
+    out = tmp_path / "set"
+    first, _ = generate(gen_cfg(finetuned, out, per_class=2), experiment=experiment, progress=False)
+    assert json.loads((out / OWNER_FILE).read_text()) == {"run_id": first}
+    assert mlflow.get_run(first).data.tags[TAG_SET_DIGEST] == read_set(out, progress=False)[1]
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    # a second generate into the folder of a FINISHED run: refused before it generates, nothing changed
+    n = len(runs_of(experiment))
+    with pytest.raises(DataError, match=re.escape(f"already holds the generated set of generate run {first} (FINISHED)")):
+        generate(gen_cfg(finetuned, out, per_class=1), experiment=experiment, progress=False)
+    assert len(runs_of(experiment)) == n
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # the set of a FAILED run is no one's result: replaced, and the folder then names its new run
+    MlflowClient().set_terminated(first, "FAILED")
+    second, _ = generate(gen_cfg(finetuned, out, per_class=1), experiment=experiment, progress=False)
+    assert json.loads((out / OWNER_FILE).read_text()) == {"run_id": second}
+    assert len((out / "manifest.csv").read_text().splitlines()) == 2
+
+    # evaluate of runs:/<second> once a file of its set changed: refused, naming the run, no evaluate run
+    image = next((out / "images").rglob("*.png"))
+    with Image.open(image) as im:
+        Image.fromarray(255 - np.asarray(im.convert("RGB"))).save(image)
+    cfg = small(EvaluateConfig, real=str(demo_small), fake=f"runs:/{second}", test_fraction=TEST_FRACTION,
+                seed=SEED, cache_dir=str(tmp_path / "features"), judges="none")
+    n = len(runs_of(experiment))
+    with pytest.raises(DataError, match=f"not the set generate run {second} wrote"):
+        evaluate(cfg, experiment=experiment, progress=False)
+    assert len(runs_of(experiment)) == n

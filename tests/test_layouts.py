@@ -129,6 +129,22 @@ def test_unknown_label_manifest(manifest_csv):
         load_dataset(manifest_csv)
 
 
+def test_every_manifest_problem_is_in_one_message(manifest_csv):
+    """An empty label, a duplicate id and a missing image on three lines: one error names all three."""
+    manifest_csv.write_text("image,mask,label,description,split\n"
+                            "files/x0.png,files/x0_m.png,,d,train\n"                  # line 2: no label
+                            "files/x1.png,files/x1_m.png,melanoma,d,train\n"
+                            "files/x1.png,files/x1_m.png,melanoma,d,test\n"           # line 4: x1 again
+                            "files/nowhere.png,files/x2_m.png,nevus,d,train\n"        # line 5: no such image
+                            "files/x3.png,files/x3_m.png,nevus,d,train\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(manifest_csv)
+    message = str(e.value)
+    assert message.startswith(f"3 problem(s) in {manifest_csv.resolve()}:")
+    assert "line 2: empty 'label'" in message and "line 4: duplicate id 'x1' (also line 3)" in message
+    assert "line 5: image file" in message and "nowhere.png does not exist" in message
+
+
 def test_duplicate_id(isic_dir):
     src = isic_dir / "images" / "melanoma" / "ISIC_000000.png"
     shutil.copy(src, isic_dir / "images" / "vascular lesion" / "ISIC_000000.png")

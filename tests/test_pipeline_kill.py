@@ -28,7 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from harness.pipeline import reap_killed_runs
+from harness.tracking import reap_killed_runs
 from harness.report.figures import LABEL_H
 from harness.schema import (
     STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, STAGE_MAIN, STAGE_REGISTER, STAGE_REPORT, TAG_HOST, TAG_MLFLOW_PARENT_RUN,

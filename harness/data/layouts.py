@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from harness.data.records import DataError, Dataset, Sample
+from harness.data.records import DataError, Dataset, Sample, raise_problems
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MANIFEST_COLUMNS = ("image", "mask", "label", "description", "split")
@@ -75,33 +75,41 @@ def read_manifest(csv_path: Path) -> Dataset:
                             f"a manifest needs {','.join(MANIFEST_COLUMNS)}")
         rows = list(reader)
     base = csv_path.parent
-    samples, seen = [], {}
+    samples, seen, problems = [], {}, []
     shas = {}
     for line, row in enumerate(rows, start=2):
-        where = f"{csv_path}, line {line}"
-        if not row["image"]:
-            raise DataError(f"{where}: empty 'image'")
-        if not (row["label"] or "").strip():
-            raise DataError(f"{where}: empty 'label' for {row['image']}")
-        split = (row["split"] or "").strip().lower()
-        if split not in ("", "train", "test"):
-            raise DataError(f"{where}: split {row['split']!r} is not train, test or empty")
-        image = (base / row["image"]).resolve()
-        mask = (base / row["mask"]).resolve() if row["mask"] else None
-        sid = (row.get("id") or "").strip() or image.stem
-        if sid in seen:
-            raise DataError(f"{where}: duplicate id {sid!r} (also line {seen[sid]})")
-        seen[sid] = line
-        for p, what in ((image, "image"), (mask, "mask")):
-            if p is not None and not p.is_file():
-                raise DataError(f"{where}: {what} file {p} does not exist")
-        samples.append(Sample(id=sid, image=image, mask=mask, label=row["label"].strip(),
-                              description=row["description"] or "", split=split,
-                              group=(row.get("group") or "").strip()))
+        sample, problem = _manifest_row(row, f"{csv_path}, line {line}", base, seen, line)
+        if problem:
+            problems.append(problem)
+            continue
+        samples.append(sample)
         if row.get("image_sha256"):
-            shas[sid] = (row["image_sha256"], row.get("mask_sha256") or "")
+            shas[sample.id] = (row["image_sha256"], row.get("mask_sha256") or "")
+    raise_problems(problems, f"problem(s) in {csv_path}")
     extra = {"file_sha256": shas} if len(shas) == len(samples) else {}
     return Dataset(samples=samples, root=csv_path, layout="manifest", extra=extra)
+
+
+def _manifest_row(row: dict, where: str, base: Path, seen: dict[str, int], line: int) -> tuple[Sample | None, str]:
+    """One manifest line -> (its sample, "") or (None, what is wrong with it)."""
+    if not row["image"]:
+        return None, f"{where}: empty 'image'"
+    if not (row["label"] or "").strip():
+        return None, f"{where}: empty 'label' for {row['image']}"
+    split = (row["split"] or "").strip().lower()
+    if split not in ("", "train", "test"):
+        return None, f"{where}: split {row['split']!r} is not train, test or empty"
+    image = (base / row["image"]).resolve()
+    mask = (base / row["mask"]).resolve() if row["mask"] else None
+    sid = (row.get("id") or "").strip() or image.stem
+    if sid in seen:
+        return None, f"{where}: duplicate id {sid!r} (also line {seen[sid]})"
+    seen[sid] = line
+    for p, what in ((image, "image"), (mask, "mask")):
+        if p is not None and not p.is_file():
+            return None, f"{where}: {what} file {p} does not exist"
+    return Sample(id=sid, image=image, mask=mask, label=row["label"].strip(), description=row["description"] or "",
+                  split=split, group=(row.get("group") or "").strip()), ""
 
 
 # ---------------------------------------------------------------- ISIC-GPT layout
@@ -145,19 +153,22 @@ def _read_isic_part(root: Path, split: str, descriptions: dict[str, str], seen: 
     class_dirs = sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{images}: no class folders (expected images/<class>/<id>.jpg)")
-    samples = []
+    samples, problems = [], []
     for cdir in class_dirs:
         for img in _images_in(cdir):
             sid = img.stem
             if sid in seen:
-                raise DataError(f"{img}: duplicate id {sid!r} (also {seen[sid]})")
+                problems.append(f"{img}: duplicate id {sid!r} (also {seen[sid]})")
+                continue
             seen[sid] = img
             mask = _find_mask(root, cdir.name, sid)
             if mask is None:
-                raise DataError(f"{img}: mask missing (looked for masks/{cdir.name}/{sid}.png, "
+                problems.append(f"{img}: mask missing (looked for masks/{cdir.name}/{sid}.png, "
                                 f"masks/{sid}.png and *_segmentation.png there)")
+                continue
             samples.append(Sample(id=sid, image=img.resolve(), mask=mask.resolve(), label=cdir.name,
                                   description=descriptions.get(sid, ""), split=split))
+    raise_problems(problems, f"problem(s) in {root}")
     return samples
 
 
@@ -206,21 +217,22 @@ def read_ham10000(root: Path) -> Dataset:
         if missing:
             raise DataError(f"{meta}: missing column(s) {', '.join(missing)}")
         rows = list(reader)
-    samples, seen = [], {}
+    samples, seen, problems = [], {}, []
     for line, row in enumerate(rows, start=2):
         sid, dx = row["image_id"].strip(), row["dx"].strip().lower()
         where = f"{meta}, line {line}"
-        if dx not in HAM_DX:
-            raise DataError(f"{where}: unknown label dx={row['dx']!r} for {sid}; known: {', '.join(HAM_DX)}")
-        if sid in seen:
-            raise DataError(f"{where}: duplicate image_id {sid!r} (also line {seen[sid]})")
-        seen[sid] = line
-        if sid not in images:
-            raise DataError(f"{where}: image {sid}.jpg not found in {', '.join(d.name for d in image_dirs)}")
-        if sid not in masks:
-            raise DataError(f"{where}: mask {sid}_segmentation.png not found "
-                            "(HAM10000_segmentations_lesion_tschandl/)")
+        problem = (f"{where}: unknown label dx={row['dx']!r} for {sid}; known: {', '.join(HAM_DX)}" if dx not in HAM_DX
+                   else f"{where}: duplicate image_id {sid!r} (also line {seen[sid]})" if sid in seen
+                   else f"{where}: image {sid}.jpg not found in {', '.join(d.name for d in image_dirs)}"
+                   if sid not in images
+                   else f"{where}: mask {sid}_segmentation.png not found (HAM10000_segmentations_lesion_tschandl/)"
+                   if sid not in masks else "")
+        seen.setdefault(sid, line)
+        if problem:
+            problems.append(problem)
+            continue
         samples.append(Sample(id=sid, image=images[sid].resolve(), mask=masks[sid].resolve(),
                               label=HAM_DX[dx], description=descriptions.get(sid, ""), split="",
                               group=row["lesion_id"].strip()))
+    raise_problems(problems, f"problem(s) in {meta}")
     return Dataset(samples=samples, root=root, layout="ham10000")

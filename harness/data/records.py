@@ -12,6 +12,21 @@ class DataError(HarnessError, ValueError):
     """Bad input data. The message always names the offending file and the problem."""
 
 
+MAX_LISTED = 20                  # problems listed in one message (then "... and N more")
+
+
+def raise_problems(problems: list[str], what: str) -> None:
+    """Nothing when `problems` is empty; else one DataError: the problem itself when there is one, or
+    "<N> <what>:" and every problem (the first MAX_LISTED) on its own line."""
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    shown = "\n  ".join(problems[:MAX_LISTED])
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise DataError(f"{len(problems)} {what}:\n  {shown}{more}")
+
+
 @dataclass(frozen=True)
 class Sample:
     id: str                      # unique within a dataset (file stem, ISIC id, HAM image_id)

@@ -8,9 +8,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from harness.data.records import DataError, Dataset, Sample, sha256_file
+from harness.data.records import MAX_LISTED, DataError, Dataset, Sample, sha256_file
 
-MAX_LISTED = 20
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,14 @@ from mlflow.tracking import MlflowClient
 
 from harness import checks, tracking
 from harness.config import GenerateConfig
+from harness.data.generated import OWNER_FILE, check_output_folder, read_set
+from harness.data.records import DataError
 from harness.dualgen.mlflow_model import ModelURIError, model_folder
 from harness.errors import ConfigError
 from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.schema import (JUDGE_SEGMENTER, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_GENERATE, TAG_CONSISTENCY_MODEL,
                             TAG_FINETUNE_RUN, TAG_JUDGES_FROM, TAG_JUDGES_RUN, TAG_MODEL_URI, TAG_MODEL_VERSION,
-                            TAG_OUTPUT_DIR, TRAINING_JSON)
+                            TAG_OUTPUT_DIR, TAG_SET_DIGEST, TRAINING_JSON)
 
 _MODELS_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -206,14 +208,17 @@ def write_generated_set(out: Path, run_id: str, jobs, seeds, pairs, template: st
                      "model_version": lineage.get(TAG_MODEL_VERSION, fixed_uri)})
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "descriptions.json").write_text(json.dumps(descriptions, indent=1))
+    (tmp / OWNER_FILE).write_text(json.dumps({"run_id": run_id}))
     with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     if out.exists():
-        if any(out.iterdir()) and not (out / "manifest.csv").is_file():
+        try:
+            check_output_folder(out)       # again: another run may have written it meanwhile
+        except DataError:
             shutil.rmtree(tmp)
-            raise ConfigError(f"{out} exists and is not a generated set (no manifest.csv): not overwriting it")
+            raise
         shutil.rmtree(out)
     tmp.rename(out)
     return rows
@@ -239,6 +244,8 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())
     todo = plan(training, cfg)
+    if cfg.output_dir:
+        check_output_folder(Path(cfg.output_dir).resolve())
     judge, judges_from = consistency_judge(training, cfg, experiment) if cfg.min_consistency > 0 else (None, "")
     with tracking.stage_run(STAGE_GENERATE, cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
         pipe = DualGenPipeline.from_folder(folder, fuse=True, compile_unet=cfg.compile_unet)
@@ -258,6 +265,7 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
                              TAG_JUDGES_FROM: judges_from})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out / "manifest.csv"))
+        mlflow.set_tag(TAG_SET_DIGEST, read_set(out, progress=False)[1])   # evaluate checks the folder against it
         if pairs:
             per_class = {}
             for (label, _), pair in zip(jobs, pairs):

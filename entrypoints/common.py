@@ -34,20 +34,30 @@ experiment_option = click.option("--experiment", default=None,
                                  help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or skindualgen)")
 
 
-def _converter(kind):
-    def convert(ctx, param, value):
-        if value is None or value == "":      # "" from an MLproject parameter = not given
-            return None
-        if kind is bool:
+class GivenOrDefault(click.ParamType):
+    """An option of a config field: "" (an MLproject parameter left empty) and no value are None, the
+    profile's or the paper's default; anything else is converted to the field's type. --help shows
+    the type, or the words a field takes (harness.config.choice), which the stage itself checks."""
+
+    def __init__(self, kind: type, choices: tuple[str, ...] | None = None):
+        self.kind, self.choices = kind, choices
+        self.name = {int: "integer", float: "float", bool: "boolean"}.get(kind, "text")
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"[{'|'.join(self.choices)}]" if self.choices else self.name.upper()
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "" or not isinstance(value, str):
+            return None if value == "" else value
+        if self.kind is bool:
             low = value.strip().lower()
             if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise click.BadParameter(f"{value!r} is not true/false")
+                self.fail(f"{value!r} is not true/false", param, ctx)
             return low in ("true", "1", "yes")
         try:
-            return kind(value)
+            return self.kind(value)
         except ValueError:
-            raise click.BadParameter(f"{value!r} is not a valid {kind.__name__}") from None
-    return convert
+            self.fail(f"{value!r} is not a valid {self.kind.__name__}", param, ctx)
 
 
 def config_options(cfg_cls, exclude: tuple[str, ...] = ()):
@@ -58,8 +68,9 @@ def config_options(cfg_cls, exclude: tuple[str, ...] = ()):
             if f.name in exclude:
                 continue
             kind = {int: int, float: float, bool: bool}.get(type(f.default), str)
-            fn = click.option("--" + f.name.replace("_", "-"), f.name, type=str, default=None,
-                              callback=_converter(kind), help=f"default: {f.default!r}")(fn)
+            param_type = GivenOrDefault(kind, f.metadata.get("choices"))
+            fn = click.option("--" + f.name.replace("_", "-"), f.name, type=param_type, default=None,
+                              help=f"default: {f.default!r}")(fn)
         return fn
     return decorate
 

@@ -3,7 +3,7 @@ import click
 
 from entrypoints.common import experiment_option, user_errors
 from harness.config import PrepareConfig
-from harness.data.layouts import LAYOUTS
+from harness.config import LAYOUTS
 
 D = PrepareConfig()
 

@@ -33,8 +33,10 @@ def multiple_of(cfg, k: int, *names: str) -> None:
                               f"got {value}")
 
 
-def one_of(cfg, name: str, choices: Iterable[str]) -> None:
-    choices = tuple(choices)
+def one_of(cfg, name: str, choices: Iterable[str] | None = None) -> None:
+    """`choices` default to the field's own (harness.config.choice)."""
+    from harness.config import choices_of
+    choices = tuple(choices if choices is not None else choices_of(type(cfg), name))
     value = getattr(cfg, name)
     if value not in choices:
         raise ConfigError(f"{option(name)} must be one of {', '.join(choices)}, got {value!r}")

@@ -10,16 +10,34 @@ from dataclasses import dataclass
 
 from harness.errors import ConfigError
 from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
-                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE)
+                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE, TRAIN_SETS)
 
 PROMPT_TEMPLATE = "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis"
 SEED = 42
+
+# the values of the options that take one of a few words (--help lists them; harness.checks.one_of checks them)
+LAYOUTS = ("auto", "isic-gpt", "ham10000", "manifest")
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "piecewise_constant")                    # diffusers.optimization.SchedulerType, in its order
+FINETUNE_PRECISIONS = ("no", "fp16", "bf16")             # LoRA params stay fp32
+DOWNSTREAM_PRECISIONS = ("auto", "no", "fp16", "bf16")   # auto = bf16/fp16 autocast on GPU, fp32 on CPU
+
+
+def choice(default: str, choices: tuple[str, ...]):
+    """A str field taking one of `choices` (kept in the field's metadata for --help and the checks)."""
+    assert default in choices, (default, choices)
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def choices_of(cfg_cls, name: str) -> tuple[str, ...] | None:
+    """The words field `name` of a config class takes, or None when it takes any value."""
+    return {f.name: f.metadata.get("choices") for f in dataclasses.fields(cfg_cls)}[name]
 
 
 @dataclass
 class PrepareConfig:
     data_dir: str = ""              # "" = the embedded demo dataset
-    layout: str = "auto"            # auto | isic-gpt | ham10000 | manifest
+    layout: str = choice("auto", LAYOUTS)
     test_fraction: float = 0.176    # paper: ~1,640 train of 1,990 images (350 test)
     seed: int = SEED
     output_dir: str = "prepared"    # manifest goes to <output_dir>/<dataset name>/manifest.csv
@@ -48,7 +66,7 @@ class FinetuneConfig:
     max_train_steps: int = 0        # 0 = epochs * steps_per_epoch
     learning_rate: float = 1e-4
     adam_weight_decay: float = 1e-2
-    lr_scheduler: str = "constant"
+    lr_scheduler: str = choice("constant", LR_SCHEDULERS)
     lr_warmup_steps: int = 0
     lora_rank: int = 4
     lora_alpha: float = 4.0
@@ -57,21 +75,22 @@ class FinetuneConfig:
     lambda_bce: float = 1.0
     lambda_dice: float = 1.0
     dice_smooth: float = 1.0
-    mask_loss_weighting: str = "alpha_bar"   # none (every t alike) | alpha_bar (mask terms x alpha_bar_t, see losses.py)
+    mask_loss_weighting: str = choice("alpha_bar", ("none", "alpha_bar"))   # none: every t alike; alpha_bar:
+                                    # mask terms x alpha_bar_t (losses.py)
     mask_loss_samples: int = 1      # samples per batch whose x0 is decoded for BCE/Dice (0 = all); a
                                     # seeded random subset: the same loss in expectation, ~2x cheaper
     train_mask_channels: bool = True   # the widened VAE mask weights train with LoRA (see README)
     mask_warmup_steps: int = 400    # steps teaching the VAE's new mask row to read masks before the LoRA
                                     # starts (0 = none; train.warm_up_mask_channels)
     mask_warmup_lr: float = 3e-2    # Adam on the mask row only (145 weights in the tiny VAE, 1,153 in SD2's)
-    caption_source: str = "template"   # template | description
+    caption_source: str = choice("template", ("template", "description"))
     prompt_dropout: float = 0.1     # share of captions replaced by "" (as SD was trained: keeps classifier-free
                                     # guidance meaningful; 0 = never)
     class_balanced: bool = False    # batches drawn class-uniformly (with replacement) instead of a shuffle
     prompt_template: str = PROMPT_TEMPLATE
     augment: bool = True
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"     # no | fp16 | bf16 (LoRA params stay fp32)
+    mixed_precision: str = choice("no", FINETUNE_PRECISIONS)
     gradient_checkpointing: bool = False
     num_workers: int = 0
     validation_epochs: int = 10     # log seeded image+mask grids every N epochs
@@ -144,7 +163,7 @@ class JudgesConfig:
 class ClassifyConfig:
     data_dir: str = ""
     model: str = "densenet121"      # densenet121 | resnet34 | squeezenet1_1 | swin_tiny
-    train_set: str = "real"         # real | synth | hybrid
+    train_set: str = choice("real", TRAIN_SETS)
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
     eval_data: str = ""             # optional HAM10000 folder (Table 3)
     image_size: int = 224
@@ -157,7 +176,7 @@ class ClassifyConfig:
     val_every: int = 1              # validate (the val/* curves) every N epochs; the last epoch always
     pretrained: bool = False        # ImageNet weights where they can be loaded (not offline)
     allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
-    mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
+    mixed_precision: str = choice("auto", DOWNSTREAM_PRECISIONS)
     num_workers: int = 0
     cache_dir: str = ".cache/skindualgen/decoded"   # resized image-mask pairs, shared with segment ("" = none)
     test_fraction: float = 0.176
@@ -168,7 +187,7 @@ class ClassifyConfig:
 class SegmentConfig:
     data_dir: str = ""
     model: str = "unet"             # unet (ResNet34 encoder) | deeplabv3plus (ResNet50 encoder)
-    train_set: str = "real"         # real | synth | hybrid
+    train_set: str = choice("real", TRAIN_SETS)
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
     eval_data: str = ""             # optional HAM10000 folder (Table 3)
     image_size: int = 512
@@ -178,7 +197,7 @@ class SegmentConfig:
     seeds: int = 3                  # models trained, seeded seed, seed + 1000, ...; all are scored (demo: 1)
     pretrained: bool = False        # ImageNet encoder weights where they can be loaded (not offline)
     allow_repeats: bool = False     # synth/hybrid: reuse synthetic images when a class has too few
-    mixed_precision: str = "auto"   # auto = bf16/fp16 autocast on GPU, fp32 on CPU | no | fp16 | bf16
+    mixed_precision: str = choice("auto", DOWNSTREAM_PRECISIONS)
     num_workers: int = 0
     cache_dir: str = ".cache/skindualgen/decoded"   # resized image-mask pairs, shared with classify ("" = none)
     test_fraction: float = 0.176

@@ -75,10 +75,38 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def _without_password(uri: str) -> str:
+def without_password(uri: str) -> str:
     parts = urlsplit(uri)
     return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) \
         if parts.password else uri
+
+
+# the first look at a tracking store: a short timeout and one retry, so a wrong URI fails in seconds
+# (MLflow's defaults, 7 retries with backoff and a 120 s timeout, took 249 s), while the stage's own
+# requests keep MLflow's retries (they carry a training over a server restart)
+STORE_CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@functools.lru_cache(maxsize=None)
+def check_store(uri: str) -> None:
+    """Raise ConfigError, one line naming the store (without its password), when the tracking store at
+    `uri` cannot be read: unreachable, not an MLflow server, a corrupt sqlite file, a missing DB driver.
+    Checked once per process and URI."""
+    saved = {k: os.environ.get(k) for k in STORE_CHECK_ENV}
+    os.environ.update(STORE_CHECK_ENV)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:            # whatever the store's library raises: requests, sqlalchemy, an import
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"tracking store {without_password(uri)} cannot be used: {type(e).__name__}: "
+                          f"{first[:300]}") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def setup(experiment: str | None = None, create: bool = True) -> str:
@@ -89,6 +117,7 @@ def setup(experiment: str | None = None, create: bool = True) -> str:
     Order: the argument, $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID (what
     `mlflow run` sets for its child process), "skindualgen"."""
     mlflow.set_tracking_uri(tracking_uri())
+    check_store(tracking_uri())
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if not name and os.environ.get("MLFLOW_EXPERIMENT_ID"):
         exp = mlflow.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
@@ -96,7 +125,7 @@ def setup(experiment: str | None = None, create: bool = True) -> str:
     name = name or DEFAULT_EXPERIMENT
     if not create and mlflow.get_experiment_by_name(name) is None:
         names = sorted(e.name for e in mlflow.search_experiments())[:10]
-        raise ConfigError(f"experiment {name!r} does not exist in {_without_password(tracking_uri())} (experiments there: "
+        raise ConfigError(f"experiment {name!r} does not exist in {without_password(tracking_uri())} (experiments there: "
                           f"{', '.join(names) or 'none'}); nothing to read")
     if not os.environ.get("MLFLOW_RUN_ID"):
         exp = mlflow.set_experiment(name)

@@ -33,6 +33,7 @@ from harness.data.prepare import load_prepared
 from harness.dualgen.generate import resolve_model_uri
 from harness.dualgen.mlflow_model import model_folder
 from harness.dualgen.pipeline import DualGenPipeline
+from harness.errors import ConfigError
 from harness.quality import (build_fid_extractor, extract_features, feature_statistics, frechet_distance,
                              real_split, set_statistics, warn_if_fallback)
 from harness.schema import (METRIC_FID, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_TUNE, STAGE_TUNE_TRIAL,
@@ -60,9 +61,25 @@ def check_config(cfg: TuneConfig) -> None:
     checks.multiple_of(cfg, 8, "resolution")
 
 
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage (default: optuna.db in the working folder), opened before any model loads;
+    ConfigError, one line naming the URL without its password, when it cannot be (no driver, no server)."""
+    url = url or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    try:
+        with warnings.catch_warnings():     # heartbeats are marked experimental in Optuna 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    except Exception as e:        # sqlalchemy's, the driver's import or connection error
+        cause = e.__cause__ or e          # Optuna wraps the driver's ImportError, which names the module
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ConfigError(f"--storage {tracking.without_password(url)} cannot be used: {type(cause).__name__}: "
+                          f"{first[:300]}") from None
+
+
 def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) -> str:
     check_config(cfg)
     tracking.setup(experiment)
+    storage = open_storage(cfg.storage)
     fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())
@@ -74,10 +91,6 @@ def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) 
     jobs = [c for c in training["classes"] for _ in range(cfg.per_class)]
     prompts = [training["prompt_template"].format(class_name=c) for c in jobs]
     seeds = [cfg.seed + i for i in range(len(jobs))]
-    with warnings.catch_warnings():     # heartbeats are marked experimental in Optuna 5.0
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(cfg.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}",
-                                             heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     name = study_name(cfg, prepared.digest)
 
     with tracking.stage_run(STAGE_TUNE, cfg, prepared.digest, experiment,

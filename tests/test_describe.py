@@ -50,7 +50,7 @@ USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
 # ------------------------------------------------------------------------------------ the server
 class FakeLLM:
     """POST /v1/chat/completions. `script`: behaviours for the next requests in arrival order
-    ("429", "500", "422", "slow", "invalid"); afterwards every request is answered properly, except images
+    ("429", "500", "422", "slow", "invalid", "html"); afterwards every request is answered properly, except images
     of a class in `always_invalid`."""
 
     def __init__(self, key: str):
@@ -160,6 +160,14 @@ class FakeLLM:
             return self._send(h, 500, {"error": {"message": f"internal error while serving {auth}"}})
         if did == "422":
             return self._send(h, 422, {"error": {"message": f"cannot process this image ({auth})"}})
+        if did == "html":        # a web page or a proxy's login form where the API should be
+            page = f"<html><body>Sign in ({auth})</body></html>".encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html")
+            h.send_header("Content-Length", str(len(page)))
+            h.end_headers()
+            h.wfile.write(page)
+            return
         if did == "slow":
             time.sleep(self.slow_s)
         text = (f"Sure! ({auth}) This lesion looks benign." if did == "invalid" else
@@ -467,7 +475,13 @@ def test_bad_key_unreachable_endpoint_and_config_errors_never_show_the_key(data,
     with pytest.raises(DescribeError, match="unreachable"):
         describe(cfg_for(data, llm, llm_url="http://127.0.0.1:9/v1", max_retries=1, concurrency=1),
                  experiment=experiment, progress=False)
-    # the key pasted where a variable name or a URL belongs: refused, never echoed
+    # an answer that is not JSON at all stops the run in one line, naming what came back (key scrubbed)
+    llm.script = ["html"] * 8
+    with pytest.raises(DescribeError, match=r"answered HTTP 200 with text/html \('<html><body>Sign in "
+                                            r"\(Bearer \*\*\*\).*not an OpenAI chat completion") as e:
+        describe(cfg_for(data, llm, concurrency=1, max_retries=0), experiment=experiment, progress=False)
+    assert key not in str(e.value) and not (data / "descriptions.json").exists()
+    llm.script = []
     runner = CliRunner()
     for args in (["--api-key-env", key], ["--llm-url", f"http://user:{key}@127.0.0.1:1/v1"]):
         result = runner.invoke(describe_cmd, ["--data-dir", str(data), "--experiment", experiment, *args])

@@ -27,6 +27,8 @@ CASES = [
     ("tune", ["--guidance-min", "8", "--guidance-max", "2"], "--guidance-min (8.0) must be <= --guidance-max (2.0)"),
     ("tune", ["--trials", "0"], "--trials must be >= 1"),
     ("tune", ["--resolution", "100"], "--resolution must be a positive multiple of 8"),
+    ("tune", ["--storage", "mysql://u:s3cret@127.0.0.1/db", "--model-uri", "runs:/0/model"],
+     "--storage mysql://127.0.0.1/db cannot be used: ModuleNotFoundError: No module named 'MySQLdb'"),
 ]
 
 
@@ -39,6 +41,19 @@ def test_a_bad_option_is_one_line_exit_2_and_no_run(command, options, phrase, ex
     assert len(error_lines) == 1 and "Traceback" not in result.output
     exp = mlflow.get_experiment_by_name(experiment)
     assert exp is None or not mlflow.search_runs([exp.experiment_id], output_format="list")
+
+
+def test_a_binary_file_given_as_the_manifest_is_one_line_and_nothing_is_written(experiment, tmp_path):
+    blob = tmp_path / "photo.csv"
+    blob.write_bytes(bytes([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) + bytes(range(256)) * 4)  # a PNG
+    result = CliRunner().invoke(cli, ["prepare", "--data-dir", str(blob), "--layout", "manifest", "--output-dir",
+                                      str(tmp_path / "prepared"), "--experiment", experiment])
+    assert result.exit_code == 2, result.output
+    assert f"{blob}: not a UTF-8 text file (byte 0 is 0x89)" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "prepared").exists()
+    exp = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+    assert all(r.info.status == "FAILED" for r in runs)
 
 
 @pytest.mark.parametrize("command", ["report", "register"])
@@ -133,3 +148,64 @@ def test_kill_9_of_a_finetune_is_reaped_by_the_next_stage_and_the_same_command_r
     [resumed] = runs.values()
     assert resumed.info.status == "FINISHED" and resumed.data.tags[TAG_RESUMED_FROM].endswith(f"checkpoint-{saved[-1]}")
     assert resumed.data.metrics["resumed_from_step"] == saved[-1]
+
+
+def test_a_tracking_store_that_cannot_be_used_fails_in_seconds_with_one_line_naming_it(tmp_path):
+    """Unreachable, not MLflow (a plain web server), a corrupt sqlite file, a missing DB driver: the real
+    CLI in subprocesses (started together), each exit 2 with one line naming the store, its password
+    never shown; MLflow's own retries took 249 s for the first (the timeout below is > 2x the 30 s allowed)."""
+    import http.server
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    with socket.socket() as s:                           # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database " * 100)
+    cases = {f"http://127.0.0.1:{closed}": "NewConnectionError",
+             f"http://127.0.0.1:{web.server_address[1]}": "error code",
+             f"sqlite:///{garbage}": "file is not a database",
+             "mysql://user:s3cret@127.0.0.1/db": "No module named"}
+    procs = {}
+    for uri in cases:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        procs[uri] = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "prepare", "--experiment", "x",
+                                       "--output-dir", str(tmp_path / "prepared")],
+                                      env={**env, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for uri, phrase in cases.items():
+            out, err = procs[uri].communicate(timeout=90)
+            lines = [line for line in err.splitlines() if line.startswith("Error:")]
+            assert procs[uri].returncode == 2, err
+            assert len(lines) == 1 and "Traceback" not in err, err
+            shown = uri.replace("user:s3cret@", "")
+            assert lines[0].startswith(f"Error: tracking store {shown} cannot be used") and phrase in lines[0], err
+            assert "s3cret" not in out + err
+    finally:
+        web.shutdown()
+        for proc in procs.values():
+            proc.kill()
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_help_shows_each_options_type_or_its_words_and_the_words_are_the_libraries():
+    from diffusers.optimization import SchedulerType
+
+    from harness.config import LR_SCHEDULERS
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType}
+    shown = " ".join(CliRunner().invoke(cli, ["finetune", "--help"], terminal_width=400).output.split())
+    for phrase in ("--resolution INTEGER", "--learning-rate, --learning_rate FLOAT", "--augment BOOLEAN",
+                   "--mixed-precision, --mixed_precision [no|fp16|bf16]", "--data-dir, --data_dir TEXT",
+                   "--lr-scheduler, --lr_scheduler [" + "|".join(LR_SCHEDULERS) + "]"):
+        assert phrase in shown, phrase
+    shown = " ".join(CliRunner().invoke(cli, ["segment", "--help"], terminal_width=400).output.split())
+    assert "--train-set, --train_set [real|synth|hybrid]" in shown
+    result = CliRunner().invoke(cli, ["finetune", "--resolution", "big"])
+    assert result.exit_code == 2 and "'big' is not a valid int" in result.output

@@ -213,7 +213,7 @@ def team(postgres, tracking_server, demo_small, tmp_path_factory):
         gen = run_id(cli.run("generate", "generate", "--model-uri", f"runs:/{ft}/model", *small, *exp), "generate")
         features = cli.work / "features"       # the real split's FID statistics: computed once, by evaluate
         cli.run("evaluate", "evaluate", "--real", data, "--fake", f"runs:/{gen}", "--lpips-pairs", "4",
-                "--lpips-size", "32", "--msssim-size", "161", "--cas-model", "none", "--consistency-model", "none",
+                "--lpips-size", "32", "--msssim-size", "161", "--judges", "none",
                 "--cache-dir", str(features), *exp)
 
         optuna.storages.RDBStorage(storage)          # the Optuna tables, so they can be locked

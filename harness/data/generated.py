@@ -42,8 +42,8 @@ def read_set(path: Path, progress: bool = True) -> tuple[Dataset, str]:
     from harness.data.splits import dataset_digest
     from harness.data.validate import validate
     dataset = load_dataset(path, "manifest" if (path / "manifest.csv").is_file() else "auto")
-    shas = dataset.extra.get("file_sha256")
-    if not shas:
+    shas = dataset.extra.get("file_sha256")      # a manifest generate wrote holds them ({} for an empty set)
+    if shas is None:
         shas = {k: (v.image_sha256, v.mask_sha256) for k, v in validate(dataset, progress=progress).items()}
     return dataset, dataset_digest(dataset, shas)
 

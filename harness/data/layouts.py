@@ -10,11 +10,11 @@ import json
 import re
 from pathlib import Path
 
+from harness.config import LAYOUTS
 from harness.data.records import DataError, Dataset, Sample, raise_problems
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MANIFEST_COLUMNS = ("image", "mask", "label", "description", "split")
-LAYOUTS = ("auto", "isic-gpt", "ham10000", "manifest")
 
 # HAM10000 `dx` codes -> readable class names (the demo dataset uses the same names).
 HAM_DX = {
@@ -63,17 +63,28 @@ def detect_layout(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- manifest CSV
+def _manifest_rows(csv_path: Path) -> list[dict]:
+    """The CSV's rows as dicts; DataError for a file that is not a UTF-8 CSV with the manifest's columns."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
+                                f"a manifest needs {','.join(MANIFEST_COLUMNS)}")
+            return list(reader)
+    except UnicodeDecodeError as e:       # an image, a zip or a spreadsheet given where the CSV belongs
+        raise DataError(f"{csv_path}: not a UTF-8 text file (byte {e.start} is 0x{e.object[e.start]:02x}); "
+                        "a manifest is a CSV with the columns " + ",".join(MANIFEST_COLUMNS)) from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: not a readable CSV ({e})") from None
+
+
 def read_manifest(csv_path: Path) -> Dataset:
     csv_path = Path(csv_path).resolve()
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: manifest not found")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
-                            f"a manifest needs {','.join(MANIFEST_COLUMNS)}")
-        rows = list(reader)
+    rows = _manifest_rows(csv_path)
     base = csv_path.parent
     samples, seen, problems = [], {}, []
     shas = {}

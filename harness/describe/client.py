@@ -134,8 +134,9 @@ class ChatClient:
         return out
 
     def _complete(self, messages: list[dict], out: Answer) -> str:
-        """One chat completion (retried by openai.OpenAI as needed): its text, scrubbed ("" if the
-        response is not a chat completion). Requests, retries and tokens are counted into `out`."""
+        """One chat completion (retried by openai.OpenAI as needed): its text, scrubbed ("" if it has no
+        message text); DescribeError when the answer is not a chat completion at all. Requests, retries
+        and tokens are counted into `out`."""
         try:
             raw = self.openai.chat.completions.with_raw_response.create(
                 model=self.cfg.llm_model, messages=messages, max_tokens=self.cfg.max_tokens or openai.omit)
@@ -144,6 +145,11 @@ class ChatClient:
             raise
         _count_requests(out, raw.retries_taken)
         completion = raw.parse()
+        if not hasattr(completion, "choices"):    # a 200 that is not JSON (a web page, a proxy's login form)
+            kind = raw.headers.get("content-type", "no content type")
+            raise DescribeError(f"{self.shown}: answered HTTP {raw.status_code} with {kind} "
+                                f"({_shorten(self.scrub(raw.http_response.text), 120)!r}), not an OpenAI chat "
+                                "completion; check --llm-url (the base ending in /v1)")
         usage = getattr(completion, "usage", None)
         out.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
         out.completion_tokens += getattr(usage, "completion_tokens", 0) or 0

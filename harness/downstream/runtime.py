@@ -15,9 +15,8 @@ import time
 import numpy as np
 import torch
 
+from harness.config import DOWNSTREAM_PRECISIONS as PRECISIONS
 from harness.downstream.sets import DownstreamError
-
-PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
 def pick_device() -> torch.device:

@@ -43,7 +43,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast, gather_object
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -335,10 +335,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{checks.option(name)} must be > 0, got {getattr(cfg, name)}")
     checks.within(cfg, 0, 1, "prompt_dropout")
-    checks.one_of(cfg, "mixed_precision", ("no", "fp16", "bf16"))
-    checks.one_of(cfg, "lr_scheduler", [s.value for s in SchedulerType])
-    checks.one_of(cfg, "mask_loss_weighting", ("none", "alpha_bar"))
-    checks.one_of(cfg, "caption_source", ("template", "description"))
+    for name in ("mixed_precision", "lr_scheduler", "mask_loss_weighting", "caption_source"):
+        checks.one_of(cfg, name)
     if not [t for t in cfg.lora_targets.split(",") if t.strip()]:
         raise ConfigError("--lora-targets must name at least one module (e.g. to_q,to_k,to_v,to_out.0)")
 

@@ -369,8 +369,8 @@ def bench_tracking(device, steps=51):
                     inside[0] += time.perf_counter() - t0
         return wrapper
 
-    def init(buffer, run_id, every=50, seconds=10.0):
-        original_init(buffer, run_id, every, float("inf"))
+    def init(buffer, run_id, every=50, seconds=10.0, hint=""):
+        original_init(buffer, run_id, every, float("inf"), hint)
 
     with tempfile.TemporaryDirectory() as tmp, tracking_store(tmp):
         base = save_components(build_tiny_components(0), f"{tmp}/base")

@@ -21,3 +21,8 @@ class Stopped(BaseException):
         import signal
         super().__init__(f"stopped by signal {signal.Signals(signum).name}")
         self.signum = signum
+
+
+class TrackingLost(HarnessError):
+    """The tracking store stopped answering while a stage ran, past MLflow's HTTP retries (which carry
+    a stage over a short outage): the stage stops, its local files (checkpoints) are kept."""

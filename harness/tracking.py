@@ -31,7 +31,7 @@ import psutil
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from harness.errors import ConfigError, Stopped
+from harness.errors import ConfigError, Stopped, TrackingLost
 from harness.schema import (
     STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
@@ -88,25 +88,33 @@ STORE_CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_
                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-@functools.lru_cache(maxsize=None)
-def check_store(uri: str) -> None:
-    """Raise ConfigError, one line naming the store (without its password), when the tracking store at
-    `uri` cannot be read: unreachable, not an MLflow server, a corrupt sqlite file, a missing DB driver.
-    Checked once per process and URI."""
+@contextlib.contextmanager
+def short_retries() -> Iterator[None]:
+    """MLflow's HTTP requests inside the block use STORE_CHECK_ENV's retries and timeout."""
     saved = {k: os.environ.get(k) for k in STORE_CHECK_ENV}
     os.environ.update(STORE_CHECK_ENV)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as e:            # whatever the store's library raises: requests, sqlalchemy, an import
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"tracking store {without_password(uri)} cannot be used: {type(e).__name__}: "
-                          f"{first[:300]}") from None
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@functools.lru_cache(maxsize=None)
+def check_store(uri: str) -> None:
+    """Raise ConfigError, one line naming the store (without its password), when the tracking store at
+    `uri` cannot be read: unreachable, not an MLflow server, a corrupt sqlite file, a missing DB driver.
+    Checked once per process and URI."""
+    try:
+        with short_retries():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:            # whatever the store's library raises: requests, sqlalchemy, an import
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"tracking store {without_password(uri)} cannot be used: {type(e).__name__}: "
+                          f"{first[:300]}") from None
 
 
 def setup(experiment: str | None = None, create: bool = True) -> str:
@@ -292,6 +300,10 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
             mlflow.log_metrics(peak_memory())
         except (KeyboardInterrupt, Stopped):
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))     # not FAILED: it was stopped
+            raise
+        except TrackingLost:          # one short try to say FAILED (end_run lets go of the run even when
+            with short_retries(), contextlib.suppress(Exception):    # it cannot); else the next stage reaps it
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             raise
 
 

@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -57,7 +58,7 @@ from harness.dualgen.lora import add_lora, lora_state_dict, set_lora_state_dict,
 from harness.dualgen.losses import bce_loss, dice_loss, diffusion_target, dual_loss, mask_weights, predict_x0
 from harness.dualgen.pipeline import DualGenPipeline, pair_grid
 from harness.dualgen.vae4 import decode, mask_trainable_parameters, widen_vae
-from harness.errors import ConfigError
+from harness.errors import ConfigError, TrackingLost
 from harness.schema import (METRIC_TRAIN_SECONDS, STAGE_FINETUNE, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_NUM_PROCESSES,
                             TAG_OUTPUT_DIR, TAG_PREDICTION_TYPE, TAG_RESUMED_FROM, TRAINING_JSON)
 
@@ -70,16 +71,27 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+def _request_failure(text: str) -> str:
+    """The gist of a failed MLflow request's exception text (urllib3's is one long repr)."""
+    found = [m.group(0) for m in (re.search(r"API request to \S+", text), re.search(r"(?<=Caused by )\w+", text),
+                                  re.search(r"\[Errno -?\d+\] [^'\"\\)]+", text)) if m]
+    return ": ".join(found) if found else text[:300]
+
+
 class MetricBuffer:
     """Per-step metrics sent to MLflow in batches: one asynchronous log_batch call per `every` steps
     (or `seconds`), instead of one call per step. Every step's values are still logged with their
-    step; a per-step call cost ~6 ms here, 13 % of a 64-px tiny step (bench/: tracking_overhead)."""
+    step; a per-step call cost ~6 ms here, 13 % of a 64-px tiny step (bench/: tracking_overhead).
+    One batch is in flight at a time: a flush first waits for the one before, so a store that stays
+    down past MLflow's retries stops the training (TrackingLost, with `hint`) instead of losing it all."""
 
-    def __init__(self, run_id: str, every: int = 50, seconds: float = 10.0):
-        self.run_id, self.every, self.seconds = run_id, every, seconds
+    def __init__(self, run_id: str, every: int = 50, seconds: float = 10.0, hint: str = ""):
+        self.run_id, self.every, self.seconds, self.hint = run_id, every, seconds, hint
         self.pending: list = []
+        self.in_flight: list = []        # the RunOperations of the last flush
         self.steps = 0
         self.last = time.monotonic()
+        self.lost = False
 
     def add(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -89,10 +101,30 @@ class MetricBuffer:
             self.flush()
 
     def flush(self) -> None:
-        for i in range(0, len(self.pending), 1000):           # MLflow's per-call limit
-            mlflow.tracking.MlflowClient().log_batch(self.run_id, metrics=self.pending[i:i + 1000],
-                                                     synchronous=False)
+        self.wait()
+        self.in_flight = [mlflow.tracking.MlflowClient().log_batch(self.run_id, metrics=self.pending[i:i + 1000],
+                                                                   synchronous=False)
+                          for i in range(0, len(self.pending), 1000)]     # MLflow's per-call limit
         self.pending, self.steps, self.last = [], 0, time.monotonic()
+
+    def wait(self) -> None:
+        """Block until the last flush is stored; TrackingLost if it could not be."""
+        ops, self.in_flight = self.in_flight, []
+        for op in ops:
+            try:
+                op.wait()
+            except mlflow.exceptions.MlflowException as e:
+                self.lost = True
+                cause = _request_failure(str(e))
+                raise TrackingLost(f"tracking store {tracking.without_password(mlflow.get_tracking_uri())} "
+                                   f"stopped answering ({cause}){self.hint}") from None
+
+    def close(self) -> None:
+        """Send what is left and wait for it (also after a NaN stop or an interrupt); nothing more
+        once the store was lost."""
+        if not self.lost:
+            self.flush()
+            self.wait()
 
 
 def output_dir_for(cfg: FinetuneConfig) -> Path:
@@ -442,7 +474,8 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
         epoch = start_epoch
         unet.train()
         t0 = time.perf_counter()
-        metrics = MetricBuffer(run.info.run_id) if is_main else None
+        metrics = MetricBuffer(run.info.run_id, hint=f"; the checkpoints in {out} are kept: run the same command "
+                               "again once the store answers, and it resumes") if is_main else None
         try:
             while step < max_steps:
                 dataset.set_epoch(epoch)
@@ -497,7 +530,7 @@ def finetune(cfg: FinetuneConfig, experiment: str | None = None, progress: bool 
                     _log_validation(accelerator, unet, vae, base, classes, cfg, step)
         finally:
             if metrics is not None:
-                metrics.flush()                      # also after a NaN stop or an interrupt
+                metrics.close()
         bar.close()
         hashes = processes_agree(accelerator, unet, vae, step)
         if not is_main:     # rank 0 alone logs and saves the (identical) model

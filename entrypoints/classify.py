@@ -1,13 +1,13 @@
 """`classify` entry point: one classifier x one training set (real / synth / hybrid), k-fold CV."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import ClassifyConfig, with_profile
 from harness.schema import STAGE_CLASSIFY
 
 
 @click.command("classify")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(ClassifyConfig)
 @experiment_option
 @user_errors

@@ -2,14 +2,14 @@
 generated set (paper Table 1), tracked in MLflow. See harness/quality.py for the exact definitions."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import EvaluateConfig, with_profile
 from harness.schema import (METRIC_CAS, METRIC_FID, METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MS_SSIM, STAGE_EVALUATE,
                             TAG_COMPARABLE, TAG_COMPARISON, TAG_EXTRACTOR, TAG_LPIPS_NET)
 
 
 @click.command("evaluate")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(EvaluateConfig)
 @experiment_option
 @user_errors

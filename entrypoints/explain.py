@@ -2,13 +2,13 @@
 classifiers for chosen real test images (paper Figure 3)."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import ExplainConfig, with_profile
 from harness.schema import STAGE_EXPLAIN
 
 
 @click.command("explain")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(ExplainConfig)
 @experiment_option
 @user_errors

@@ -1,13 +1,13 @@
 """`finetune` entry point: LoRA fine-tune of the 4-channel SD2 model, tracked in MLflow."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import FinetuneConfig, with_profile
 from harness.schema import STAGE_FINETUNE
 
 
 @click.command("finetune")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(FinetuneConfig)
 @experiment_option
 @user_errors

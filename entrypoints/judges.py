@@ -2,13 +2,13 @@
 split as one MLflow run that evaluate and generate --min-consistency load (harness/judges.py)."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import JudgesConfig, with_profile
 from harness.schema import STAGE_JUDGES
 
 
 @click.command("judges")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(JudgesConfig)
 @experiment_option
 @user_errors

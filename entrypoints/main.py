@@ -1,14 +1,14 @@
 """`main` entry point: the paper pipeline as child runs of one parent run, reusing finished steps."""
 import click
 
-from entrypoints.common import experiment_option, user_errors
+from entrypoints.common import experiment_option, profile_option, user_errors
 from harness.pipeline import PipelineConfig
 
 D = PipelineConfig()
 
 
 @click.command("main")
-@click.option("--profile", type=click.Choice(["demo", "paper"]), default=D.profile, show_default=True)
+@profile_option
 @click.option("--data-dir", default=D.data_dir, help="dataset folder or manifest ('' = embedded demo)")
 @click.option("--base-model", default=D.base_model, help="'' = the profile's base model")
 @click.option("--env-manager", default=D.env_manager, show_default=True,

@@ -1,13 +1,13 @@
 """`segment` entry point: one segmentation model x one training set (real / synth / hybrid)."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import SegmentConfig, with_profile
 from harness.schema import STAGE_SEGMENT
 
 
 @click.command("segment")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(SegmentConfig)
 @experiment_option
 @user_errors

@@ -1,13 +1,13 @@
 """`tune` entry point: Optuna search of num_inference_steps and guidance_scale by FID."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import config_options, experiment_option, profile_option, user_errors
 from harness.config import TuneConfig, with_profile
 from harness.schema import STAGE_TUNE
 
 
 @click.command("tune")
-@click.option("--profile", type=click.Choice(["paper", "demo"]), default="paper", show_default=True)
+@profile_option
 @config_options(TuneConfig)
 @experiment_option
 @user_errors

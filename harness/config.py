@@ -284,7 +284,8 @@ class ExplainConfig:
 __all__ = [
     "PROMPT_TEMPLATE", "SEED", "PrepareConfig", "DemoDataConfig", "FinetuneConfig", "GenerateConfig",
     "EvaluateConfig", "JudgesConfig", "ClassifyConfig", "SegmentConfig", "RegisterConfig", "DescribeConfig",
-    "TuneConfig", "ReportConfig", "ExplainConfig", "DESCRIBE_PROMPT", "PROFILES", "PROFILE_YIELDS", "with_profile",
+    "TuneConfig", "ReportConfig", "ExplainConfig", "DESCRIBE_PROMPT", "PROFILES", "PROFILE_YIELDS", "PROFILE_CHOICES",
+    "choose_profile", "with_profile", "choice", "choices_of",
 ]
 
 
@@ -326,10 +327,40 @@ PROFILES: dict[str, dict[str, dict]] = {
 PROFILE_YIELDS: dict[str, dict[str, tuple[str, ...]]] = {STAGE_GENERATE: {"per_class": ("balance", "match_real")}}
 
 
-def with_profile(cfg_cls, stage: str, profile: str, given: dict):
-    """Build a config: paper defaults, then the profile's values, then the options given (non-None)."""
-    if profile not in PROFILES[stage]:
-        raise ConfigError(f"unknown profile {profile!r}; choose {', '.join(PROFILES[stage])}")
+# `--profile auto` (the default of every stage, on the CLI and in MLproject): demo on the embedded demo
+# data, the paper's protocol on a user's own. The option that names a stage's data:
+PROFILE_DATA_OPTION = {STAGE_EVALUATE: "real"}      # every other stage with data: data_dir
+PROFILE_CHOICES = ("auto", "paper", "demo")
+
+
+def choose_profile(stage: str, profile: str, given: dict, model_profile: str = "") -> tuple[str, str]:
+    """-> (paper | demo, the rule that chose it, logged as a tag). A stage whose only input is a model
+    (generate) takes the profile its fine-tune ran with (`model_profile`; paper when not recorded)."""
+    if profile != "auto":
+        return profile, f"--profile {profile}"
+    if stage == STAGE_GENERATE:
+        chosen = model_profile or "paper"
+        return chosen, f"auto: the model's fine-tune ran with {model_profile} -> {chosen}" if model_profile else \
+            "auto: the model records no profile -> paper"
+    option = PROFILE_DATA_OPTION.get(stage, "data_dir")
+    if given.get(option):
+        return "paper", f"auto: --{option.replace('_', '-')} given -> paper (the paper's protocol on your data)"
+    return "demo", f"auto: no --{option.replace('_', '-')}, the embedded demo dataset -> demo"
+
+
+def with_profile(cfg_cls, stage: str, profile: str, given: dict, model_profile: str = ""):
+    """Build a config: paper defaults, then the profile's values, then the options given (non-None).
+    The config remembers (attribute `profile_choice`) which profile and rule built it; its run tags them."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if profile not in PROFILE_CHOICES:
+        raise ConfigError(f"--profile must be one of {', '.join(PROFILE_CHOICES)}, got {profile!r}")
+    profile, rule = choose_profile(stage, profile, given, model_profile)
+    cfg = _build(cfg_cls, stage, profile, given)
+    cfg.profile_choice = (profile, rule)         # not a field: not a param, not part of a reuse key
+    return cfg
+
+
+def _build(cfg_cls, stage: str, profile: str, given: dict):
     given = {k: v for k, v in given.items() if v is not None}
     profile_values = {k: v for k, v in PROFILES[stage][profile].items()
                       if not any(given.get(o) for o in PROFILE_YIELDS.get(stage, {}).get(k, ()))}

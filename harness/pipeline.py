@@ -37,12 +37,12 @@ import mlflow
 from harness import launcher, tracking
 from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
                             GenerateConfig, JudgesConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig,
-                            with_profile)
+                            choose_profile, with_profile)
 from harness.errors import ConfigError, HarnessError
 from harness.schema import (
     METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
     STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_MLFLOW_PARENT_RUN,
-    TAG_STEP_PREFIX, TRAIN_SETS,
+    TAG_PROFILE, TAG_PROFILE_RULE, TAG_STEP_PREFIX, TRAIN_SETS,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 @dataclass
 class PipelineConfig:
-    profile: str = "demo"
+    profile: str = "auto"         # auto: demo on the embedded demo data, paper with --data-dir (config.choose_profile)
     data_dir: str = ""
     base_model: str = ""          # "" = the profile's (demo: tiny; paper: stabilityai/stable-diffusion-2-base)
     env_manager: str = "local"
@@ -298,7 +298,8 @@ def demo_eval_data() -> str:
 def pipeline_nodes(cfg: PipelineConfig, eval_data: str) -> list[Node]:
     """The paper's steps as a graph. Each node's config comes from the runs it needs (outputs pass
     forward as run ids / model URIs); list order is the priority among nodes ready at once."""
-    p, common = cfg.profile, {"data_dir": cfg.data_dir, "seed": cfg.seed}
+    p = choose_profile(STAGE_MAIN, cfg.profile, {"data_dir": cfg.data_dir})[0]     # every step: one profile
+    common = {"data_dir": cfg.data_dir, "seed": cfg.seed}
     overrides = parse_overrides(cfg.overrides)
     models = chosen_models(cfg.models)
 
@@ -379,13 +380,16 @@ def run_pipeline(cfg: PipelineConfig, experiment: str | None = None, log=print) 
         raise ConfigError(f"--max-parallel must be >= 1, got {cfg.max_parallel}")
     if launcher.choose(cfg.launcher, cfg.env_manager) == "fork":
         launcher.start_server()             # its imports overlap with the setup below
+    profile, rule = choose_profile(STAGE_MAIN, cfg.profile, {"data_dir": cfg.data_dir})
+    cfg = dataclasses.replace(cfg, profile=profile)      # every step gets the profile chosen, given explicitly
     experiment = tracking.setup(experiment)
     eval_data = cfg.eval_data or (demo_eval_data() if cfg.profile == "demo" else "")
     nodes = pipeline_nodes(cfg, eval_data)
     check_nodes(nodes)
     t0 = time.perf_counter()
     # logged with the Table 3 set it resolved (the demo's: the HAM-layout demo set), not a blank
-    with tracking.stage_run(STAGE_MAIN, dataclasses.replace(cfg, eval_data=eval_data), experiment=experiment) as parent:
+    with tracking.stage_run(STAGE_MAIN, dataclasses.replace(cfg, eval_data=eval_data), experiment=experiment,
+                            extra_tags={TAG_PROFILE: profile, TAG_PROFILE_RULE: rule}) as parent:
         pipe = Pipeline(cfg, experiment, parent.info.run_id, log)
         runs = run_graph(pipe, nodes)
         mlflow.set_tag(TAG_DIGEST, runs["prepare"].data.tags.get(TAG_DIGEST, ""))

@@ -52,6 +52,8 @@ TAG_MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag: whic
 # Lineage: which run made what another run used
 # ------------------------------------------------------------------------------------------------
 
+TAG_PROFILE = "skindualgen.profile"                    # the profile a stage ran with (paper | demo)
+TAG_PROFILE_RULE = "skindualgen.profile_rule"          # what chose it: "--profile demo", "auto: ..."
 TAG_OUTPUT_DIR = "skindualgen.output_dir"              # finetune: its folder; generate: the generated set
 TAG_SET_DIGEST = "skindualgen.set_digest"              # generate: the dataset digest of the set it wrote
 TAG_FINETUNE_RUN = "skindualgen.finetune_run_id"       # generate / evaluate / register: the model's run

@@ -36,7 +36,7 @@ from harness.schema import (
     STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
     STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE,
-    TAG_MLFLOW_PARENT_RUN, TAG_PID, TAG_THREADS,
+    TAG_MLFLOW_PARENT_RUN, TAG_PID, TAG_PROFILE, TAG_PROFILE_RULE, TAG_THREADS,
     TAG_STAGE,
 )
 
@@ -294,7 +294,9 @@ def stage_run(stage: str, config: Any, dataset_digest: str | None = None, experi
             mlflow.start_run(run_name=run_name or stage, nested=nested, log_system_metrics=interval > 0) as run:
         try:
             description = {TAG_MLFLOW_NOTE: STAGE_DESCRIPTIONS[stage]} if stage in STAGE_DESCRIPTIONS else {}
-            mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **(extra_tags or {})})
+            chosen = getattr(config, "profile_choice", None)      # config.with_profile: which profile, and why
+            profile = {TAG_PROFILE: chosen[0], TAG_PROFILE_RULE: chosen[1]} if chosen else {}
+            mlflow.set_tags({**run_tags(stage, dataset_digest), **description, **profile, **(extra_tags or {})})
             log_config(run.info.run_id, config_params(config))
             yield run
             mlflow.log_metrics(peak_memory())

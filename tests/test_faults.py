@@ -56,6 +56,40 @@ def test_a_binary_file_given_as_the_manifest_is_one_line_and_nothing_is_written(
     assert all(r.info.status == "FAILED" for r in runs)
 
 
+@pytest.mark.parametrize("command, options", [
+    ("prepare", []), ("finetune", ["--profile", "demo", "--resolution", "32", "--max-train-steps", "1"]),
+    ("report", []), ("generate", ["--model-uri", "MODEL", "--per-class", "1", "--profile", "paper"])])
+def test_an_output_dir_that_is_a_file_is_one_line_naming_it(command, options, experiment, tmp_path, demo_small):
+    import os
+    blob = tmp_path / "taken"
+    blob.write_text("a file the user keeps\n")
+    if command == "report":
+        CliRunner().invoke(cli, ["prepare", "--data-dir", str(demo_small), "--output-dir", str(tmp_path / "p"),
+                                 "--experiment", experiment])      # report reads an experiment that exists
+    if command == "generate":
+        model = tmp_path / "model"
+        model.mkdir()
+        options = [str(model) if o == "MODEL" else o for o in options]
+    data = ["--data-dir", str(demo_small)] if command in ("prepare", "finetune") else []
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(cli, [command, *options, *data, "--output-dir", "taken", "--experiment", experiment])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "taken" in line and "Traceback" not in result.output, result.output
+    assert blob.read_text() == "a file the user keeps\n"
+
+
+def test_a_runs_uri_of_a_run_that_does_not_exist_is_one_line(experiment):
+    result = CliRunner().invoke(cli, ["generate", "--model-uri", "runs:/" + "0" * 32 + "/model", "--per-class", "1",
+                                      "--experiment", experiment])
+    assert result.exit_code == 2 and f"runs:/{'0' * 32}/model: no run '{'0' * 32}' in the tracking store" in \
+        result.output, result.output
+
+
 @pytest.mark.parametrize("command", ["report", "register"])
 def test_report_and_register_refuse_an_experiment_that_does_not_exist(command, experiment, tmp_path):
     """A typo in --experiment is an error naming it, not a new empty experiment with an empty report."""

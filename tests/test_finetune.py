@@ -167,6 +167,21 @@ def test_generate_writes_a_dataset_and_is_seeded(finetuned, gen_cfg, experiment,
     assert run.data.metrics["n_generated"] == 14
 
 
+def test_generate_auto_takes_the_profile_the_model_was_finetuned_with(cfg_for, experiment, tmp_path):
+    from harness.config import with_profile
+    from harness.dualgen.generate import model_profile
+    from harness.schema import TAG_PROFILE
+    cfg = cfg_for(tmp_path / "ft", max_train_steps=2)
+    cfg.profile_choice = ("demo", "--profile demo")           # as with_profile leaves it
+    run_id = finetune(cfg, experiment=experiment, progress=False)
+    assert mlflow.get_run(run_id).data.tags[TAG_PROFILE] == "demo"
+    made_with = model_profile(f"runs:/{run_id}/model")
+    assert made_with == "demo"
+    chosen = with_profile(GenerateConfig, STAGE_GENERATE, "auto", {"model_uri": f"runs:/{run_id}/model"}, made_with)
+    assert chosen.profile_choice == ("demo", "auto: the model's fine-tune ran with demo -> demo")
+    assert chosen.resolution == 64
+
+
 def test_plan_balance_tops_up_match_real_copies_counts_per_class_fixed():
     training = {"classes": ["a", "b", "c"], "class_counts": {"a": 10, "b": 4, "c": 7}}
     assert plan(training, GenerateConfig(balance=True)) == [("a", 0), ("b", 6), ("c", 3)]

@@ -40,6 +40,36 @@ def test_mlproject_entry_points_match_cli_commands():
             flag = "--" + param.replace("_", "-")
             assert flag in options, f"{name}: {flag} missing from the CLI"
             assert f"{flag} {{{param}}}" in command, f"{name}: {param} not passed on"
+            [option] = [p for p in click_cmd.params if flag in p.opts]
+            default = ep["parameters"][param].get("default")
+            assert option.default is None or str(option.default) == str(default), \
+                f"{name}: -P {param} defaults to {default!r}, the CLI's {flag} to {option.default!r}"
+
+
+def test_profile_auto_is_demo_on_the_demo_data_and_paper_on_yours_and_the_run_says_why(experiment, tmp_path):
+    """The one profile rule (CLI and MLproject alike): with a user's own data and no --profile, the
+    paper's settings, never the demo recipe silently; the run tags the profile and the rule."""
+    import mlflow
+
+    from harness import tracking
+    from harness.config import ClassifyConfig, EvaluateConfig, GenerateConfig, choose_profile, with_profile
+    from harness.schema import (STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_GENERATE, STAGE_MAIN, TAG_PROFILE,
+                                TAG_PROFILE_RULE)
+    mine = with_profile(ClassifyConfig, STAGE_CLASSIFY, "auto", {"data_dir": "/data/isic"})
+    demo = with_profile(ClassifyConfig, STAGE_CLASSIFY, "auto", {"data_dir": None})
+    assert (mine.image_size, mine.folds, mine.profile_choice[0]) == (224, 5, "paper")
+    assert (demo.image_size, demo.folds, demo.profile_choice[0]) == (32, 2, "demo")
+    assert with_profile(ClassifyConfig, STAGE_CLASSIFY, "demo", {"data_dir": "/data/isic"}).image_size == 32
+    assert choose_profile(STAGE_EVALUATE, "auto", {"real": "/data/isic"})[0] == "paper"
+    assert with_profile(EvaluateConfig, STAGE_EVALUATE, "auto", {}).profile_choice[0] == "demo"
+    assert choose_profile(STAGE_MAIN, "auto", {"data_dir": "/data/isic"})[0] == "paper"
+    assert with_profile(GenerateConfig, STAGE_GENERATE, "auto", {}, "demo").resolution == 64
+    assert with_profile(GenerateConfig, STAGE_GENERATE, "auto", {}, "").resolution == 512
+    with tracking.stage_run(STAGE_CLASSIFY, mine, experiment=experiment) as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags[TAG_PROFILE] == "paper" and tags[TAG_PROFILE_RULE] == \
+        "auto: --data-dir given -> paper (the paper's protocol on your data)"
 
 
 def test_mlproject_option_lists_name_every_config_field():

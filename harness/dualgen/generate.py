@@ -52,7 +52,12 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
     if not m:
         tags = {TAG_MODEL_URI: uri}
         if uri.startswith("runs:/"):
-            tags[TAG_FINETUNE_RUN] = uri.split("/")[1]
+            tags[TAG_FINETUNE_RUN] = run_id = uri.split("/")[1]
+            try:
+                MlflowClient().get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                raise ModelURIError(f"{uri}: no run {run_id!r} in the tracking store "
+                                    f"{tracking.without_password(mlflow.get_tracking_uri())}") from None
         return uri, tags
     client = MlflowClient()
     name = m["name"]
@@ -75,6 +80,12 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
     tags = {TAG_MODEL_URI: uri, TAG_MODEL_VERSION: f"{name}/{version.version}",
             TAG_FINETUNE_RUN: version.run_id or ""}
     return f"models:/{name}/{version.version}", tags
+
+
+def model_profile(uri: str) -> str:
+    """The profile the model's fine-tune ran with (its training.json), "" when it records none."""
+    fixed_uri, _ = resolve_model_uri(uri)
+    return json.loads((model_folder(fixed_uri) / TRAINING_JSON).read_text()).get("profile", "")
 
 
 def plan(training: dict, cfg: GenerateConfig) -> list[tuple[str, int]]:
@@ -240,12 +251,12 @@ def generate(cfg: GenerateConfig, experiment: str | None = None, progress: bool 
     tracking.setup(experiment)
     cfg = load_settings_from_run(cfg)
     check_config(cfg)                      # again: a tune run's settings
+    if cfg.output_dir:
+        check_output_folder(Path(cfg.output_dir).resolve())
     fixed_uri, lineage = resolve_model_uri(cfg.model_uri)
     folder = model_folder(fixed_uri)
     training = json.loads((folder / TRAINING_JSON).read_text())
     todo = plan(training, cfg)
-    if cfg.output_dir:
-        check_output_folder(Path(cfg.output_dir).resolve())
     judge, judges_from = consistency_judge(training, cfg, experiment) if cfg.min_consistency > 0 else (None, "")
     with tracking.stage_run(STAGE_GENERATE, cfg, training["dataset_digest"], experiment, extra_tags=lineage) as run:
         pipe = DualGenPipeline.from_folder(folder, fuse=True, compile_unet=cfg.compile_unet)

@@ -567,6 +567,7 @@ def save_model(accelerator, unet, vae, base, cfg, classes, class_counts, digest,
     save_file(mask_state_dict(vae), tmp / "mask_channels.safetensors")
     (tmp / TRAINING_JSON).write_text(json.dumps({
         "classes": classes, "class_counts": class_counts, "prompt_template": cfg.prompt_template,
+        "profile": getattr(cfg, "profile_choice", ("",))[0],           # generate --profile auto takes it
         "dataset_digest": digest, "resolution": cfg.resolution, "config": asdict(cfg),
         "num_processes": max(1, len(process_hashes or [])), "weights_sha256_per_process": process_hashes or [],
     }, indent=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from harness.config import PROFILE_CHOICES
+from harness.config import PROFILE_CHOICES, parse_bool
 from harness.errors import HarnessError, Stopped
 
 
@@ -73,15 +73,11 @@ class GivenOrDefault(click.ParamType):
     def convert(self, value, param, ctx):
         if value is None or value == "" or not isinstance(value, str):
             return None if value == "" else value
-        if self.kind is bool:
-            low = value.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                self.fail(f"{value!r} is not true/false", param, ctx)
-            return low in ("true", "1", "yes")
         try:
-            return self.kind(value)
+            return parse_bool(value) if self.kind is bool else self.kind(value)
         except ValueError:
-            self.fail(f"{value!r} is not a valid {self.kind.__name__}", param, ctx)
+            self.fail(f"{value!r} is not " + ("true/false" if self.kind is bool else f"a valid {self.kind.__name__}"),
+                      param, ctx)
 
 
 def config_options(cfg_cls, exclude: tuple[str, ...] = ()):

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from harness.errors import ConfigError
 from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
-                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE, TRAIN_SETS)
+                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE, TRAIN_SETS,
+                            CLASSIFY_MODELS, SEGMENT_MODELS)
 
 PROMPT_TEMPLATE = "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis"
 SEED = 42
@@ -27,6 +28,14 @@ def choice(default: str, choices: tuple[str, ...]):
     """A str field taking one of `choices` (kept in the field's metadata for --help and the checks)."""
     assert default in choices, (default, choices)
     return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no (any case) as a bool; ValueError for anything else."""
+    low = text.strip().lower()
+    if low not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{text!r} is not true/false")
+    return low in ("true", "1", "yes")
 
 
 def choices_of(cfg_cls, name: str) -> tuple[str, ...] | None:
@@ -162,7 +171,7 @@ class JudgesConfig:
 @dataclass
 class ClassifyConfig:
     data_dir: str = ""
-    model: str = "densenet121"      # densenet121 | resnet34 | squeezenet1_1 | swin_tiny
+    model: str = choice("densenet121", CLASSIFY_MODELS)
     train_set: str = choice("real", TRAIN_SETS)
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
     eval_data: str = ""             # optional HAM10000 folder (Table 3)
@@ -186,7 +195,7 @@ class ClassifyConfig:
 @dataclass
 class SegmentConfig:
     data_dir: str = ""
-    model: str = "unet"             # unet (ResNet34 encoder) | deeplabv3plus (ResNet50 encoder)
+    model: str = choice("unet", SEGMENT_MODELS)   # unet: ResNet34 encoder; deeplabv3plus: ResNet50
     train_set: str = choice("real", TRAIN_SETS)
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
     eval_data: str = ""             # optional HAM10000 folder (Table 3)

@@ -35,14 +35,15 @@ from typing import Callable
 import mlflow
 
 from harness import launcher, tracking
-from harness.config import (ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig,
-                            GenerateConfig, JudgesConfig, PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig,
-                            choose_profile, with_profile)
+from harness.config import (
+    ClassifyConfig, DemoDataConfig, EvaluateConfig, ExplainConfig, FinetuneConfig, GenerateConfig, JudgesConfig,
+    PrepareConfig, RegisterConfig, ReportConfig, SegmentConfig, choose_profile, parse_bool, with_profile,
+)
 from harness.errors import ConfigError, HarnessError
 from harness.schema import (
-    METRIC_PIPELINE_SECONDS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
-    STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT, TAG_DIGEST, TAG_MLFLOW_PARENT_RUN,
-    TAG_PROFILE, TAG_PROFILE_RULE, TAG_STEP_PREFIX, TRAIN_SETS,
+    CLASSIFY_MODELS, METRIC_PIPELINE_SECONDS, SEGMENT_MODELS, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN,
+    STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT,
+    STAGE_SEGMENT, TAG_DIGEST, TAG_MLFLOW_PARENT_RUN, TAG_PROFILE, TAG_PROFILE_RULE, TAG_STEP_PREFIX, TRAIN_SETS,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -68,8 +69,7 @@ class PipelineConfig:
                                   # profile; e.g. classify.epochs=5), for smaller or changed runs
 
 
-PAPER_MODELS = {STAGE_CLASSIFY: ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny"),
-                STAGE_SEGMENT: ("unet", "deeplabv3plus")}
+PAPER_MODELS = {STAGE_CLASSIFY: CLASSIFY_MODELS, STAGE_SEGMENT: SEGMENT_MODELS}
 
 
 class StepFailed(HarnessError, RuntimeError):
@@ -122,10 +122,10 @@ STEP_CONFIGS = {STAGE_FINETUNE: FinetuneConfig, STAGE_GENERATE: GenerateConfig, 
 def _typed(value: str, default, what: str):
     """`value` as the type of the config field whose default is `default`."""
     if isinstance(default, bool):
-        low = value.strip().lower()
-        if low not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(f"--set {what}: {value!r} is not true/false")
-        return low in ("true", "1", "yes")
+        try:
+            return parse_bool(value)
+        except ValueError as e:
+            raise ConfigError(f"--set {what}: {e}") from None
     if isinstance(default, (int, float)):
         try:
             return type(default)(value)

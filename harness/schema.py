@@ -130,6 +130,11 @@ TAG_BEST_TRIAL_RUN = "skindualgen.best_trial_run_id"
 
 # classify / segment (report reads model, train_set and eval_data as params, else as these tags)
 TRAIN_SETS = ("real", "synth", "hybrid")               # values of the `train_set` param and tag
+# the paper's downstream models (values of the `model` param and tag), in its order, and their names in its tables
+CLASSIFY_MODELS = ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny")
+SEGMENT_MODELS = ("unet", "deeplabv3plus")
+MODEL_TITLES = {"densenet121": "DenseNet121", "resnet34": "ResNet34", "squeezenet1_1": "SqueezeNet1.1",
+                "swin_tiny": "Swin Transformer", "unet": "U-Net", "deeplabv3plus": "DeepLabV3+"}
 TAG_MODEL = "skindualgen.model"
 TAG_TRAIN_SET = "skindualgen.train_set"
 TAG_EVAL_DATA = "skindualgen.eval_data"

@@ -139,7 +139,7 @@ def segmenter_weights(homes):
     torch.manual_seed(1)
     out = {}
     for name, (repo_id, revision) in SMP_REPOS.items():
-        resnet = getattr(torchvision.models, segment.MODELS[name][1])(weights=None)
+        resnet = getattr(torchvision.models, segment.SEGMENTERS[name].encoder)(weights=None)
         out[name] = add_snapshot(homes["hf_cache"], repo_id, revision,
                                  {"model.safetensors": safetensors_bytes(resnet.state_dict())}) / "model.safetensors"
     return out

@@ -55,21 +55,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
-from harness.intervals import classification_intervals, ci_params, interval_metrics, interval_tags
 from harness.config import ClassifyConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.records import Sample
 from harness.downstream import decoded, runtime
 from harness.downstream.metrics import (
-    classification_metrics,
-    confusion_figure,
-    confusion_matrix,
-    mean_and_std,
+    classification_metrics, confusion_figure, confusion_matrix, mean_and_std,
 )
-from harness.downstream.sets import DownstreamError, EvalSet, load_inputs, log_inputs, seed_list
+from harness.downstream.sets import DownstreamError, EvalSet, PretrainedUnavailable, load_inputs, log_inputs, seed_list
 from harness.hub import hf_cache_place, hf_hub_cache, offline
-from harness.schema import (CLASSIFY_METRICS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE, TAG_FOLD,
-                            TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX)
+from harness.intervals import ci_params, classification_intervals, interval_metrics, interval_tags
+from harness.schema import (
+    CLASSIFY_METRICS, CLASSIFY_MODELS, HAM_PREFIX, METRIC_F1, STAGE_CLASSIFY, STAGE_CLASSIFY_FOLD, TAG_DEVICE,
+    TAG_FOLD, TAG_FOLD_MISSING_CLASSES, TAG_MODEL, TAG_TRAIN_SET, VAL_PREFIX,
+)
 
 
 @dataclass(frozen=True)
@@ -85,13 +84,10 @@ CLASSIFIERS = {
     "squeezenet1_1": ClassifierSpec(paper_epochs=40, cam_layer="features"),
     "swin_tiny": ClassifierSpec(paper_epochs=40, cam_layer="layers[-1] (NHWC -> NCHW)"),
 }
-MODELS = tuple(CLASSIFIERS)
+assert tuple(CLASSIFIERS) == CLASSIFY_MODELS, "one spec per model of schema.CLASSIFY_MODELS, in its order"
+MODELS = CLASSIFY_MODELS
 PAPER_EPOCHS = {name: spec.paper_epochs for name, spec in CLASSIFIERS.items()}
 SWIN = "swin_tiny_patch4_window7_224"
-
-
-class PretrainedUnavailable(DownstreamError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------

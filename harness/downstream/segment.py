@@ -49,16 +49,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import tracking
-from harness.intervals import PERCENT, Interval, ci_params, interval_metrics, interval_tags, mean_intervals
 from harness.config import SegmentConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_pair, paired_augmentation
 from harness.data.records import Sample
 from harness.downstream import decoded, runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
-from harness.downstream.sets import DownstreamError, load_inputs, log_inputs, seed_list
+from harness.downstream.sets import DownstreamError, PretrainedUnavailable, load_inputs, log_inputs, seed_list
 from harness.hub import hf_cache_place, hf_hub_cache, offline
-from harness.schema import (HAM_PREFIX, METRIC_DICE, METRIC_IOU, SEGMENT_METRICS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL,
-                            TAG_TRAIN_SET)
+from harness.intervals import PERCENT, Interval, ci_params, interval_metrics, interval_tags, mean_intervals
+from harness.schema import (
+    HAM_PREFIX, METRIC_DICE, METRIC_IOU, SEGMENT_METRICS, SEGMENT_MODELS, STAGE_SEGMENT, TAG_DEVICE, TAG_MODEL,
+    TAG_TRAIN_SET,
+)
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,10 @@ SEGMENTERS = {
     "unet": SegmenterSpec(arch="Unet", encoder="resnet34"),
     "deeplabv3plus": SegmenterSpec(arch="DeepLabV3Plus", encoder="resnet50"),
 }
-MODELS = {name: (spec.arch, spec.encoder) for name, spec in SEGMENTERS.items()}
+assert tuple(SEGMENTERS) == SEGMENT_MODELS, "one spec per model of schema.SEGMENT_MODELS, in its order"
+MODELS = SEGMENT_MODELS
 THRESHOLD = 0.5
 SCORE_KEYS = (*SEGMENT_METRICS, "n_empty_pred", "n_empty_gt")
-
-
-class PretrainedUnavailable(DownstreamError):
-    pass
 
 
 def build_model(name: str, pretrained: bool = False) -> nn.Module:

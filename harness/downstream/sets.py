@@ -60,6 +60,11 @@ class DownstreamError(HarnessError, ValueError):
     """A bad option combination or too little data for the requested set; the message says why."""
 
 
+class PretrainedUnavailable(DownstreamError):
+    """--pretrained true, and a backbone's ImageNet weights cannot be had here (the message names the
+    file and where it goes)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Synthetic sets
 # ---------------------------------------------------------------------------------------------

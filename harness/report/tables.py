@@ -26,16 +26,16 @@ from importlib import resources
 from harness.intervals import Interval
 from harness.report.runs import Choice, RunIndex, choose, metric_interval, metric_value, param, run_link
 from harness.schema import (
-    HAM_PREFIX, METRIC_ACCURACY, METRIC_ASD, METRIC_CAS, METRIC_DICE, METRIC_F1, METRIC_FID, METRIC_HD, METRIC_IOU,
-    METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, METRIC_MS_SSIM, METRIC_PRECISION, METRIC_SENSITIVITY,
-    REAL_VS_REAL, REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_SEGMENT, TAG_COMPARISON,
+    CLASSIFY_MODELS, HAM_PREFIX, METRIC_ACCURACY, METRIC_ASD, METRIC_CAS, METRIC_DICE, METRIC_F1, METRIC_FID,
+    METRIC_HD, METRIC_IOU, METRIC_LPIPS, METRIC_MASK_CONSISTENCY, METRIC_MASK_NONEMPTY, METRIC_MS_SSIM,
+    METRIC_PRECISION, METRIC_SENSITIVITY, MODEL_TITLES, REAL_VS_REAL, REAL_VS_SYNTH, SEGMENT_MODELS, STAGE_CLASSIFY,
+    STAGE_EVALUATE, STAGE_SEGMENT, TAG_COMPARISON,
 )
 
 MISSING = "—"
 
-CLASSIFIERS = {"densenet121": "DenseNet121", "resnet34": "ResNet34", "squeezenet1_1": "SqueezeNet1.1",
-               "swin_tiny": "Swin Transformer"}
-SEGMENTERS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+"}
+CLASSIFIERS = {m: MODEL_TITLES[m] for m in CLASSIFY_MODELS}     # model -> its name in the paper's tables
+SEGMENTERS = {m: MODEL_TITLES[m] for m in SEGMENT_MODELS}
 TRAIN_SETS_T2 = {"real": "Real only", "synth": "Synth only", "hybrid": "50%Real+50%Synth"}
 TRAIN_SETS_T3 = {"real": "Real", "hybrid": "Hybrid"}
 COMPARISONS = {REAL_VS_REAL: "Real Train vs Real Test", REAL_VS_SYNTH: "Real Train vs Synth Train"}

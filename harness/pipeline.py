@@ -190,20 +190,10 @@ def launch(pipe: Pipeline, s: Step, env: dict[str, str]) -> launcher.Child:
     drop = {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"}           # the child makes its own run
     if tracking.SYSTEM_METRICS_ENV not in os.environ:          # the demo's runs last seconds: sample every 2 s
         env = {**env, tracking.SYSTEM_METRICS_ENV: "2" if pipe.cfg.profile == "demo" else str(tracking.SYSTEM_METRICS_SECONDS)}
-    saved = {k: os.environ.get(k) for k in drop | set(env)}
-    for k in drop:
-        os.environ.pop(k, None)
-    os.environ.update(env)
-    try:
+    with tracking.environment({**dict.fromkeys(drop), **env}):
         if launcher.choose(pipe.cfg.launcher, pipe.cfg.env_manager) == "fork":
             return launcher.launch_fork(PROJECT_DIR, s.stage, s.params, pipe.experiment)
         return launcher.launch_mlflow(PROJECT_DIR, s.stage, s.params, pipe.experiment, pipe.cfg.env_manager)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass

@@ -89,18 +89,25 @@ STORE_CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_
 
 
 @contextlib.contextmanager
-def short_retries() -> Iterator[None]:
-    """MLflow's HTTP requests inside the block use STORE_CHECK_ENV's retries and timeout."""
-    saved = {k: os.environ.get(k) for k in STORE_CHECK_ENV}
-    os.environ.update(STORE_CHECK_ENV)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
+def environment(values: dict[str, str | None]) -> Iterator[None]:
+    """os.environ with `values` inside the block (None: the variable removed), as before after it."""
+    def put(pairs):
+        for k, v in pairs.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    saved = {k: os.environ.get(k) for k in values}
+    put(values)
+    try:
+        yield
+    finally:
+        put(saved)
+
+
+def short_retries() -> contextlib.AbstractContextManager:
+    """MLflow's HTTP requests inside the block use STORE_CHECK_ENV's retries and timeout."""
+    return environment(STORE_CHECK_ENV)
 
 
 @functools.lru_cache(maxsize=None)

@@ -188,6 +188,7 @@ class ClassifyConfig:
     mixed_precision: str = choice("auto", DOWNSTREAM_PRECISIONS)
     num_workers: int = 0
     cache_dir: str = ".cache/skindualgen/decoded"   # resized image-mask pairs, shared with segment ("" = none)
+    register_as: str = ""           # a registered model name: the run's MLflow model becomes its next version
     test_fraction: float = 0.176
     seed: int = SEED
 
@@ -209,6 +210,7 @@ class SegmentConfig:
     mixed_precision: str = choice("auto", DOWNSTREAM_PRECISIONS)
     num_workers: int = 0
     cache_dir: str = ".cache/skindualgen/decoded"   # resized image-mask pairs, shared with classify ("" = none)
+    register_as: str = ""           # a registered model name: the run's MLflow model becomes its next version
     test_fraction: float = 0.176
     seed: int = SEED
 

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def test_cli_reports_missing_synthetic_set_cleanly(real_dir, experiment):
 
 
 # ------------------------------------------------------------------------------- classify
-def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
+def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment, tmp_path):
     result = CliRunner().invoke(classify_command, [
         "--data-dir", str(real_dir), "--model", "squeezenet1_1", "--train-set", "real", "--eval-data", str(ham_dir),
         "--profile", "demo", "--image-size", "32", "--epochs", "1", "--folds", "2", "--batch-size", "8",
@@ -248,7 +249,24 @@ def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment):
         probs = torch.softmax(model(x), 1).numpy()
     df = pd.read_csv(artifact(rid, "predictions/test.csv"))
     saved = df[df["fold"] == info["fold"]].set_index("id").loc[[s.id for s in test]]
-    assert np.allclose(probs, saved[[f"prob_{c}" for c in info["classes"]]].to_numpy(), atol=1e-5)
+    columns = [f"prob_{c}" for c in info["classes"]]
+    assert np.allclose(probs, saved[columns].to_numpy(), atol=1e-5)
+
+    # ... and so does the run's MLflow model, on raw RGB images of their own sizes (its preprocessing inside),
+    # loaded by mlflow.pyfunc and served by `mlflow models predict`
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{rid}/model")
+    raw = [np.asarray(Image.open(s.image).convert("RGB")) for s in test]
+    out = pd.concat([pyfunc.predict(image[None]) for image in raw], ignore_index=True)
+    assert np.allclose(out[columns].to_numpy(), saved[columns].to_numpy(), atol=1e-5)
+    assert out["predicted"].tolist() == saved["predicted_label"].tolist()
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": raw[0][None].tolist()}))
+    served = subprocess.run(["mlflow", "models", "predict", "-m", f"runs:/{rid}/model", "--env-manager", "local",
+                             "-i", str(request), "-t", "json", "-o", str(tmp_path / "served.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    [row] = json.loads((tmp_path / "served.json").read_text())["predictions"]
+    assert np.allclose([row[c] for c in columns], saved[columns].to_numpy()[0], atol=1e-5)
 
 
 def test_classify_hybrid_with_a_class_the_model_lacks_on_ham(real_dir, synth_csv, ham_dir, experiment, tmp_path, small):
@@ -378,11 +396,22 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     check_segmentation_artifacts(run.info.run_id, "ham", 30, {s.id: s.mask for s in ham})
     _model, info = segment_mod.load_segmenter(run.info.run_id)
     assert info["model"] == "unet" and info["image_size"] == 32
+    # the run's MLflow model: raw RGB in, the masks the run saved out (at the image's own size)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    for s in test:
+        [mask] = pyfunc.predict(np.asarray(Image.open(s.image).convert("RGB"))[None])
+        assert mask.dtype == np.uint8 and mask.shape == preds[s.id].shape
+        assert (mask.astype(bool) == preds[s.id]).mean() > 0.999       # a logit at 0.5 may round either way
 
-    cfg = small(SegmentConfig, data_dir=str(real_dir), model="unet", train_set="hybrid", synth=str(synth_csv))
+    name = f"seg-{experiment}"          # --register-as: the run's model becomes a registered version
+    cfg = small(SegmentConfig, data_dir=str(real_dir), model="unet", train_set="hybrid", synth=str(synth_csv),
+                register_as=name)
     rid = segment_mod.segment(cfg, experiment=experiment, progress=False)
     hybrid = mlflow.get_run(rid)
     assert hybrid.info.status == "FINISHED"
+    [version] = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+    assert version.run_id == rid
+    assert mlflow.pyfunc.load_model(f"models:/{name}/1").predict(np.zeros((1, 40, 50, 3), np.uint8)).shape == (1, 40, 50)
     assert hybrid.data.metrics["train_set/n_synth"] == 14 and hybrid.data.metrics["train_set/n_real"] == 21
     assert all(k in hybrid.data.metrics for k in ("dice", "iou", "asd", "hd"))
 

@@ -33,9 +33,10 @@ metrics), on the parent the mean/std metrics (`val/<metric>` for the validation 
 sensitivity, composition of the training set, confusion matrices (figure + JSON), per-image
 predictions (`predictions/{val,test,ham}.csv`: seed, fold, id, group, true_label, predicted_label,
 prob_<class>)
-and the model of the best fold by validation macro F1 (`model/model.pt` + `model/model.json`;
-`load_classifier(run_id)` rebuilds it). `time/step_seconds` is forward + backward + update of one
-batch (data loading excluded); `time/train_seconds` covers all folds with their evaluation.
+and the model of the best fold by validation macro F1, as the MLflow pyfunc `model` (raw RGB
+images in, class probabilities out: mlflow_models.py; `load_classifier(run_id)` rebuilds the
+torch module). `time/step_seconds` is forward + backward + update of one batch (data loading
+excluded); `time/train_seconds` covers all folds with their evaluation.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from harness.config import ClassifyConfig
 from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.records import Sample
 from harness.downstream import decoded, runtime
+from harness.downstream.mlflow_models import example_image, log_downstream_model
 from harness.downstream.metrics import (
     classification_metrics, confusion_figure, confusion_matrix, mean_and_std,
 )
@@ -146,8 +148,13 @@ def build_model(name: str, num_classes: int, image_size: int, pretrained: bool =
 
 def load_classifier(run_id: str) -> tuple[nn.Module, dict]:
     """The best fold's model of a classify run, in eval mode, and its model.json (classes, image size,
-    normalisation, fold, validation F1)."""
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+    normalisation, fold, validation F1), from the run's MLflow model."""
+    from harness.downstream.mlflow_models import downstream_folder
+    return load_folder(downstream_folder(f"runs:/{run_id}/model"))
+
+
+def load_folder(folder: Path) -> tuple[nn.Module, dict]:
+    """A classifier from its model.pt + model.json folder, in eval mode."""
     info = json.loads((folder / "model.json").read_text())
     model = build_model(info["model"], len(info["classes"]), info["image_size"])
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
@@ -485,25 +492,28 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
         ci_metrics, ci_tags = summary_intervals(results, inputs)
         mlflow.log_metrics(ci_metrics)
         mlflow.set_tags(ci_tags)
-        _log_artifacts(cfg, classes, list(evals), results)
+        _log_artifacts(cfg, classes, list(evals), results, train.samples[0].image)
         return run.info.run_id
 
 
-def _log_artifacts(cfg: ClassifyConfig, classes: list[str], set_names: list[str], results: list[FoldResult]) -> None:
-    """Prediction CSVs (all folds), the best fold's model, the confusion matrices summed over folds."""
+def _log_artifacts(cfg: ClassifyConfig, classes: list[str], set_names: list[str], results: list[FoldResult],
+                   example: Path) -> None:
+    """Prediction CSVs (all folds), the best fold's model (an MLflow pyfunc `model`; `example`: an image
+    for its input example), the confusion matrices summed over folds."""
     best = best_fold(results)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "predictions").mkdir()
         for name in ["val", *set_names]:
             _write_csv(tmp / "predictions" / f"{name}.csv", [row for r in results for row in r.rows[name]], classes)
-        (tmp / "model").mkdir()
-        torch.save(best.state_dict, tmp / "model" / "model.pt")
+        mlflow.log_artifacts(str(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(best.state_dict, Path(tmp) / "model.pt")
         info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "fold": best.k, "seed": best.seed,
                 "val_f1": best.metrics["val"][METRIC_F1], "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
                 "resize": "LANCZOS to image_size x image_size"}
-        (tmp / "model" / "model.json").write_text(json.dumps(info, indent=1))
-        mlflow.log_artifacts(str(tmp))
+        (Path(tmp) / "model.json").write_text(json.dumps(info, indent=1))
+        log_downstream_model(Path(tmp), "classifier", example_image(example), cfg.register_as)
     for name in set_names:
         cm = sum(r.confusion[name] for r in results)
         mlflow.log_dict({"classes": classes, "matrix": cm.tolist(), "rows": "true class", "columns": "predicted"},

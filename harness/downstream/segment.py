@@ -28,8 +28,8 @@ Logged: params (the config), per-epoch `train/loss`, `time/step_seconds`; `dice`
 `n_empty_pred`, `n_empty_gt` (and `ham_*`) with `_ci_low`/`_ci_high`; per-image scores
 `segmentation/{test,ham}.csv` (one row per seed and image); predicted masks
 `pred_masks/{test,ham}/<id>.png` (0/255; `.../seed<seed>/` with several seeds); the first seed's model
-`model/model.pt` + `model.json`
-(`load_segmenter(run_id)` rebuilds it); the training-set composition. `train_segmenter` and
+as the MLflow pyfunc `model` (raw RGB images in, masks out: mlflow_models.py; `load_segmenter(run_id)`
+rebuilds the torch module); the training-set composition. `train_segmenter` and
 `predict_masks` are the units the run is made of (reference.py reuses them).
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ from harness.data.augment import IMAGENET_MEAN, IMAGENET_STD, PairDataset, load_
 from harness.data.records import Sample
 from harness.downstream import decoded, runtime
 from harness.downstream.metrics import segmentation_scores, summarize_segmentation
+from harness.downstream.mlflow_models import example_image, log_downstream_model
 from harness.downstream.sets import DownstreamError, PretrainedUnavailable, load_inputs, log_inputs, seed_list
 from harness.hub import hf_cache_place, hf_hub_cache, offline
 from harness.intervals import PERCENT, Interval, ci_params, interval_metrics, interval_tags, mean_intervals
@@ -119,7 +120,13 @@ def encoder_weights(encoder: str) -> dict[str, torch.Tensor]:
 
 
 def load_segmenter(run_id: str) -> tuple[nn.Module, dict]:
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+    """A segment run's model (the first seed's), in eval mode, and its model.json, from its MLflow model."""
+    from harness.downstream.mlflow_models import downstream_folder
+    return load_folder(downstream_folder(f"runs:/{run_id}/model"))
+
+
+def load_folder(folder: Path) -> tuple[nn.Module, dict]:
+    """A segmenter from its model.pt + model.json folder, in eval mode."""
     info = json.loads((folder / "model.json").read_text())
     model = build_model(info["model"])
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
@@ -308,7 +315,7 @@ def seed_summary(per_seed: dict[int, dict[str, float]], prefix: str) -> dict[str
 def _evaluate_and_log(models: dict[int, nn.Module], evals: dict[str, list[Sample]], cfg: SegmentConfig, device,
                       amp_dtype, progress: bool) -> dict[str, float]:
     """The writer: score every eval set with every seed's model (per-image CSV, predicted masks) and save
-    the first seed's model; return the sets' summary metrics (`ham_` prefixed for HAM)."""
+    the first seed's model (_log_model); return the sets' summary metrics (`ham_` prefixed for HAM)."""
     scores_by_set = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -322,15 +329,21 @@ def _evaluate_and_log(models: dict[int, nn.Module], evals: dict[str, list[Sample
             ivs = score_intervals(list(rows.values()))
             scores_by_set.update(interval_metrics(prefix, ivs))
             mlflow.set_tags(interval_tags(prefix, ivs))
-        first_seed, model = next(iter(models.items()))
-        (tmp / "model").mkdir()
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model" / "model.pt")
+        mlflow.log_artifacts(str(tmp))
+    _log_model(models, cfg, next(iter(evals.values()))[0].image)
+    return scores_by_set
+
+
+def _log_model(models: dict[int, nn.Module], cfg: SegmentConfig, example: Path) -> None:
+    """The first seed's model as the run's MLflow pyfunc `model` (`example`: an image for its input example)."""
+    first_seed, model = next(iter(models.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(tmp) / "model.pt")
         spec = SEGMENTERS[cfg.model]
-        (tmp / "model" / "model.json").write_text(json.dumps(
+        (Path(tmp) / "model.json").write_text(json.dumps(
             {"model": cfg.model, "seed": first_seed, "architecture": spec.arch, "encoder": spec.encoder,
              "image_size": cfg.image_size,
              "threshold": THRESHOLD, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
              "resize": "LANCZOS to image_size x image_size; logits bilinear back to the mask's size"},
             indent=1))
-        mlflow.log_artifacts(str(tmp))
-    return scores_by_set
+        log_downstream_model(Path(tmp), "segmenter", example_image(example), cfg.register_as)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from harness.config import PROFILE_CHOICES, parse_bool
+from harness.config import PROFILE_CHOICES, parse_bool, shown
 from harness.errors import HarnessError, Stopped
 
 
@@ -90,7 +90,7 @@ def config_options(cfg_cls, exclude: tuple[str, ...] = ()):
             kind = {int: int, float: float, bool: bool}.get(type(f.default), str)
             param_type = GivenOrDefault(kind, f.metadata.get("choices"))
             fn = click.option("--" + f.name.replace("_", "-"), f.name, type=param_type, default=None,
-                              help=f"default: {f.default!r}")(fn)
+                              help="default: " + (shown(f.name, "") if f.default == "" else repr(f.default)))(fn)
         return fn
     return decorate
 

@@ -6,6 +6,7 @@ shows the whole configuration that produced it.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from dataclasses import dataclass
 
 from harness.errors import ConfigError
@@ -22,6 +23,22 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
                  "piecewise_constant")                    # diffusers.optimization.SchedulerType, in its order
 FINETUNE_PRECISIONS = ("no", "fp16", "bf16")             # LoRA params stay fp32
 DOWNSTREAM_PRECISIONS = ("auto", "no", "fp16", "bf16")   # auto = bf16/fp16 autocast on GPU, fp32 on CPU
+
+
+# What an option left empty means, shown in its param instead of a blank (the UI would show nothing);
+# any other empty option shows NOT_GIVEN. effective_params reads them back as "".
+NOT_GIVEN = "(none)"
+EMPTY_MEANS = {"data_dir": "(embedded demo)", "real": "(embedded demo)", "fake": "(the real test split)",
+               "base_model": "(the profile's)", "revision": "(main)", "output_dir": "(default)",
+               "comparison": "(implied by fake)", "models": "(all six)",
+               "fid_weights": "(none: torch hub cache, else the offline fallback)"}
+EMPTY_WORDS = {NOT_GIVEN, *EMPTY_MEANS.values()}
+
+
+def shown(key: str, value: Any) -> str:
+    """A param's value as logged: an empty one as the word for what it means."""
+    text = str(value)
+    return EMPTY_MEANS.get(key, NOT_GIVEN) if text == "" else text
 
 
 def choice(default: str, choices: tuple[str, ...]):
@@ -296,7 +313,7 @@ __all__ = [
     "PROMPT_TEMPLATE", "SEED", "PrepareConfig", "DemoDataConfig", "FinetuneConfig", "GenerateConfig",
     "EvaluateConfig", "JudgesConfig", "ClassifyConfig", "SegmentConfig", "RegisterConfig", "DescribeConfig",
     "TuneConfig", "ReportConfig", "ExplainConfig", "DESCRIBE_PROMPT", "PROFILES", "PROFILE_YIELDS", "PROFILE_CHOICES",
-    "choose_profile", "with_profile", "choice", "choices_of",
+    "choose_profile", "with_profile", "choice", "choices_of", "parse_bool", "shown", "EMPTY_MEANS", "NOT_GIVEN",
 ]
 
 

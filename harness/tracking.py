@@ -31,6 +31,7 @@ import psutil
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from harness.config import EMPTY_WORDS, shown
 from harness.errors import ConfigError, Stopped, TrackingLost
 from harness.schema import (
     STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
@@ -203,22 +204,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-# What an option left empty means, shown in its param instead of a blank (the UI would show nothing);
-# any other empty option shows NOT_GIVEN. effective_params reads them back as "".
-NOT_GIVEN = "(none)"
-EMPTY_MEANS = {"data_dir": "(embedded demo)", "real": "(embedded demo)", "fake": "(the real test split)",
-               "base_model": "(the profile's)", "revision": "(main)", "output_dir": "(default)",
-               "comparison": "(implied by fake)", "models": "(all six)",
-               "fid_weights": "(none: torch hub cache, else the offline fallback)"}
-_EMPTY_WORDS = {NOT_GIVEN, *EMPTY_MEANS.values()}
-
-
-def shown(key: str, value: Any) -> str:
-    """A param's value as logged: an empty one as the word for what it means."""
-    text = str(value)
-    return EMPTY_MEANS.get(key, NOT_GIVEN) if text == "" else text
-
-
 def config_params(config: Any) -> dict[str, str]:
     """A config dataclass (or dict) as MLflow params: flat, every value a string, no blank (`shown`)."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
@@ -389,7 +374,7 @@ def effective_params(run: mlflow.entities.Run) -> dict[str, str]:
     params = dict(run.data.params)
     for key in [k for k in params if k.startswith(RESOLVED_PREFIX)]:
         params[key[len(RESOLVED_PREFIX):]] = params.pop(key)
-    return {k: "" if v in _EMPTY_WORDS else v for k, v in params.items()}
+    return {k: "" if v in EMPTY_WORDS else v for k, v in params.items()}
 
 
 def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None = None,
@@ -405,7 +390,7 @@ def find_reusable_run(stage: str, params: dict[str, str], experiment: str | None
         filter_string=(f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{TAG_CODE}` = '{code}' "
                        f"and attributes.status = '{RunStatus.to_string(RunStatus.FINISHED)}'"),
         order_by=["attributes.start_time DESC"], output_format="list")
-    wanted = {k: "" if str(v) in _EMPTY_WORDS else str(v) for k, v in params.items()}   # as effective_params reads
+    wanted = {k: "" if str(v) in EMPTY_WORDS else str(v) for k, v in params.items()}   # as effective_params reads
     for run in runs:
         params = effective_params(run)
         if all(params.get(k) == v for k, v in wanted.items()):

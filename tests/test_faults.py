@@ -236,7 +236,8 @@ def test_help_shows_each_options_type_or_its_words_and_the_words_are_the_librari
     assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType}
     shown = " ".join(CliRunner().invoke(cli, ["finetune", "--help"], terminal_width=400).output.split())
     for phrase in ("--resolution INTEGER", "--learning-rate, --learning_rate FLOAT", "--augment BOOLEAN",
-                   "--mixed-precision, --mixed_precision [no|fp16|bf16]", "--data-dir, --data_dir TEXT",
+                   "--mixed-precision, --mixed_precision [no|fp16|bf16]",
+                   "--data-dir, --data_dir TEXT default: (embedded demo)", "--revision TEXT default: (main)",
                    "--lr-scheduler, --lr_scheduler [" + "|".join(LR_SCHEDULERS) + "]"):
         assert phrase in shown, phrase
     shown = " ".join(CliRunner().invoke(cli, ["segment", "--help"], terminal_width=400).output.split())

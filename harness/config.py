@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from harness.errors import ConfigError
 from harness.schema import (REAL_VS_SYNTH, STAGE_CLASSIFY, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE,
-                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE, TRAIN_SETS,
+                            STAGE_JUDGES, STAGE_SEGMENT, STAGE_TUNE, TRAIN_SET_CHOICES,
                             CLASSIFY_MODELS, SEGMENT_MODELS)
 
 PROMPT_TEMPLATE = "a dermoscopic lesion photo of {class_name} for skin cancer diagnosis"
@@ -189,7 +189,9 @@ class JudgesConfig:
 class ClassifyConfig:
     data_dir: str = ""
     model: str = choice("densenet121", CLASSIFY_MODELS)
-    train_set: str = choice("real", TRAIN_SETS)
+    train_set: str = choice("real", TRAIN_SET_CHOICES)
+    synth_ratio: float = 1.0        # augmented: synthetic images added per real image, per class
+    balance: bool = False           # augmented: instead, fill every class up to the largest class's real count
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
     eval_data: str = ""             # optional HAM10000 folder (Table 3)
     image_size: int = 224
@@ -214,7 +216,9 @@ class ClassifyConfig:
 class SegmentConfig:
     data_dir: str = ""
     model: str = choice("unet", SEGMENT_MODELS)   # unet: ResNet34 encoder; deeplabv3plus: ResNet50
-    train_set: str = choice("real", TRAIN_SETS)
+    train_set: str = choice("real", TRAIN_SET_CHOICES)
+    synth_ratio: float = 1.0        # augmented: synthetic images added per real image, per class
+    balance: bool = False           # augmented: instead, fill every class up to the largest class's real count
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
     eval_data: str = ""             # optional HAM10000 folder (Table 3)
     image_size: int = 512

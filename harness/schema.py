@@ -129,7 +129,9 @@ TAG_OPTUNA_TRIAL = "skindualgen.optuna_trial"
 TAG_BEST_TRIAL_RUN = "skindualgen.best_trial_run_id"
 
 # classify / segment (report reads model, train_set and eval_data as params, else as these tags)
-TRAIN_SETS = ("real", "synth", "hybrid")               # values of the `train_set` param and tag
+TRAIN_SETS = ("real", "synth", "hybrid")               # the paper's training sets (values of the `train_set` param)
+AUGMENTED = "augmented"                                # beyond the paper: every real image + synth_ratio x synthetic
+TRAIN_SET_CHOICES = (*TRAIN_SETS, AUGMENTED)
 # the paper's downstream models (values of the `model` param and tag), in its order, and their names in its tables
 CLASSIFY_MODELS = ("densenet121", "resnet34", "squeezenet1_1", "swin_tiny")
 SEGMENT_MODELS = ("unet", "deeplabv3plus")

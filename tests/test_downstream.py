@@ -5,6 +5,7 @@ import json
 import math
 import os
 import subprocess
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,6 +135,32 @@ def test_training_sets_sizes_proportions_and_seed(real_dir, synth_csv):
     assert [s.id for s in again.samples] == [s.id for s in hybrid.samples]
     assert [s.id for s in other.samples] != [s.id for s in hybrid.samples]
     assert json.loads(json.dumps(hybrid.composition()))["counts"] == counts
+
+
+def test_augmented_keeps_every_real_image_and_adds_synth_ratio_per_class_or_balances(real_dir, synth_csv):
+    real_train = load_prepared(str(real_dir), progress=False).dataset.split("train").samples
+    real_train = [s for s in real_train if s.label != "melanoma"] + [s for s in real_train if s.label == "melanoma"][:2]
+    synthetic = load_synthetic(str(synth_csv))[0].samples                  # 6 per class
+    n_c = Counter(s.label for s in real_train)
+    assert n_c["melanoma"] == 2 and {n for c, n in n_c.items() if c != "melanoma"} == {5}
+    real_ids = sorted(s.id for s in real_train)
+    for ratio, expected in ((1.0, dict(n_c)), (0.5, {c: (n + 1) // 2 for c, n in n_c.items()})):   # 5 -> 3, 2 -> 1
+        aug = build_training_set("augmented", real_train, synthetic, seed=42, synth_ratio=ratio)
+        counts = aug.counts()
+        assert counts["real"] == dict(n_c) and counts["synth"] == expected
+        assert sorted(s.id for s, src in zip(aug.samples, aug.sources) if src == "real") == real_ids   # every one
+        assert aug.composition()["rule"] == f"per class c: all N_c real + round({ratio:g} x N_c) synthetic"
+        assert aug.metrics()["train_set/n_synth"] == sum(expected.values())
+    balanced = build_training_set("augmented", real_train, synthetic, seed=42, balance=True)
+    assert balanced.counts()["synth"] == {c: 5 - n for c, n in n_c.items()}            # melanoma 3, the rest 0
+    assert balanced.counts()["real"] == dict(n_c)
+    alone = build_training_set("augmented", real_train, None, seed=42, synth_ratio=0)  # ratio 0: real only
+    assert alone.counts()["synth"] == {c: 0 for c in n_c} and len(alone) == len(real_train)
+    with pytest.raises(DownstreamError, match="--synth-ratio must be >= 0, got -1"):
+        build_training_set("augmented", real_train, synthetic, seed=42, synth_ratio=-1)
+    with pytest.raises(DownstreamError, match=r"--train-set augmented: the synthetic set has too few images "
+                                              r"\('actinic keratosis': needs 20, has 6"):
+        build_training_set("augmented", real_train, synthetic, seed=42, synth_ratio=4)
 
 
 def test_training_set_errors(real_dir, synth_csv, tmp_path):
@@ -414,6 +441,18 @@ def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experime
     assert mlflow.pyfunc.load_model(f"models:/{name}/1").predict(np.zeros((1, 40, 50, 3), np.uint8)).shape == (1, 40, 50)
     assert hybrid.data.metrics["train_set/n_synth"] == 14 and hybrid.data.metrics["train_set/n_real"] == 21
     assert all(k in hybrid.data.metrics for k in ("dice", "iou", "asd", "hd"))
+
+
+def test_segment_and_classify_train_on_the_augmented_set_and_log_its_composition(real_dir, synth_csv, experiment,
+                                                                                   small):
+    for stage, cfg_cls in ((segment_mod.segment, SegmentConfig), (classify_mod.classify, ClassifyConfig)):
+        cfg = small(cfg_cls, data_dir=str(real_dir), train_set="augmented", synth=str(synth_csv), synth_ratio=0.5)
+        run = mlflow.get_run(stage(cfg, experiment=experiment, progress=False))
+        assert run.info.status == "FINISHED" and run.data.params["train_set"] == "augmented"
+        assert run.data.params["synth_ratio"] == "0.5" and run.data.params["balance"] == "False"
+        m = run.data.metrics
+        assert (m["train_set/n_real"], m["train_set/n_synth"]) == (35, 21)      # every real image, 3 of 5 added
+        assert json.loads(artifact(run.info.run_id, "train_set.json").read_text())["counts"]["synth"]["melanoma"] == 3
 
 
 def test_segment_seeds_train_several_models_and_every_one_counts(real_dir, experiment, small):

@@ -10,6 +10,11 @@ With N_c = the number of real training images of class c:
              `real`, the real set's class proportions kept, 50 % synthetic (exactly 50 % when every
              N_c is even; otherwise real has the odd image of each class)
 
+Beyond the paper, for the question "what is synthetic data worth": `augmented` keeps every real
+image and adds synth_ratio x N_c (rounded half up) synthetic images of class c (0 = real only), or, with
+`balance`, max_c' N_c' - N_c of them (the rare classes filled up to the largest, the paper's use
+against class imbalance).
+
 Which images are taken is fixed by the seed: per (class, source) the candidates are sorted by id and
 shuffled with numpy.random.default_rng([seed, hash(class), source]), and the first ones are taken.
 The same seed, data and synthetic set therefore give the same training set on any machine.
@@ -41,7 +46,7 @@ from harness.data.layouts import load_dataset
 from harness.data.prepare import Prepared, load_prepared, log_dataset_input
 from harness.data.records import DataError, Dataset, Sample
 from harness.errors import HarnessError
-from harness.schema import TAG_EVAL_DATA, TAG_SYNTH_DIR, TAG_SYNTH_RUN, TRAIN_SETS
+from harness.schema import AUGMENTED, TAG_EVAL_DATA, TAG_SYNTH_DIR, TAG_SYNTH_RUN, TRAIN_SET_CHOICES
 
 SYNTH_PREFIX = "synth:"
 
@@ -97,12 +102,13 @@ def load_synthetic(spec: str) -> tuple[Dataset, dict[str, str]]:
 
 @dataclass
 class TrainingSet:
-    kind: str                       # real | synth | hybrid
+    kind: str                       # real | synth | hybrid | augmented
     samples: list[Sample]
     sources: list[str]              # "real" or "synth", one per sample
     classes: list[str]              # the model's classes: the real training split's classes
     seed: int
     repeats: int = 0                # synthetic draws beyond each image's first use (allow_repeats)
+    rule: str = ""                  # how it was composed (RULES[kind], or augmented's with its ratio)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -129,7 +135,7 @@ class TrainingSet:
     def composition(self) -> dict:
         """What `train_set.json` holds: the rule, the counts, and every id taken (synthetic ids carry
         the `synth:` prefix; a repeated synthetic id appears once per use)."""
-        return {"kind": self.kind, "seed": self.seed, "classes": self.classes, "rule": RULES[self.kind],
+        return {"kind": self.kind, "seed": self.seed, "classes": self.classes, "rule": self.rule or RULES[self.kind],
                 "n": len(self), "counts": self.counts(), "synth_repeats": self.repeats,
                 "ids": {src: [s.id for s, s2 in zip(self.samples, self.sources) if s2 == src]
                         for src in ("real", "synth")}}
@@ -159,18 +165,37 @@ def _draw(pool: list[Sample], n: int, rng: np.random.Generator, repeat: bool) ->
     return out
 
 
+def synthetic_needed(kind: str, real_counts: Counter, synth_ratio: float = 1.0, balance: bool = False) -> dict[str, int]:
+    """class -> synthetic images the `kind` set takes (see the module docstring)."""
+    if kind == "synth":
+        return dict(real_counts)
+    if kind == "hybrid":
+        return {c: n // 2 for c, n in real_counts.items()}
+    if kind == AUGMENTED and balance:
+        top = max(real_counts.values())
+        return {c: top - n for c, n in real_counts.items()}
+    if kind == AUGMENTED:
+        return {c: int(synth_ratio * n + 0.5) for c, n in real_counts.items()}      # rounded half up
+    return {c: 0 for c in real_counts}
+
+
 def build_training_set(kind: str, real_train: list[Sample], synthetic: list[Sample] | None, seed: int,
-                       allow_repeats: bool = False) -> TrainingSet:
+                       allow_repeats: bool = False, synth_ratio: float = 1.0, balance: bool = False) -> TrainingSet:
     """The `kind` training set (see the module docstring for the rule)."""
-    if kind not in TRAIN_SETS:
-        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SETS)}, got {kind!r}")
+    if kind not in TRAIN_SET_CHOICES:
+        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SET_CHOICES)}, got {kind!r}")
     if not real_train:
         raise DownstreamError("the real training split is empty")
+    if not synth_ratio >= 0:
+        raise DownstreamError(f"--synth-ratio must be >= 0, got {synth_ratio}")
     classes = sorted({s.label for s in real_train})
     real_counts = Counter(s.label for s in real_train)
-    if kind == "real":
+    need_synth = synthetic_needed(kind, real_counts, synth_ratio, balance)
+    rule = ("per class c: all N_c real + (max N - N_c) synthetic (balance)" if balance else
+            f"per class c: all N_c real + round({synth_ratio:g} x N_c) synthetic") if kind == AUGMENTED else ""
+    if not any(need_synth.values()):      # real, or augmented with nothing to add
         samples = sorted(real_train, key=lambda s: s.id)
-        return TrainingSet(kind, samples, ["real"] * len(samples), classes, seed)
+        return TrainingSet(kind, samples, ["real"] * len(samples), classes, seed, rule=rule)
 
     if not synthetic:
         raise DownstreamError(f"--train-set {kind} needs a synthetic set: pass --synth <folder | manifest.csv | "
@@ -179,7 +204,6 @@ def build_training_set(kind: str, real_train: list[Sample], synthetic: list[Samp
     if unknown:
         raise DownstreamError(f"the synthetic set has class(es) {unknown} that the real training data does not "
                               f"have; real classes: {classes}")
-    need_synth = {c: real_counts[c] if kind == "synth" else real_counts[c] // 2 for c in classes}
     by_class = {c: [s for s in synthetic if s.label == c] for c in classes}
     short = {c: (n, len(by_class[c])) for c, n in need_synth.items()
              if n > len(by_class[c]) and (not allow_repeats or not by_class[c])}
@@ -194,11 +218,11 @@ def build_training_set(kind: str, real_train: list[Sample], synthetic: list[Samp
     for c in classes:
         synth = _draw(by_class[c], need_synth[c], _rng(seed, c, "synth"), allow_repeats)
         repeats += len(synth) - len({s.id for s in synth})
-        real = [] if kind == "synth" else _draw([s for s in real_train if s.label == c],
-                                                real_counts[c] - need_synth[c], _rng(seed, c, "real"), False)
+        n_real = real_counts[c] if kind == AUGMENTED else real_counts[c] - need_synth[c]
+        real = _draw([s for s in real_train if s.label == c], n_real, _rng(seed, c, "real"), False)
         samples += real + synth
         sources += ["real"] * len(real) + ["synth"] * len(synth)
-    return TrainingSet(kind, samples, sources, classes, seed, repeats)
+    return TrainingSet(kind, samples, sources, classes, seed, repeats, rule)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,16 +278,19 @@ def seed_list(cfg) -> list[int]:
 
 
 def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_fraction: float, seed: int,
-                allow_repeats: bool = False, progress: bool = True) -> DownstreamData:
+                allow_repeats: bool = False, progress: bool = True, synth_ratio: float = 1.0,
+                balance: bool = False) -> DownstreamData:
     """Read the real data (split as `prepare` splits it), the synthetic set and `--eval-data`, and build
     the training set. Reads file lists and hashes only; nothing is decoded here."""
-    if train_set not in TRAIN_SETS:
-        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SETS)}, got {train_set!r}")
+    if train_set not in TRAIN_SET_CHOICES:
+        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SET_CHOICES)}, got {train_set!r}")
+    if not synth_ratio >= 0:
+        raise DownstreamError(f"--synth-ratio must be >= 0, got {synth_ratio}")
     prepared = load_prepared(data_dir, "auto", test_fraction, seed, progress=progress)
     # --train-set real ignores --synth (so one pipeline can pass the same --synth to all three sets)
     synthetic, tags = load_synthetic(synth) if synth and train_set != "real" else (None, {})
     train = build_training_set(train_set, prepared.dataset.split("train").samples,
-                               synthetic.samples if synthetic else None, seed, allow_repeats)
+                               synthetic.samples if synthetic else None, seed, allow_repeats, synth_ratio, balance)
     test = map_to_classes("test", prepared.dataset.split("test").samples, train.classes)
     ham = None
     if eval_data:

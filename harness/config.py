@@ -190,6 +190,8 @@ class ClassifyConfig:
     data_dir: str = ""
     model: str = choice("densenet121", CLASSIFY_MODELS)
     train_set: str = choice("real", TRAIN_SET_CHOICES)
+    real_fraction: float = 1.0      # train on this share of the real training split: per class, nested
+                                    # (the 0.1 subset lies inside the 0.25 one), seeded; 1 = all of it
     synth_ratio: float = 1.0        # augmented: synthetic images added per real image, per class
     balance: bool = False           # augmented: instead, fill every class up to the largest class's real count
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>
@@ -217,6 +219,8 @@ class SegmentConfig:
     data_dir: str = ""
     model: str = choice("unet", SEGMENT_MODELS)   # unet: ResNet34 encoder; deeplabv3plus: ResNet50
     train_set: str = choice("real", TRAIN_SET_CHOICES)
+    real_fraction: float = 1.0      # train on this share of the real training split: per class, nested
+                                    # (the 0.1 subset lies inside the 0.25 one), seeded; 1 = all of it
     synth_ratio: float = 1.0        # augmented: synthetic images added per real image, per class
     balance: bool = False           # augmented: instead, fill every class up to the largest class's real count
     synth: str = ""                 # generated set: folder / manifest / runs:/<generate run id>

@@ -163,6 +163,30 @@ def test_augmented_keeps_every_real_image_and_adds_synth_ratio_per_class_or_bala
         build_training_set("augmented", real_train, synthetic, seed=42, synth_ratio=4)
 
 
+def test_real_fractions_are_nested_stratified_seeded_subsets_of_the_real_training_split(tmp_path):
+    """On the embedded demo's training split (HAM10000-like imbalance: 41 nevi ... 9 dermatofibromas)."""
+    from harness.data.demo import make_demo_dataset
+    from harness.downstream.sets import real_subset
+    real_train = load_prepared(str(make_demo_dataset(tmp_path / "demo", seed=0)), progress=False
+                               ).dataset.split("train").samples
+    n_c = Counter(s.label for s in real_train)
+    assert max(n_c.values()) >= 4 * min(n_c.values())
+    subsets = {f: {s.id for s in real_subset(real_train, f, seed=42)} for f in (0.12, 0.25, 0.5, 1.0)}
+    assert subsets[0.12] <= subsets[0.25] <= subsets[0.5] <= subsets[1.0] == {s.id for s in real_train}
+    for f, ids in subsets.items():
+        kept = Counter(s.label for s in real_train if s.id in ids)
+        assert kept == {c: int(f * n + 1e-9) for c, n in n_c.items()}, f               # per class: stratified
+    assert {s.id for s in real_subset(real_train, 0.5, seed=42)} == subsets[0.5]      # seeded
+    assert {s.id for s in real_subset(real_train, 0.5, seed=7)} != subsets[0.5]
+    smallest = min(n_c.values())
+    with pytest.raises(DownstreamError, match=rf"--real-fraction 0.1 leaves no real training image of class\(es\) "
+                                              rf"'dermatofibroma' \({smallest} training images\)"):
+        real_subset(real_train, 0.1, seed=42)                   # 0.1 x 9 dermatofibromas < 1
+    for bad in (0, 1.5, -0.2):
+        with pytest.raises(DownstreamError, match=r"--real-fraction must be in \(0, 1\]"):
+            real_subset(real_train, bad, seed=42)
+
+
 def test_training_set_errors(real_dir, synth_csv, tmp_path):
     real_train = load_prepared(str(real_dir), progress=False).dataset.split("train").samples
     synthetic = load_synthetic(str(synth_csv))[0].samples
@@ -453,6 +477,9 @@ def test_segment_and_classify_train_on_the_augmented_set_and_log_its_composition
         m = run.data.metrics
         assert (m["train_set/n_real"], m["train_set/n_synth"]) == (35, 21)      # every real image, 3 of 5 added
         assert json.loads(artifact(run.info.run_id, "train_set.json").read_text())["counts"]["synth"]["melanoma"] == 3
+    cfg = small(SegmentConfig, data_dir=str(real_dir), train_set="augmented", synth=str(synth_csv), real_fraction=0.4)
+    m = mlflow.get_run(segment_mod.segment(cfg, experiment=experiment, progress=False)).data.metrics
+    assert (m["train_set/n_real"], m["train_set/n_synth"]) == (14, 14)          # 2 of 5 per class, + 1 x 2
 
 
 def test_segment_seeds_train_several_models_and_every_one_counts(real_dir, experiment, small):

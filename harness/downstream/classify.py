@@ -464,7 +464,7 @@ def classify(cfg: ClassifyConfig, experiment: str | None = None, progress: bool 
     device = runtime.pick_device()
     amp_dtype = runtime.autocast_dtype(cfg.mixed_precision, device)
     data = load_inputs(cfg.data_dir, cfg.train_set, cfg.synth, cfg.eval_data, cfg.test_fraction, cfg.seed,
-                       cfg.allow_repeats, progress, cfg.synth_ratio, cfg.balance)
+                       cfg.allow_repeats, progress, cfg.synth_ratio, cfg.balance, cfg.real_fraction)
     train, classes = data.train, data.train.classes
     check_folds(train.labels, cfg.folds)
     if cfg.pretrained:        # fail before the run starts when the weights cannot be had

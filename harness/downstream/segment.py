@@ -275,7 +275,7 @@ def segment(cfg: SegmentConfig, experiment: str | None = None, progress: bool = 
     device = runtime.pick_device()
     amp_dtype = runtime.autocast_dtype(cfg.mixed_precision, device)
     data = load_inputs(cfg.data_dir, cfg.train_set, cfg.synth, cfg.eval_data, cfg.test_fraction, cfg.seed,
-                       cfg.allow_repeats, progress, cfg.synth_ratio, cfg.balance)
+                       cfg.allow_repeats, progress, cfg.synth_ratio, cfg.balance, cfg.real_fraction)
     # the lesion class plays no part in segmentation: evaluate every test / HAM image
     evals = {"test": data.test.all_samples, **({"ham": data.ham.all_samples} if data.ham is not None else {})}
     evals = {name: samples for name, samples in evals.items() if samples}

@@ -15,6 +15,11 @@ image and adds synth_ratio x N_c (rounded half up) synthetic images of class c (
 `balance`, max_c' N_c' - N_c of them (the rare classes filled up to the largest, the paper's use
 against class imbalance).
 
+`real_fraction` f < 1 first keeps, per class, the first int(f x N_c) real training images of one
+seeded order of that class (numpy.random.default_rng([seed, hash(class), 2])), so a smaller fraction's
+subset lies inside every larger one and class proportions stay (a class left with none is an error
+naming it); N_c above is then the subset's count.
+
 Which images are taken is fixed by the seed: per (class, source) the candidates are sorted by id and
 shuffled with numpy.random.default_rng([seed, hash(class), source]), and the first ones are taken.
 The same seed, data and synthetic set therefore give the same training set on any machine.
@@ -148,9 +153,12 @@ RULES = {
 }
 
 
+def _class_hash(label: str) -> int:
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "little")
+
+
 def _rng(seed: int, label: str, source: str) -> np.random.Generator:
-    h = int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "little")
-    return np.random.default_rng([seed, h, 0 if source == "real" else 1])
+    return np.random.default_rng([seed, _class_hash(label), 0 if source == "real" else 1])
 
 
 def _draw(pool: list[Sample], n: int, rng: np.random.Generator, repeat: bool) -> list[Sample]:
@@ -163,6 +171,26 @@ def _draw(pool: list[Sample], n: int, rng: np.random.Generator, repeat: bool) ->
         if not repeat:
             break
     return out
+
+
+def real_subset(real_train: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """The nested, stratified `fraction` of the real training split (see the module docstring)."""
+    if not 0.0 < fraction <= 1.0:
+        raise DownstreamError(f"--real-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return list(real_train)
+    kept, empty = [], []
+    for c in sorted({s.label for s in real_train}):
+        pool = sorted((s for s in real_train if s.label == c), key=lambda s: s.id)
+        order = np.random.default_rng([seed, _class_hash(c), 2]).permutation(len(pool))
+        n = int(fraction * len(pool) + 1e-9)         # + 1e-9: 0.1 x 50 is 5, not 4.999...
+        if n == 0:
+            empty.append(f"{c!r} ({len(pool)} training images)")
+        kept += [pool[i] for i in order[:n]]
+    if empty:
+        raise DownstreamError(f"--real-fraction {fraction:g} leaves no real training image of class(es) "
+                              f"{', '.join(empty)}; choose a fraction of at least 1 / the smallest class's count")
+    return kept
 
 
 def synthetic_needed(kind: str, real_counts: Counter, synth_ratio: float = 1.0, balance: bool = False) -> dict[str, int]:
@@ -279,17 +307,19 @@ def seed_list(cfg) -> list[int]:
 
 def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_fraction: float, seed: int,
                 allow_repeats: bool = False, progress: bool = True, synth_ratio: float = 1.0,
-                balance: bool = False) -> DownstreamData:
+                balance: bool = False, real_fraction: float = 1.0) -> DownstreamData:
     """Read the real data (split as `prepare` splits it), the synthetic set and `--eval-data`, and build
     the training set. Reads file lists and hashes only; nothing is decoded here."""
     if train_set not in TRAIN_SET_CHOICES:
         raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SET_CHOICES)}, got {train_set!r}")
     if not synth_ratio >= 0:
         raise DownstreamError(f"--synth-ratio must be >= 0, got {synth_ratio}")
+    if not 0.0 < real_fraction <= 1.0:
+        raise DownstreamError(f"--real-fraction must be in (0, 1], got {real_fraction}")
     prepared = load_prepared(data_dir, "auto", test_fraction, seed, progress=progress)
     # --train-set real ignores --synth (so one pipeline can pass the same --synth to all three sets)
     synthetic, tags = load_synthetic(synth) if synth and train_set != "real" else (None, {})
-    train = build_training_set(train_set, prepared.dataset.split("train").samples,
+    train = build_training_set(train_set, real_subset(prepared.dataset.split("train").samples, real_fraction, seed),
                                synthetic.samples if synthetic else None, seed, allow_repeats, synth_ratio, balance)
     test = map_to_classes("test", prepared.dataset.split("test").samples, train.classes)
     ham = None

@@ -105,7 +105,7 @@ class FinetuneConfig:
                                     # mask terms x alpha_bar_t (losses.py)
     mask_loss_samples: int = 1      # samples per batch whose x0 is decoded for BCE/Dice (0 = all); a
                                     # seeded random subset: the same loss in expectation, ~2x cheaper
-    train_mask_channels: bool = True   # the widened VAE mask weights train with LoRA (see README)
+    train_mask_channels: bool = True   # the decoder's new mask row trains with the LoRA (README, "What trains")
     mask_warmup_steps: int = 400    # steps teaching the VAE's new mask row to read masks before the LoRA
                                     # starts (0 = none; train.warm_up_mask_channels)
     mask_warmup_lr: float = 3e-2    # Adam on the mask row only (145 weights in the tiny VAE, 1,153 in SD2's)
@@ -322,6 +322,7 @@ __all__ = [
     "EvaluateConfig", "JudgesConfig", "ClassifyConfig", "SegmentConfig", "RegisterConfig", "DescribeConfig",
     "TuneConfig", "ReportConfig", "ExplainConfig", "DESCRIBE_PROMPT", "PROFILES", "PROFILE_YIELDS", "PROFILE_CHOICES",
     "choose_profile", "with_profile", "choice", "choices_of", "parse_bool", "shown", "EMPTY_MEANS", "NOT_GIVEN",
+    "EMPTY_WORDS", "LAYOUTS", "LR_SCHEDULERS", "FINETUNE_PRECISIONS", "DOWNSTREAM_PRECISIONS", "PROFILE_DATA_OPTION",
 ]
 
 

@@ -4,14 +4,14 @@ Read top to bottom: `finetune` sets up data, model, optimizer and the MLflow run
 is one step of the paper's loss; `save_checkpoint` / `load_checkpoint` make resume exact.
 
 What trains: LoRA (rank 4) on the UNet attention projections to_q/to_k/to_v/to_out.0, plus the
-widened VAE's encoder.conv_in and decoder.conv_out (the new mask-channel weights cannot learn if
-frozen; they are a few thousand parameters). Everything else is frozen, as in the paper.
+widened VAE's new mask row of decoder.conv_out (row 4 and its bias: a frozen new row could never
+learn to read masks; vae4.mask_trainable_parameters). The encoder's mask column stays at its zero
+init, and everything else is frozen, as in the paper.
 
 Loss (Eq. 5-8): L = λ1·MSE(unet(z_t), target) + λ2·BCE(m̂, m) + λ3·Dice(m̂, m), where target is the
 noise (epsilon models) or v = sqrt(ā)·ε - sqrt(1-ā)·z0 (v models), and m̂ is channel 4 of the VAE
-decoding of the predicted clean latent ẑ0 (losses.predict_x0). The UNet sees z_t detached from the
-encoder: otherwise the diffusion MSE would push the trainable encoder layer to shrink the latents
-(a trivially predictable z_t); the encoder layer learns from the mask terms only (through ẑ0).
+decoding of the predicted clean latent ẑ0 (losses.predict_x0): the mask terms reach the UNet's LoRA
+through ẑ0 and the decoder's mask row directly.
 
 Reproducibility: the noise, timesteps and VAE posterior sample of step s come from a generator
 seeded by (seed, s); the batch order of epoch e from (seed, e); augmentation of sample i in epoch e
@@ -174,8 +174,8 @@ def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig
     """One step of the paper's loss. Returns dict(loss, loss_diffusion, loss_bce, loss_dice).
     `rank`: the data-parallel process; each draws its own noise (rank 0 that of a single process).
 
-    Cost design (bench/): the mask terms need a VAE decode, and training the encoder's mask layer
-    needs a backward pass through the encoder; both are done for a seeded random subset of
+    Cost design (bench/): the mask terms need a VAE decode and its backward pass (to the decoder's
+    mask row, and through ẑ0 to the LoRA); both are done for a seeded random subset of
     `mask_loss_samples` samples only. BCE and Dice are means over samples, so the loss is the same in
     expectation; the diffusion term always uses the whole batch.
     """
@@ -189,8 +189,8 @@ def training_step(batch, unet, vae, scheduler, prompt_cache, cfg: FinetuneConfig
     eps = torch.randn(shape, generator=g).to(device)        # posterior sample
     noise = torch.randn(shape, generator=g).to(device)      # diffusion noise
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g).to(device)
-    # encode: the picked samples with gradients (the encoder's mask layer learns from the mask path),
-    # the others without; the diffusion path sees all of them detached (encoder frozen there)
+    # encode (the encoder is frozen): the picked samples, whose clean latents the mask path compares
+    # against, and the rest; the diffusion path sees all of them
     latents_k = _latents(vae, rgb[pick], mask01[pick], eps[pick])
     latents = torch.empty((n, *latents_k.shape[1:]), dtype=latents_k.dtype, device=latents_k.device)
     latents[pick] = latents_k.detach()

@@ -45,6 +45,7 @@ from harness.schema import (
     STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT,
     STAGE_SEGMENT, TAG_DIGEST, TAG_MLFLOW_PARENT_RUN, TAG_PROFILE, TAG_PROFILE_RULE, TAG_STEP_PREFIX, TRAIN_SETS,
 )
+from harness.stages import STAGES
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -114,9 +115,8 @@ def step(stage: str, cfg_cls, profile: str, given: dict, label: str = "",
     return Step(stage, cfg, {"profile": profile, **{k: str(v) for k, v in given.items()}}, label)
 
 
-STEP_CONFIGS = {STAGE_FINETUNE: FinetuneConfig, STAGE_GENERATE: GenerateConfig, STAGE_JUDGES: JudgesConfig,
-                STAGE_EVALUATE: EvaluateConfig,
-                STAGE_CLASSIFY: ClassifyConfig, STAGE_SEGMENT: SegmentConfig, STAGE_EXPLAIN: ExplainConfig}
+STEP_CONFIGS = {name: STAGES[name].config for name in (STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES, STAGE_EVALUATE,
+                                                    STAGE_CLASSIFY, STAGE_SEGMENT, STAGE_EXPLAIN)}
 
 
 def _typed(value: str, default, what: str):

@@ -676,3 +676,17 @@ __all__ = [
     "stats_cache_path",
 ]
 
+
+
+def summary(run_id: str) -> str:
+    """What `skindualgen evaluate` prints: the comparison, the set sizes, the metrics, the extractors."""
+    run = mlflow.get_run(run_id)
+    m, tags = run.data.metrics, run.data.tags
+    lines = [f"evaluate run {run_id} ({tags[TAG_COMPARISON]}, {int(m['n_real'])} real vs {int(m['n_fake'])} "
+             f"images, {int(m['n_pairs'])} LPIPS/MS-SSIM pairs)"]
+    lines += [f"{name:8s} {m[name]:.4f}" for name in (METRIC_FID, METRIC_LPIPS, METRIC_MS_SSIM, METRIC_CAS,
+                                                       METRIC_MASK_CONSISTENCY)
+              if name in m]          # CAS / consistency only with a judges run (else the run's tags say why)
+    status = "standard" if tags[TAG_COMPARABLE] == "true" else "FALLBACK, NOT comparable with published numbers"
+    lines.append(f"feature extractors: {tags[TAG_EXTRACTOR]}, {tags[TAG_LPIPS_NET]} ({status})")
+    return "\n".join(lines)

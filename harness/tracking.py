@@ -34,12 +34,10 @@ from mlflow.tracking import MlflowClient
 from harness.config import EMPTY_WORDS, shown
 from harness.errors import ConfigError, Stopped, TrackingLost
 from harness.schema import (
-    STAGE_CLASSIFY, STAGE_DESCRIBE, STAGE_EVALUATE, STAGE_EXPLAIN, STAGE_FINETUNE, STAGE_GENERATE, STAGE_JUDGES,
-    METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT, STAGE_SEGMENT,
-    STAGE_TUNE, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND, TAG_MLFLOW_NOTE,
-    TAG_MLFLOW_PARENT_RUN, TAG_PID, TAG_PROFILE, TAG_PROFILE_RULE, TAG_THREADS,
-    TAG_STAGE,
+    METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND,
+    TAG_MLFLOW_NOTE, TAG_MLFLOW_PARENT_RUN, TAG_PID, TAG_PROFILE, TAG_PROFILE_RULE, TAG_STAGE, TAG_THREADS,
 )
+from harness.stages import STAGES
 
 DEFAULT_EXPERIMENT = "skindualgen"
 TRACKED_LIBRARIES = (
@@ -55,21 +53,7 @@ EXPERIMENT_DESCRIPTION = (
     "mask from one prompt; the synthetic pairs augment real data for classifiers and segmenters (paper "
     "Tables 1-3). Filter one step with `tags.skindualgen.stage = '<stage>'`; a `main` run's children are "
     "nested under it; the `report` run holds the tables.")
-STAGE_DESCRIPTIONS = {
-    STAGE_MAIN: "The whole paper pipeline; every step is a child run (reused when an identical FINISHED run exists).",
-    STAGE_PREPARE: "Validated dataset, fixed stratified train/test split and manifest; its digest names the data.",
-    STAGE_DESCRIBE: "Clinical descriptions of the images (LLM endpoint or template), paper Sec. 3.4.",
-    STAGE_FINETUNE: "LoRA fine-tune of the 4-channel (image + mask) SD2 model: diffusion MSE + mask BCE + Dice.",
-    STAGE_GENERATE: "Synthetic image-mask pairs from one prompt per class; manifest with seeds.",
-    STAGE_EVALUATE: "Table 1: FID, LPIPS, MS-SSIM of the real train split vs a second set (+ CAS, mask consistency).",
-    STAGE_JUDGES: "The CAS classifier and mask-consistency segmenter, trained on the real train split (MLflow models).",
-    STAGE_REGISTER: "The lowest-FID fine-tuned model registered as a version with lineage; alias points at it.",
-    STAGE_TUNE: "Optuna search of the generation settings (steps, guidance) by FID; one nested run per trial.",
-    STAGE_CLASSIFY: "Table 2/3: one classifier on one training set (real / synth / hybrid), k-fold CV, macro metrics.",
-    STAGE_SEGMENT: "Table 2/3: one segmenter on one training set (real / synth / hybrid); Dice, IoU, ASD, HD.",
-    STAGE_EXPLAIN: "Figure 3: GradCAM, Saliency, Occlusion of the real-only vs hybrid classifiers.",
-    STAGE_REPORT: "Tables 1-3, Figures 2-3 and the Claims rebuilt from the runs, the paper's values beside ours.",
-}
+STAGE_DESCRIPTIONS = {name: stage.description for name, stage in STAGES.items()}   # harness/stages.py
 
 
 def tracking_uri() -> str:

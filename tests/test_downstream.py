@@ -18,8 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn import metrics as skm
 
-from entrypoints.classify import classify as classify_command
-from entrypoints.segment import segment as segment_command
+from entrypoints.stages import COMMANDS
 from harness import tracking
 from harness.config import ClassifyConfig, SegmentConfig
 from harness.data.layouts import load_dataset
@@ -235,14 +234,14 @@ def test_folds_larger_than_smallest_class_is_an_error_before_any_run(real_dir, e
 
 
 def test_cli_reports_missing_synthetic_set_cleanly(real_dir, experiment):
-    result = CliRunner().invoke(classify_command, ["--data-dir", str(real_dir), "--train-set", "hybrid",
+    result = CliRunner().invoke(COMMANDS["classify"], ["--data-dir", str(real_dir), "--train-set", "hybrid",
                                                    "--profile", "demo", "--experiment", experiment])
     assert result.exit_code == 2 and "needs a synthetic set" in result.output
 
 
 # ------------------------------------------------------------------------------- classify
 def test_classify_real_cli_with_ham_eval(real_dir, ham_dir, experiment, tmp_path):
-    result = CliRunner().invoke(classify_command, [
+    result = CliRunner().invoke(COMMANDS["classify"], [
         "--data-dir", str(real_dir), "--model", "squeezenet1_1", "--train-set", "real", "--eval-data", str(ham_dir),
         "--profile", "demo", "--image-size", "32", "--epochs", "1", "--folds", "2", "--batch-size", "8",
         "--experiment", experiment])
@@ -416,7 +415,7 @@ def check_segmentation_artifacts(rid, name, n, masks):
 
 
 def test_segment_real_with_ham_and_hybrid(real_dir, synth_csv, ham_dir, experiment, small):
-    result = CliRunner().invoke(segment_command, [
+    result = CliRunner().invoke(COMMANDS["segment"], [
         "--data-dir", str(real_dir), "--model", "unet", "--train-set", "real", "--eval-data", str(ham_dir),
         "--profile", "demo", "--image-size", "32", "--epochs", "1", "--experiment", experiment])
     assert result.exit_code == 0, result.output

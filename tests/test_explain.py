@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from entrypoints.explain import explain as explain_command
+from entrypoints.stages import COMMANDS
 from harness.config import ClassifyConfig, ExplainConfig
 from harness.data.augment import load_pair
 from harness.data.layouts import load_dataset
@@ -60,7 +60,7 @@ def trained(tmp_path_factory, mlflow_store, small):
 
 
 def test_explain_cli_figure_maps_and_saliency(trained):
-    result = CliRunner().invoke(explain_command, ["--experiment", trained["experiment"], "--profile", "demo"])
+    result = CliRunner().invoke(COMMANDS["explain"], ["--experiment", trained["experiment"], "--profile", "demo"])
     assert result.exit_code == 0, result.output
     exp = mlflow.get_experiment_by_name(trained["experiment"])
     [run] = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_EXPLAIN}'",
@@ -151,7 +151,7 @@ def test_run_picking_errors(trained, experiment):
     listed = f"no FINISHED classify run of resnet34 .*{real} \\(squeezenet1_1, real\\)"
     with pytest.raises(DownstreamError, match=listed):
         explain_mod.explain(ExplainConfig(model="resnet34"), experiment=trained["experiment"], progress=False)
-    result = CliRunner().invoke(explain_command, ["--experiment", experiment, "--real-run", "deadbeef"])
+    result = CliRunner().invoke(COMMANDS["explain"], ["--experiment", experiment, "--real-run", "deadbeef"])
     assert result.exit_code == 2 and "no such run" in result.output
 
 

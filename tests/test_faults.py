@@ -241,7 +241,7 @@ def test_help_shows_each_options_type_or_its_words_and_the_words_are_the_librari
                    "--lr-scheduler, --lr_scheduler [" + "|".join(LR_SCHEDULERS) + "]"):
         assert phrase in shown, phrase
     shown = " ".join(CliRunner().invoke(cli, ["segment", "--help"], terminal_width=400).output.split())
-    assert "--train-set, --train_set [real|synth|hybrid]" in shown
+    assert "--train-set, --train_set [real|synth|hybrid|augmented]" in shown
     result = CliRunner().invoke(cli, ["finetune", "--resolution", "big"])
     assert result.exit_code == 2 and "'big' is not a valid int" in result.output
 

@@ -77,10 +77,8 @@ def test_mlproject_option_lists_name_every_config_field():
     that stage's config that are not declared as parameters (the ones users pass as extra -P)."""
     import dataclasses
 
-    from harness import config
-    stages = {"finetune": config.FinetuneConfig, "generate": config.GenerateConfig, "evaluate": config.EvaluateConfig,
-              "judges": config.JudgesConfig, "tune": config.TuneConfig, "classify": config.ClassifyConfig,
-              "segment": config.SegmentConfig, "explain": config.ExplainConfig}
+    from harness.stages import STAGES
+    stages = {name: stage.config for name, stage in STAGES.items() if stage.run}
     text = (ROOT / "MLproject").read_text()
     declared = {name: set(ep.get("parameters", {})) for name, ep in yaml.safe_load(text)["entry_points"].items()}
     blocks = re.findall(r"# Options \(-P name=value\): (.*?)\n  ([a-z_]+):\n", text, flags=re.S)
@@ -89,3 +87,26 @@ def test_mlproject_option_lists_name_every_config_field():
     for name, cfg_cls in stages.items():
         fields = {f.name for f in dataclasses.fields(cfg_cls)} - declared[name]
         assert listed[name] == fields, f"MLproject {name}: listed {sorted(listed[name] ^ fields)} differ from the config"
+
+
+def test_the_stage_table_makes_the_commands_the_descriptions_and_main_s_step_configs():
+    """harness/stages.py is the one place a config-driven stage is declared: its command's options are
+    its config's fields, it is an MLproject entry point with a --profile section, its description is
+    its runs' MLflow description, and main's steps take their config class from it."""
+    import dataclasses
+
+    from entrypoints.cli import cli
+    from harness.config import PROFILES
+    from harness.pipeline import STEP_CONFIGS
+    from harness.stages import STAGES
+    from harness.tracking import STAGE_DESCRIPTIONS
+    entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    for name, stage in STAGES.items():
+        assert name in entry_points and name in cli.commands, name
+        assert STAGE_DESCRIPTIONS[name] == stage.description
+        if not stage.run:
+            continue
+        options = {p.name for p in cli.commands[name].params}
+        assert options == {f.name for f in dataclasses.fields(stage.config)} | {"profile", "experiment"}, name
+        assert name in PROFILES and cli.commands[name].help == stage.description
+    assert all(STEP_CONFIGS[name] is STAGES[name].config for name in STEP_CONFIGS)

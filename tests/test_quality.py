@@ -213,7 +213,8 @@ def test_evaluate_both_rows_cache_hit_lineage_and_cli(demo_small, sets, experime
                          TAG_FINETUNE_RUN: "ft0123",
                          TAG_DIGEST: t[TAG_REAL_DIGEST]})
     calls.clear()
-    from entrypoints.evaluate import evaluate as evaluate_cmd
+    from entrypoints.stages import COMMANDS
+    evaluate_cmd = COMMANDS["evaluate"]
     result = CliRunner().invoke(evaluate_cmd, [
         "--profile", "demo", "--real", str(demo_small), "--fake", f"runs:/{gen.info.run_id}",
         "--cache-dir", str(cache), "--lpips-pairs", "20", "--lpips-size", "64", "--msssim-size", "176",
@@ -259,6 +260,7 @@ def test_bad_inputs_name_the_path_and_start_no_run(demo_small, experiment, tmp_p
                               filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_EVALUATE}'")
     assert len(runs) == 0
 
-    from entrypoints.evaluate import evaluate as evaluate_cmd
+    from entrypoints.stages import COMMANDS
+    evaluate_cmd = COMMANDS["evaluate"]
     result = CliRunner().invoke(evaluate_cmd, ["--real", str(missing), "--experiment", experiment])
     assert result.exit_code == 2 and str(missing) in result.output

@@ -71,7 +71,7 @@ def test_reap_marks_killed_the_runs_of_gone_processes_and_their_children(experim
 # The smallest `main` that has every kind of step: one classifier (so explain runs), no segmenter, a
 # 2-step fine-tune, 2-step sampling, a judges run with no judge in it. Classify trains long enough (2 folds
 # x 30 epochs of 1 step) for the kill to land inside a fold.
-SMALL_MAIN = ["--models", "squeezenet1_1", "--max-parallel", "2",
+SMALL_MAIN = ["--profile", "demo", "--models", "squeezenet1_1", "--max-parallel", "2",   # demo: its own small data
               "--set", "finetune.max_train_steps=2", "--set", "finetune.mask_warmup_steps=2",
               "--set", "finetune.validation_epochs=0", "--set", "finetune.checkpointing_steps=0",
               "--set", "generate.num_inference_steps=2",

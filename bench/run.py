@@ -26,6 +26,8 @@ are the medians of their times); each section prints its own wall time. Rows:
                             logging's cost (training-thread calls + all background-thread CPU) vs
                             without it; tracking_overhead_on_vs_off: against runs with logging off
                             (runs taking turns step by step, see bench_tracking)
+  system_metrics_cpu        CPU of MLflow's system-metrics monitor (every stage run has one; 2 s sampling
+                            as in the demo) over an idle run, as a share of one core
   evaluate_cached_real_stats  evaluate against a real set whose statistics are cached vs the first time
   *_data_wait_*             share of an epoch spent waiting for data (classify 224 px, segment 256 px)
   peak_{rss,gpu_alloc}_*     peak memory of two finetune steps / generation calls at 256 px (ours vs the
@@ -398,6 +400,29 @@ def bench_tracking(device, steps=51):
             note="(the same logging runs against the runs with logging off, taking turns; noise +-3 %)")
 
 
+def bench_system_metrics(seconds: float = 20.0, interval: float = 2.0):
+    """The CPU MLflow's system-metrics monitor costs a run: the process's CPU over `seconds` of an idle
+    run with the monitor sampling every `interval` s (the demo's 2 s; the default is 10 s), minus the
+    same without it, after a first run that sets the store up and a first monitored one (printed: the
+    monitor's start costs little). Ratio = 1 + that CPU / the run's time: the share of one core it takes."""
+    import mlflow
+    used = {}
+    with tempfile.TemporaryDirectory() as tmp, tracking_store(tmp):
+        mlflow.set_system_metrics_sampling_interval(interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
+        for name, on, length in (("store", False, 0.1), ("first", True, 2 * interval), ("on", True, seconds),
+                                 ("off", False, seconds)):      # "store": the sqlite store's own first-run set-up
+            cpu = _process_cpu()
+            with mlflow.start_run(log_system_metrics=on):
+                time.sleep(length)
+            used[name] = _process_cpu() - cpu
+    extra = max(0.0, used["on"] - used["off"])
+    row("system_metrics_cpu", seconds + extra, seconds, 1.03, ratio=1 + extra / seconds,
+        note=f"({used['on']:.3f} s CPU with the monitor at {interval:g} s sampling vs {used['off']:.3f} s without, "
+             f"over {seconds:g} s of a run: {100 * extra / seconds:.2f} % of a core, /5 at the default 10 s; "
+             f"a process's first monitored run: {used['first']:.3f} s over {2 * interval:g} s)")
+
+
 def bench_mask_subset_curves(out_dir, steps=200):
     """Training curves of the demo fine-tune with `mask_loss_samples` = 1 (default) and 0 (whole batch),
     same seed and data, the two runs side by side in two processes (one core each). Each logged
@@ -682,6 +707,7 @@ def main(argv=None):
         ("generation", lambda: [bench_generate(args.device, b) for b in (1, 4, 16)] + [bench_generate_fused(args.device)]),
         ("mask-loss curves", lambda: bench_mask_subset_curves(args.out, args.curve_steps)),
         ("tracking", lambda: bench_tracking(args.device)),
+        ("system metrics", bench_system_metrics),
         ("evaluation", bench_evaluate_cache),
         ("data wait", lambda: bench_data_wait(args.device)),
         ("peak memory", lambda: bench_peak_memory(args.device)),

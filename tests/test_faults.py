@@ -1,14 +1,18 @@
-"""Bad option values through the real CLI (in process): each is refused before any model or data
-loads, with exit status 2 and one line naming the option, the value and what is allowed, and no
-MLflow run is left behind (issue "Faults": one kind of error)."""
+"""The fault suite (issue "Faults"): bad input through the real CLI (in process, one table: exit code 2,
+one line naming the option or file, the run left FAILED or none, nothing written), kill -TERM and
+kill -9 of a finetune (KILLED, resumed), tracking stores that cannot be used, and a tracking server's
+outage during a finetune (subprocesses, a real `mlflow server`)."""
 import mlflow
 import pytest
 from click.testing import CliRunner
 
 from entrypoints.cli import cli
 
-CASES = [
-    # command, options, a phrase of the message
+# The fault table: command, options ({demo}: a small dataset, {png}: a PNG named .csv, {taken}: a file
+# where a folder belongs, {model}: an empty folder), the exit code, a phrase of the one-line message,
+# the status of any run left (None: no run at all), and what is left on disk: nothing new in the working
+# folder, and every file there (the user's) unchanged.
+OPTION_CASES = [
     ("finetune", ["--lora-rank", "0"], "--lora-rank must be >= 1, got 0"),
     ("finetune", ["--lora-rank", "-2"], "--lora-rank must be >= 1"),
     ("finetune", ["--resolution", "65"], "--resolution must be a positive multiple of 8"),
@@ -30,64 +34,55 @@ CASES = [
     ("tune", ["--storage", "mysql://u:s3cret@127.0.0.1/db", "--model-uri", "runs:/0/model"],
      "--storage mysql://127.0.0.1/db cannot be used: ModuleNotFoundError: No module named 'MySQLdb'"),
 ]
+CASES = [(command, options, 2, phrase, None) for command, options, phrase in OPTION_CASES] + [
+    ("prepare", ["--data-dir", "{png}", "--layout", "manifest", "--output-dir", "prepared"], 2,
+     "{png}: not a UTF-8 text file (byte 0 is 0x89)", "FAILED"),
+    ("prepare", ["--data-dir", "{demo}", "--output-dir", "{taken}"], 2, "{taken}", "FAILED"),
+    ("finetune", ["--profile", "demo", "--data-dir", "{demo}", "--resolution", "32", "--max-train-steps", "1",
+                  "--output-dir", "{taken}"], 2, "{taken}", None),
+    ("generate", ["--model-uri", "{model}", "--per-class", "1", "--profile", "paper", "--output-dir", "{taken}"], 2,
+     "{taken} exists and is not a generated set", None),
+    ("generate", ["--model-uri", "runs:/" + "0" * 32 + "/model", "--per-class", "1"], 2,
+     f"runs:/{'0' * 32}/model: no run '{'0' * 32}' in the tracking store", None),
+]
 
 
-@pytest.mark.parametrize("command, options, phrase", CASES, ids=[f"{c} {' '.join(o)}" for c, o, _ in CASES])
-def test_a_bad_option_is_one_line_exit_2_and_no_run(command, options, phrase, experiment):
-    result = CliRunner().invoke(cli, [command, *options, "--experiment", experiment])
-    assert result.exit_code == 2, result.output
-    assert phrase in result.output
+@pytest.mark.parametrize("command, options, code, phrase, status", CASES,
+                         ids=[f"{c} {' '.join(o)}" for c, o, *_ in CASES])
+def test_a_fault_is_one_line_with_its_exit_code_its_run_status_and_nothing_left_on_disk(
+        command, options, code, phrase, status, experiment, demo_small, tmp_path, monkeypatch):
+    png = tmp_path / "photo.csv"
+    png.write_bytes(bytes([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) + bytes(range(256)) * 4)
+    (tmp_path / "taken").write_text("a file the user keeps\n")
+    (tmp_path / "model").mkdir()
+    places = {"{demo}": str(demo_small), "{png}": str(png), "{taken}": str(tmp_path / "taken"),
+              "{model}": str(tmp_path / "model")}
+
+    def fill(text):
+        for key, value in places.items():
+            text = text.replace(key, value)
+        return text
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [command, *map(fill, options), "--experiment", experiment])
+    assert result.exit_code == code, result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1 and "Traceback" not in result.output
-    exp = mlflow.get_experiment_by_name(experiment)
-    assert exp is None or not mlflow.search_runs([exp.experiment_id], output_format="list")
-
-
-def test_a_binary_file_given_as_the_manifest_is_one_line_and_nothing_is_written(experiment, tmp_path):
-    blob = tmp_path / "photo.csv"
-    blob.write_bytes(bytes([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) + bytes(range(256)) * 4)  # a PNG
-    result = CliRunner().invoke(cli, ["prepare", "--data-dir", str(blob), "--layout", "manifest", "--output-dir",
-                                      str(tmp_path / "prepared"), "--experiment", experiment])
-    assert result.exit_code == 2, result.output
-    assert f"{blob}: not a UTF-8 text file (byte 0 is 0x89)" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "prepared").exists()
+    assert len(error_lines) == 1 and fill(phrase) in error_lines[0] and "Traceback" not in result.output, result.output
     exp = mlflow.get_experiment_by_name(experiment)
     runs = mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
-    assert all(r.info.status == "FAILED" for r in runs)
+    assert [r.info.status for r in runs] == ([] if status is None else [status] * len(runs)) and (runs or not status)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, sorted(set(after) ^ set(before))
 
 
-@pytest.mark.parametrize("command, options", [
-    ("prepare", []), ("finetune", ["--profile", "demo", "--resolution", "32", "--max-train-steps", "1"]),
-    ("report", []), ("generate", ["--model-uri", "MODEL", "--per-class", "1", "--profile", "paper"])])
-def test_an_output_dir_that_is_a_file_is_one_line_naming_it(command, options, experiment, tmp_path, demo_small):
-    import os
-    blob = tmp_path / "taken"
-    blob.write_text("a file the user keeps\n")
-    if command == "report":
-        CliRunner().invoke(cli, ["prepare", "--data-dir", str(demo_small), "--output-dir", str(tmp_path / "p"),
-                                 "--experiment", experiment])      # report reads an experiment that exists
-    if command == "generate":
-        model = tmp_path / "model"
-        model.mkdir()
-        options = [str(model) if o == "MODEL" else o for o in options]
-    data = ["--data-dir", str(demo_small)] if command in ("prepare", "finetune") else []
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = CliRunner().invoke(cli, [command, *options, *data, "--output-dir", "taken", "--experiment", experiment])
-    finally:
-        os.chdir(cwd)
-    assert result.exit_code == 2, result.output
+def test_a_report_into_a_file_is_one_line_naming_it_and_the_file_is_kept(experiment, demo_small, tmp_path):
+    CliRunner().invoke(cli, ["prepare", "--data-dir", str(demo_small), "--output-dir", str(tmp_path / "p"),
+                             "--experiment", experiment])         # report reads an experiment that exists
+    (tmp_path / "taken").write_text("a file the user keeps\n")
+    result = CliRunner().invoke(cli, ["report", "--output-dir", str(tmp_path / "taken"), "--experiment", experiment])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert "taken" in line and "Traceback" not in result.output, result.output
-    assert blob.read_text() == "a file the user keeps\n"
-
-
-def test_a_runs_uri_of_a_run_that_does_not_exist_is_one_line(experiment):
-    result = CliRunner().invoke(cli, ["generate", "--model-uri", "runs:/" + "0" * 32 + "/model", "--per-class", "1",
-                                      "--experiment", experiment])
-    assert result.exit_code == 2 and f"runs:/{'0' * 32}/model: no run '{'0' * 32}' in the tracking store" in \
-        result.output, result.output
+    assert str(tmp_path / "taken") in line and (tmp_path / "taken").read_text() == "a file the user keeps\n"
 
 
 @pytest.mark.parametrize("command", ["report", "register"])

@@ -5,9 +5,18 @@ import click
 from entrypoints.build_tiny_base import build_tiny_base
 from entrypoints.common import accept_underscores
 from entrypoints.demo_data import demo_data
-from entrypoints.register import registry_history
+from entrypoints.describe import describe
+from entrypoints.main import main
+from entrypoints.prepare import prepare
+from entrypoints.register import register, registry_history
+from entrypoints.report import report
 from entrypoints.stages import COMMANDS as STAGE_COMMANDS
-from harness.stages import STAGES, load
+from harness.schema import STAGE_DESCRIBE, STAGE_MAIN, STAGE_PREPARE, STAGE_REGISTER, STAGE_REPORT
+from harness.stages import STAGES
+
+# the stages of the table whose options are their own (not their config's fields alone)
+HAND_WRITTEN = {STAGE_MAIN: main, STAGE_PREPARE: prepare, STAGE_DESCRIBE: describe, STAGE_REGISTER: register,
+                STAGE_REPORT: report}
 
 
 @click.group()
@@ -15,8 +24,8 @@ def cli():
     """SkinDualGen harness: every paper step as a command, tracked in MLflow."""
 
 
-COMMANDS = tuple(STAGE_COMMANDS[name] if name in STAGE_COMMANDS else load(stage.command)
-                 for name, stage in STAGES.items()) + (demo_data, build_tiny_base, registry_history)
+COMMANDS = tuple({**STAGE_COMMANDS, **HAND_WRITTEN}[name] for name in STAGES) + (demo_data, build_tiny_base,
+                                                                               registry_history)
 for command in COMMANDS:
     cli.add_command(accept_underscores(command))
 

@@ -5,7 +5,8 @@ and the check of MLproject's entry points (tests/test_packaging.py) all read it.
 one entry here + its module (+ its MLproject entry point and PROFILES section, which a test demands).
 
 Stages with options of their own (main, prepare, describe, register, report) keep a hand-written
-click command in entrypoints/; they are listed with `command` naming it and `run` empty.
+click command in entrypoints/ (entrypoints/cli.py: HAND_WRITTEN); they are listed with `run` empty.
+Nothing here imports entrypoints/.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ class Stage:
     description: str          # the run's MLflow description and the command's --help
     run: str = ""             # "module:function(cfg, experiment=) -> result"; "" = a hand-written command
     summary: Callable[[Any, Any], str] | None = None   # (result, cfg) -> the line printed after the run
-    command: str = ""         # a hand-written click command, "module:name"
     model_profile: str = ""   # "module:function(model_uri) -> profile": --profile auto follows the model
 
 
@@ -51,11 +51,11 @@ def _judges_summary(run_id: str, cfg) -> str:
 
 STAGES: dict[str, Stage] = {
     STAGE_MAIN: Stage(None, "The whole paper pipeline; every step is a child run (reused when an identical "
-                            "FINISHED run exists).", command="entrypoints.main:main"),
+                            "FINISHED run exists)."),
     STAGE_PREPARE: Stage(PrepareConfig, "Validated dataset, fixed stratified train/test split and manifest; its "
-                                        "digest names the data.", command="entrypoints.prepare:prepare"),
+                                        "digest names the data."),
     STAGE_DESCRIBE: Stage(DescribeConfig, "Clinical descriptions of the images (LLM endpoint or template), paper "
-                                          "Sec. 3.4.", command="entrypoints.describe:describe"),
+                                          "Sec. 3.4."),
     STAGE_FINETUNE: Stage(FinetuneConfig, "LoRA fine-tune of the 4-channel (image + mask) SD2 model: diffusion MSE "
                                           "+ mask BCE + Dice.", "harness.dualgen.train:finetune", _finetune_summary),
     STAGE_GENERATE: Stage(GenerateConfig, "Synthetic image-mask pairs from one prompt per class; manifest with seeds.",
@@ -68,7 +68,7 @@ STAGES: dict[str, Stage] = {
                                           "(+ CAS, mask consistency).", "harness.quality:evaluate",
                           lambda run_id, cfg: load("harness.quality:summary")(run_id)),
     STAGE_REGISTER: Stage(RegisterConfig, "The lowest-FID fine-tuned model registered as a version with lineage; "
-                                          "alias points at it.", command="entrypoints.register:register"),
+                                          "alias points at it."),
     STAGE_TUNE: Stage(TuneConfig, "Optuna search of the generation settings (steps, guidance) by FID; one nested "
                                   "run per trial.", "harness.tune:tune",
                       lambda run_id, cfg: f"tune run {run_id}: generate --settings-from-run {run_id} uses its best "
@@ -86,7 +86,7 @@ STAGES: dict[str, Stage] = {
                          lambda run_id, cfg: f"explain run {run_id}: Figure 3 heatmaps at "
                                              f"runs:/{run_id}/heatmaps/figure3.png"),
     STAGE_REPORT: Stage(ReportConfig, "Tables 1-3, Figures 2-3 and the Claims rebuilt from the runs, the paper's "
-                                      "values beside ours.", command="entrypoints.report:report"),
+                                      "values beside ours."),
 }
 
 __all__ = ["STAGES", "Stage", "load"]

@@ -240,6 +240,9 @@ def reap_killed_runs(experiment: str, log=None) -> list[str]:
     gone |= {r.info.run_id for r in running if r.data.tags.get(TAG_MLFLOW_PARENT_RUN) in gone
              and not r.data.tags.get(TAG_PID)}
     client = MlflowClient()
+    # read again now that the process is known to be gone: it may have ended its run FINISHED between
+    # the search and the check (a stage ends its run before its process exits), which must stand
+    gone = {run_id for run_id in gone if client.get_run(run_id).info.status == "RUNNING"}
     for run_id in sorted(gone):
         client.set_terminated(run_id, "KILLED")
         (log or _stderr)(f"run {run_id} was left RUNNING by a process that is gone: marked KILLED")

@@ -64,6 +64,25 @@ def test_reap_marks_killed_the_runs_of_gone_processes_and_their_children(experim
                       elsewhere: "RUNNING", finished: "FINISHED"}
 
 
+def test_reap_leaves_a_run_its_process_ended_finished_after_the_search(experiment, monkeypatch):
+    """The race main's fork children met: a short stage (judges with no model) ends its run FINISHED and
+    exits between another stage's search for RUNNING runs and its check of their pids; the check then
+    finds the pid gone, and the run must stay FINISHED (it was marked KILLED, failing main)."""
+    from harness import tracking
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client = MlflowClient()
+    exp_id = mlflow.set_experiment(experiment).experiment_id
+    run_id = client.create_run(exp_id, tags={TAG_HOST: socket.gethostname(), TAG_PID: str(gone.pid)}).info.run_id
+
+    def ended_meanwhile(pid):          # the stage finishes while the reaper looks at its pid
+        client.set_terminated(run_id, "FINISHED")
+        return False
+    monkeypatch.setattr(tracking, "_alive", ended_meanwhile)
+    assert reap_killed_runs(experiment, log=lambda msg: None) == []
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 # ------------------------------------------------------------------------------------------------
 # A real `main`, killed during classify
 # ------------------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@ commands come from the table in harness/stages.py (entrypoints/stages.py); the r
 import click
 
 from entrypoints.build_tiny_base import build_tiny_base
-from entrypoints.common import accept_underscores
 from entrypoints.demo_data import demo_data
 from entrypoints.describe import describe
 from entrypoints.main import main
+from entrypoints.options import accept_underscores
 from entrypoints.prepare import prepare
 from entrypoints.register import register, registry_history
 from entrypoints.report import report

@@ -8,7 +8,8 @@ re-run asks only for those), 2 on bad input.
 """
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import user_errors
+from entrypoints.options import config_options, experiment_option
 from harness.config import DescribeConfig
 
 

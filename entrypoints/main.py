@@ -1,7 +1,8 @@
 """`main` entry point: the paper pipeline as child runs of one parent run, reusing finished steps."""
 import click
 
-from entrypoints.common import experiment_option, profile_option, user_errors
+from entrypoints.common import user_errors
+from entrypoints.options import experiment_option, profile_option
 from harness.pipeline import PipelineConfig
 
 D = PipelineConfig()

@@ -1,9 +1,9 @@
 """`prepare` entry point: validate a dataset, split it, write its manifest, log it to MLflow."""
 import click
 
-from entrypoints.common import experiment_option, user_errors
-from harness.config import PrepareConfig
-from harness.config import LAYOUTS
+from entrypoints.common import user_errors
+from entrypoints.options import experiment_option
+from harness.config import LAYOUTS, PrepareConfig
 
 D = PrepareConfig()
 

@@ -2,7 +2,8 @@
 evidence (its FID interval below the holder's, by default), and every decision is recorded."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import user_errors
+from entrypoints.options import config_options, experiment_option
 from harness.config import RegisterConfig
 
 

@@ -3,7 +3,8 @@ experiment, the paper's numbers beside ours; written to <output_dir>/<experiment
 `report` run. Reads runs only: it never trains. See harness/report/ for the rules."""
 import click
 
-from entrypoints.common import config_options, experiment_option, user_errors
+from entrypoints.common import user_errors
+from entrypoints.options import config_options, experiment_option
 from harness.config import ReportConfig
 from harness.schema import TAG_REPORT_DIR
 

@@ -2,7 +2,8 @@
 config's fields as options, --profile and --experiment, the harness function run, one line printed."""
 import click
 
-from entrypoints.common import config_options, experiment_option, profile_option, user_errors
+from entrypoints.common import user_errors
+from entrypoints.options import config_options, experiment_option, profile_option
 from harness.config import with_profile
 from harness.stages import STAGES, load
 

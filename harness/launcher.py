@@ -35,7 +35,8 @@ LAUNCHERS = ("auto", "fork", "mlflow")
 # every stage (importing torch starts no thread, so forking after it is safe)
 # (not entrypoints.cli itself: run as `python -m entrypoints.cli`, it is the main module, which each child
 # runs again as __mp_main__, and runpy warns when that module is already imported)
-PRELOAD = ["torch", "mlflow", "mlflow.pytorch", "entrypoints.common", "harness.data.prepare", "harness.dualgen.train",
+PRELOAD = ["torch", "mlflow", "mlflow.pytorch", "entrypoints.common", "entrypoints.options", "harness.data.prepare",
+           "harness.dualgen.train",
            "harness.dualgen.generate", "harness.quality", "harness.judges", "harness.downstream.reference",
            "harness.downstream.classify",
            "harness.downstream.segment", "harness.downstream.explain", "harness.report", "harness.registry"]

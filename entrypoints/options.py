@@ -28,8 +28,10 @@ class GivenOrDefault(click.ParamType):
         return f"[{'|'.join(self.choices)}]" if self.choices else self.name.upper()
 
     def convert(self, value, param, ctx):
-        if value is None or value == "" or not isinstance(value, str):
-            return None if value == "" else value
+        if value == "":                          # an MLproject parameter left empty: not given
+            return None
+        if not isinstance(value, str):           # None (not given), or already converted
+            return value
         try:
             return parse_bool(value) if self.kind is bool else self.kind(value)
         except ValueError:

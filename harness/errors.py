@@ -8,6 +8,12 @@ class HarnessError(Exception):
     status 2 (entrypoints/common.py). Any other exception is a bug and keeps its traceback."""
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, for an error a library raised about the user's environment."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:limit]}" if first else type(e).__name__
+
+
 class ConfigError(HarnessError, ValueError):
     """An option value, or a combination of options, that cannot work; the message names the option."""
 

@@ -32,7 +32,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from harness.config import EMPTY_WORDS, shown
-from harness.errors import ConfigError, Stopped, TrackingLost
+from harness.errors import ConfigError, Stopped, TrackingLost, one_line
 from harness.schema import (
     METRIC_PEAK_GPU_GIB, METRIC_PEAK_RSS_GIB, TAG_CODE, TAG_DIGEST, TAG_HOST, TAG_LIB_PREFIX, TAG_MLFLOW_EXPERIMENT_KIND,
     TAG_MLFLOW_NOTE, TAG_MLFLOW_PARENT_RUN, TAG_PID, TAG_PROFILE, TAG_PROFILE_RULE, TAG_STAGE, TAG_THREADS,
@@ -104,9 +104,7 @@ def check_store(uri: str) -> None:
         with short_retries():
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:            # whatever the store's library raises: requests, sqlalchemy, an import
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"tracking store {without_password(uri)} cannot be used: {type(e).__name__}: "
-                          f"{first[:300]}") from None
+        raise ConfigError(f"tracking store {without_password(uri)} cannot be used: {one_line(e)}") from None
 
 
 def setup(experiment: str | None = None, create: bool = True) -> str:

@@ -33,7 +33,7 @@ from harness.data.prepare import load_prepared
 from harness.dualgen.generate import resolve_model_uri
 from harness.dualgen.mlflow_model import model_folder
 from harness.dualgen.pipeline import DualGenPipeline
-from harness.errors import ConfigError
+from harness.errors import ConfigError, one_line
 from harness.quality import (build_fid_extractor, extract_features, feature_statistics, frechet_distance,
                              real_split, set_statistics, warn_if_fallback)
 from harness.schema import (METRIC_FID, PARAM_BEST_GUIDANCE, PARAM_BEST_STEPS, STAGE_TUNE, STAGE_TUNE_TRIAL,
@@ -71,9 +71,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as e:        # sqlalchemy's, the driver's import or connection error
         cause = e.__cause__ or e          # Optuna wraps the driver's ImportError, which names the module
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise ConfigError(f"--storage {tracking.without_password(url)} cannot be used: {type(cause).__name__}: "
-                          f"{first[:300]}") from None
+        raise ConfigError(f"--storage {tracking.without_password(url)} cannot be used: {one_line(cause)}") from None
 
 
 def tune(cfg: TuneConfig, experiment: str | None = None, progress: bool = True) -> str:

@@ -173,10 +173,19 @@ def _draw(pool: list[Sample], n: int, rng: np.random.Generator, repeat: bool) ->
     return out
 
 
+def check_set_options(kind: str, synth_ratio: float = 1.0, real_fraction: float = 1.0) -> None:
+    """The training-set options' ranges, checked before any data is read."""
+    if kind not in TRAIN_SET_CHOICES:
+        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SET_CHOICES)}, got {kind!r}")
+    if not synth_ratio >= 0:
+        raise DownstreamError(f"--synth-ratio must be >= 0, got {synth_ratio}")
+    if not 0.0 < real_fraction <= 1.0:
+        raise DownstreamError(f"--real-fraction must be in (0, 1], got {real_fraction}")
+
+
 def real_subset(real_train: list[Sample], fraction: float, seed: int) -> list[Sample]:
     """The nested, stratified `fraction` of the real training split (see the module docstring)."""
-    if not 0.0 < fraction <= 1.0:
-        raise DownstreamError(f"--real-fraction must be in (0, 1], got {fraction}")
+    check_set_options("real", real_fraction=fraction)
     if fraction == 1.0:
         return list(real_train)
     kept, empty = [], []
@@ -210,12 +219,9 @@ def synthetic_needed(kind: str, real_counts: Counter, synth_ratio: float = 1.0, 
 def build_training_set(kind: str, real_train: list[Sample], synthetic: list[Sample] | None, seed: int,
                        allow_repeats: bool = False, synth_ratio: float = 1.0, balance: bool = False) -> TrainingSet:
     """The `kind` training set (see the module docstring for the rule)."""
-    if kind not in TRAIN_SET_CHOICES:
-        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SET_CHOICES)}, got {kind!r}")
+    check_set_options(kind, synth_ratio)
     if not real_train:
         raise DownstreamError("the real training split is empty")
-    if not synth_ratio >= 0:
-        raise DownstreamError(f"--synth-ratio must be >= 0, got {synth_ratio}")
     classes = sorted({s.label for s in real_train})
     real_counts = Counter(s.label for s in real_train)
     need_synth = synthetic_needed(kind, real_counts, synth_ratio, balance)
@@ -310,12 +316,7 @@ def load_inputs(data_dir: str, train_set: str, synth: str, eval_data: str, test_
                 balance: bool = False, real_fraction: float = 1.0) -> DownstreamData:
     """Read the real data (split as `prepare` splits it), the synthetic set and `--eval-data`, and build
     the training set. Reads file lists and hashes only; nothing is decoded here."""
-    if train_set not in TRAIN_SET_CHOICES:
-        raise DownstreamError(f"--train-set must be one of {', '.join(TRAIN_SET_CHOICES)}, got {train_set!r}")
-    if not synth_ratio >= 0:
-        raise DownstreamError(f"--synth-ratio must be >= 0, got {synth_ratio}")
-    if not 0.0 < real_fraction <= 1.0:
-        raise DownstreamError(f"--real-fraction must be in (0, 1], got {real_fraction}")
+    check_set_options(train_set, synth_ratio, real_fraction)
     prepared = load_prepared(data_dir, "auto", test_fraction, seed, progress=progress)
     # --train-set real ignores --synth (so one pipeline can pass the same --synth to all three sets)
     synthetic, tags = load_synthetic(synth) if synth and train_set != "real" else (None, {})
